@@ -1,0 +1,22 @@
+"""HTTP routes of the campaigns service (in/out only: rules live in service.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+
+from services.campaigns import SERVICE, service
+from services.campaigns.schemas import CampaignsStatus
+from shared.auth import Principal, require
+from shared.db import SessionDep
+
+router = APIRouter(prefix="/v1", tags=[SERVICE])
+
+Reader = Annotated[Principal, require("admin", "operator", "analyst")]
+
+
+@router.get("/campaigns/status", response_model=CampaignsStatus)
+async def status(principal: Reader, session: SessionDep, request: Request) -> CampaignsStatus:
+    """The event types this service consumes and the caller's tenant backlog in it."""
+    return await service.status(session, request.app.state.runtime, principal.tenant)

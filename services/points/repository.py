@@ -1,0 +1,3 @@
+"""Every SQL statement of the points service lives here (none of its own tables yet)."""
+
+from __future__ import annotations

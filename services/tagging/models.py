@@ -1,0 +1,4 @@
+"""Tables owned by the tagging service, declared on shared.db.Base so the single
+Alembic history sees them. Every tenant-owned table mixes in `TenantScoped`."""
+
+from __future__ import annotations

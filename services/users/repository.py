@@ -1,0 +1,3 @@
+"""Every SQL statement of the users service lives here (none of its own tables yet)."""
+
+from __future__ import annotations

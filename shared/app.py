@@ -1,0 +1,135 @@
+"""The ASGI app: the routers of the chosen services plus the platform endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from shared import admin_api
+from shared.errors import error_response, install_error_handlers
+from shared.events import SERVICES
+from shared.idempotency import ReplayedResponse
+from shared.observability import (
+    DLQ_SIZE,
+    OUTBOX_LAG,
+    OUTBOX_PENDING,
+    QUEUE_DEPTH,
+    REGISTRY,
+    SCHEDULED_DUE,
+    RequestContextMiddleware,
+)
+from shared.runtime import Runtime
+
+log = logging.getLogger("scrm.app")
+
+_BUS_GAUGES = text(
+    """
+    SELECT (SELECT count(*) FROM outbox_events WHERE published_at IS NULL),
+           (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)
+              FROM outbox_events WHERE published_at IS NULL),
+           (SELECT count(*) FROM dead_letters WHERE status = 'dead'),
+           (SELECT count(*) FROM scheduled_jobs
+             WHERE status IN ('pending','enqueued') AND due_at < now())
+    """
+)
+
+
+def service_router(service: str) -> APIRouter:
+    module = importlib.import_module(f"services.{service}.api")
+    router: APIRouter = module.router
+    return router
+
+
+def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app; `runtime` is the process's connections (set by `scrm up`/tests)."""
+    chosen = list(services)
+    for name in chosen:
+        if name not in SERVICES:
+            raise ValueError(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if getattr(app.state, "runtime", None) is None:
+            raise RuntimeError("create_app needs a Runtime (scrm serve/up provides one)")
+        yield
+
+    app = FastAPI(
+        title="scrm",
+        version="0.1.0",
+        description="Private-domain customer operations on WeCom: "
+        + ", ".join(chosen)
+        + " services.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.services = chosen
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+
+    async def replayed(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ReplayedResponse)
+        return JSONResponse(
+            exc.body, status_code=exc.status_code, headers={"Idempotent-Replayed": "true"}
+        )
+
+    app.add_exception_handler(ReplayedResponse, replayed)
+
+    app.include_router(admin_api.router)
+    for name in chosen:
+        app.include_router(service_router(name))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        problems: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(3):
+                async with rt.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            problems["database"] = f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            async with asyncio.timeout(3):
+                await rt.redis.ping()
+        except Exception as exc:
+            problems["redis"] = f"{type(exc).__name__}: {exc}"[:300]
+        if problems:
+            return error_response(503, "not_ready", "a dependency is unreachable", problems)
+        return JSONResponse({"status": "ready", "database": "ok", "redis": "ok"})
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        await _refresh_bus_gauges(rt)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _refresh_bus_gauges(rt: Runtime) -> None:
+    """Queue depth, outbox lag and DLQ size are read at scrape time, not tracked."""
+    try:
+        async with asyncio.timeout(3):
+            async with rt.engine.connect() as conn:
+                pending, lag, dead, overdue = (await conn.execute(_BUS_GAUGES)).one()
+            OUTBOX_PENDING.set(pending)
+            OUTBOX_LAG.set(float(lag))
+            DLQ_SIZE.set(dead)
+            SCHEDULED_DUE.set(overdue)
+            for service in SERVICES:
+                QUEUE_DEPTH.labels(service).set(await rt.redis.zcard(rt.queue_name(service)))
+    except Exception as exc:
+        log.warning("metrics: bus gauges unavailable: %s", exc)

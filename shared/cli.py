@@ -1,0 +1,338 @@
+"""The `scrm` command.
+
+Every command finds its servers the same way: DATABASE_URL / REDIS_URL when
+set, otherwise the embedded PostgreSQL and Redis under SCRM_DATA_DIR, started
+on demand and shared with any other `scrm` process using them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared import auth, dlq, migrate, tenancy
+from shared.config import Settings, SettingsError, get_settings, secret_key
+from shared.db import unit_of_work
+from shared.errors import ScrmError
+from shared.events import SERVICES, load_subscriptions
+from shared.observability import configure_logging
+from shared.process import run_process
+from shared.runtime import Runtime
+
+T = TypeVar("T")
+SERVICE_CHOICE = click.Choice(SERVICES)
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+        secret_key(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
+
+
+@contextmanager
+def servers(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The database and Redis URLs to use, starting the embedded servers if needed."""
+    if settings.database_url and settings.redis_url:
+        yield settings.database_url, settings.redis_url
+        return
+    from shared.embedded import EmbeddedError, EmbeddedServers
+
+    embedded = EmbeddedServers(settings.resolved_data_dir())
+    try:
+        urls = embedded.acquire()
+    except EmbeddedError as exc:
+        raise click.ClickException(f"could not start the embedded servers: {exc}") from None
+    try:
+        yield settings.database_url or urls.database_url, settings.redis_url or urls.redis_url
+    finally:
+        embedded.release()
+
+
+def _run_with_session(fn: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+    """Run one unit of work against the configured servers (migrating embedded ones)."""
+    settings = _settings()
+
+    async def go(database_url: str, redis_url: str) -> T:
+        runtime = await Runtime.open(settings, database_url, redis_url)
+        try:
+            if not settings.database_url:
+                await migrate.upgrade(runtime.engine)
+            async with unit_of_work(runtime.sessionmaker) as session:
+                return await fn(session, runtime)
+        finally:
+            await runtime.close()
+
+    with servers(settings) as (database_url, redis_url):
+        try:
+            return asyncio.run(go(database_url, redis_url))
+        except ScrmError as exc:
+            raise click.ClickException(exc.message) from None
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach the database or Redis: {exc}") from None
+
+
+@click.group()
+def cli() -> None:
+    """scrm: private-domain customer operations on WeCom."""
+
+
+@cli.command()
+def up() -> None:
+    """Migrate, then run every service's API, workers, the outbox relay and the scheduler."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    with servers(settings) as (database_url, redis_url):
+        asyncio.run(
+            run_process(
+                settings,
+                database_url,
+                redis_url,
+                api_services=SERVICES,
+                worker_services=SERVICES,
+                with_dispatch=True,
+                migrate_first=True,
+            )
+        )
+
+
+@cli.command()
+@click.option("--service", "service", type=SERVICE_CHOICE, required=True)
+def serve(service: str) -> None:
+    """Run one service's API alone (plus the platform endpoints) on HOST:PORT."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    with servers(settings) as (database_url, redis_url):
+        asyncio.run(
+            run_process(
+                settings,
+                database_url,
+                redis_url,
+                api_services=[service],
+                worker_services=[],
+                with_dispatch=False,
+                migrate_first=False,
+            )
+        )
+
+
+@cli.command()
+@click.option("--service", "service", type=SERVICE_CHOICE, required=True)
+@click.option(
+    "--dispatch/--no-dispatch",
+    default=True,
+    show_default=True,
+    help="Also run the outbox relay and the scheduler (safe to run in many processes).",
+)
+def worker(service: str, dispatch: bool) -> None:
+    """Run one service's worker: its event handlers and jobs."""
+    settings = _settings()
+    configure_logging(settings.log_level)
+    with servers(settings) as (database_url, redis_url):
+        asyncio.run(
+            run_process(
+                settings,
+                database_url,
+                redis_url,
+                api_services=[],
+                worker_services=[service],
+                with_dispatch=dispatch,
+                migrate_first=False,
+            )
+        )
+
+
+@cli.command(name="migrate")
+def migrate_command() -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+
+    async def go(database_url: str) -> None:
+        from shared.db import create_engine
+
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    with servers(settings) as (database_url, _):
+        asyncio.run(go(database_url))
+    click.echo("schema is up to date")
+
+
+@cli.group()
+def tenant() -> None:
+    """Manage tenants (one per brand / WeCom corp)."""
+
+
+@tenant.command(name="create")
+@click.argument("slug")
+@click.option("--name", default=None, help="Display name (defaults to the slug).")
+@click.option("--timezone", default="Asia/Shanghai", show_default=True)
+def tenant_create(slug: str, name: str | None, timezone: str) -> None:
+    """Create a tenant; prints its slug as the last line."""
+
+    async def go(session: AsyncSession, _: Runtime) -> str:
+        created = await tenancy.create_tenant(session, slug, name=name, timezone=timezone)
+        return f"created tenant {created.slug} ({created.id}, {created.timezone})"
+
+    click.echo(_run_with_session(go))
+    click.echo(slug)
+
+
+@tenant.command(name="list")
+def tenant_list() -> None:
+    """List tenants."""
+
+    async def go(session: AsyncSession, _: Runtime) -> list[str]:
+        return [
+            f"{t.slug}\t{t.name}\t{t.timezone}\t{t.id}" for t in await tenancy.list_tenants(session)
+        ]
+
+    for line in _run_with_session(go):
+        click.echo(line)
+
+
+@cli.group()
+def apikey() -> None:
+    """Manage API keys."""
+
+
+@apikey.command(name="create")
+@click.option("--tenant", "slug", default=None, help="Tenant slug (not for --role platform).")
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "operator", "analyst", "staff", "platform"]),
+    required=True,
+)
+@click.option("--name", default="", help="What the key is for.")
+@click.option("--staff-userid", default=None, help="WeCom userid of the staff member (staff keys).")
+def apikey_create(slug: str | None, role: str, name: str, staff_userid: str | None) -> None:
+    """Create an API key; prints the key (shown only once) as the last line."""
+    if role != "platform" and not slug:
+        raise click.UsageError("--tenant is required for this role")
+    if role == "platform" and slug:
+        raise click.UsageError("a platform key belongs to no tenant; drop --tenant")
+
+    async def go(session: AsyncSession, _: Runtime) -> tuple[str, str]:
+        tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id if slug else None
+        key, plaintext = await auth.create_api_key(
+            session, tenant_id=tenant_id, role=role, name=name, staff_userid=staff_userid
+        )
+        return f"created {role} key {key.id} for {slug or 'the platform'}", plaintext
+
+    summary, plaintext = _run_with_session(go)
+    click.echo(summary, err=True)
+    click.echo(plaintext)
+
+
+@apikey.command(name="revoke")
+@click.option("--tenant", "slug", required=True)
+@click.argument("key_id", type=click.UUID)
+def apikey_revoke(slug: str, key_id: uuid.UUID) -> None:
+    """Revoke an API key."""
+
+    async def go(session: AsyncSession, _: Runtime) -> str:
+        tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id
+        key = await auth.revoke_api_key(session, tenant_id, key_id)
+        return f"revoked {key.id} at {key.revoked_at}"
+
+    click.echo(_run_with_session(go))
+
+
+@cli.group(name="dlq")
+def dlq_group() -> None:
+    """Dead letters: work that kept failing."""
+
+
+def _letter_line(letter: Any) -> str:
+    what = f"event {letter.event_id}" if letter.event_id else f"job {letter.scheduled_job_id}"
+    return json.dumps(
+        {
+            "id": letter.id,
+            "status": letter.status,
+            "service": letter.service,
+            "handler": letter.handler,
+            "what": what,
+            "tenant_id": str(letter.tenant_id) if letter.tenant_id else None,
+            "attempts": letter.attempts,
+            "last_error": letter.last_error,
+            "updated_at": letter.updated_at.isoformat(),
+        },
+        ensure_ascii=False,
+    )
+
+
+@dlq_group.command(name="list")
+@click.option("--tenant", "slug", default=None, help="Only this tenant's dead letters.")
+@click.option(
+    "--status", type=click.Choice(["dead", "replayed", "resolved", "all"]), default="dead"
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+def dlq_list(slug: str | None, status: str, limit: int) -> None:
+    """List dead letters, newest first, one JSON object per line."""
+
+    async def go(session: AsyncSession, _: Runtime) -> list[str]:
+        scope: uuid.UUID | str = dlq.ALL_TENANTS
+        if slug:
+            scope = (await tenancy.get_tenant_by_slug(session, slug)).id
+        letters = await dlq.list_dead_letters(
+            session, scope, status=None if status == "all" else status, limit=limit
+        )
+        return [_letter_line(letter) for letter in letters]
+
+    lines = _run_with_session(go)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"{len(lines)} dead letter(s)", err=True)
+
+
+@dlq_group.command(name="replay")
+@click.argument("dead_letter_id", type=int)
+def dlq_replay(dead_letter_id: int) -> None:
+    """Send a dead letter's event (or job) through its handler again."""
+
+    async def go(session: AsyncSession, runtime: Runtime) -> str:
+        load_subscriptions()
+        letter = await dlq.replay_dead_letter(session, runtime, dlq.ALL_TENANTS, dead_letter_id)
+        return _letter_line(letter)
+
+    click.echo(_run_with_session(go))
+
+
+@cli.group()
+def embedded() -> None:
+    """The embedded PostgreSQL and Redis used when DATABASE_URL / REDIS_URL are unset."""
+
+
+@embedded.command(name="status")
+def embedded_status() -> None:
+    """Show whether the embedded servers run, their ports and users."""
+    from shared.embedded import EmbeddedServers
+
+    settings = _settings()
+    status = EmbeddedServers(settings.resolved_data_dir()).status()
+    click.echo(json.dumps(status, default=str, indent=2))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except SettingsError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

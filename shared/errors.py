@@ -1,0 +1,152 @@
+"""Domain errors and the one JSON error envelope every 4xx/5xx answers with.
+
+    {"error": {"code": "...", "message": "...", "details": ...}}
+
+Services raise subclasses of `ScrmError`; `install_error_handlers` maps them,
+framework errors (validation, unknown routes) and unexpected failures to it.
+Routers never catch-and-translate.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.observability import current_request_id
+
+log = logging.getLogger("scrm.errors")
+
+
+class ScrmError(Exception):
+    """Base of every expected error; `status_code` and `code` say how it is answered."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(ScrmError):
+    status_code = 422
+    code = "validation_error"
+
+
+class Unauthorized(ScrmError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ScrmError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ScrmError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ScrmError):
+    status_code = 409
+    code = "conflict"
+
+
+class Unavailable(ScrmError):
+    status_code = 503
+    code = "unavailable"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors():
+        details.append(
+            {
+                "loc": [str(part) for part in err.get("loc", ())],
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+        )
+    return details
+
+
+async def _scrm_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ScrmError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = _validation_details(exc)
+    if any(d["type"] == "json_invalid" for d in details):
+        return error_response(400, "malformed_json", "request body is not valid JSON", details)
+    return error_response(422, "validation_error", "request is invalid", details)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = _STATUS_CODES.get(status, "server_error" if status >= 500 else "error")
+    default_message = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    message = exc.detail if isinstance(exc.detail, str) else default_message
+    if status == 404 and message == "Not Found":
+        message = "no such resource"
+    return error_response(status, code, message, None, headers=getattr(exc, "headers", None))
+
+
+async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("integrity error on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(409, "conflict", "the change conflicts with existing data")
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        500,
+        "internal_error",
+        "internal error; the request id identifies it in the logs",
+        {"request_id": current_request_id()},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ScrmError, _scrm_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(Exception, _unexpected_error)

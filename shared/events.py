@@ -1,0 +1,158 @@
+"""Domain events: written to the outbox with the change, delivered to subscribers after commit.
+
+    await publish(session, "contact.added", {"contact_id": ...}, tenant_id=t)
+
+`publish` only inserts a row in the caller's transaction; nothing reaches Redis
+unless that transaction commits (the relay, `shared.relay`, does the rest).
+A service declares what it consumes in its `tasks.py`:
+
+    @subscribe("points", "order.paid")
+    async def award_order_points(session: AsyncSession, event: Event) -> None: ...
+
+Each (event, handler) pair runs at most once to completion (`processed_events`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.models import OutboxEvent
+
+SERVICES = ("users", "tagging", "campaigns", "points")
+NOTIFY_CHANNEL = "scrm_outbox"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as a consumer sees it."""
+
+    id: int
+    event_id: uuid.UUID
+    type: str
+    tenant_id: uuid.UUID | None
+    payload: Mapping[str, Any]
+    created_at: datetime
+
+
+EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    service: str
+    name: str
+    event_types: frozenset[str]
+    handler: EventHandler
+
+
+@dataclass
+class SubscriptionRegistry:
+    """Which handler of which service consumes which event types."""
+
+    _by_name: dict[str, Subscription] = field(default_factory=dict)
+
+    def subscribe(
+        self, service: str, *event_types: str, name: str | None = None
+    ) -> Callable[[EventHandler], EventHandler]:
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}")
+        if not event_types:
+            raise ValueError("subscribe to at least one event type")
+
+        def register(handler: EventHandler) -> EventHandler:
+            handler_name = name or f"{service}.{handler.__name__}"
+            existing = self._by_name.get(handler_name)
+            if existing is not None and existing.handler is not handler:
+                raise ValueError(f"handler name {handler_name!r} is already taken")
+            self._by_name[handler_name] = Subscription(
+                service, handler_name, frozenset(event_types), handler
+            )
+            return handler
+
+        return register
+
+    def unsubscribe(self, name: str) -> None:
+        self._by_name.pop(name, None)
+
+    def get(self, name: str) -> Subscription | None:
+        return self._by_name.get(name)
+
+    def handlers(self, service: str, event_type: str) -> list[Subscription]:
+        return [
+            sub
+            for sub in self._by_name.values()
+            if sub.service == service and event_type in sub.event_types
+        ]
+
+    def services_for(self, event_type: str) -> set[str]:
+        return {sub.service for sub in self._by_name.values() if event_type in sub.event_types}
+
+    def all(self) -> list[Subscription]:
+        return list(self._by_name.values())
+
+
+registry = SubscriptionRegistry()
+subscribe = registry.subscribe
+
+
+def load_subscriptions(services: Iterable[str] = SERVICES) -> SubscriptionRegistry:
+    """Import each service's tasks module so its `@subscribe` handlers register."""
+    for service in services:
+        importlib.import_module(f"services.{service}.tasks")
+    return registry
+
+
+async def publish(
+    session: AsyncSession,
+    event_type: str,
+    payload: Mapping[str, Any],
+    *,
+    tenant_id: uuid.UUID | None,
+) -> uuid.UUID:
+    """Record an event in the caller's transaction; it is delivered only if that commits."""
+    event_id = uuid.uuid4()
+    await session.execute(
+        insert(OutboxEvent).values(
+            event_id=event_id, tenant_id=tenant_id, type=event_type, payload=dict(payload)
+        )
+    )
+    await _notify_relay(session)
+    return event_id
+
+
+async def publish_many(
+    session: AsyncSession,
+    events: Iterable[tuple[str, Mapping[str, Any], uuid.UUID | None]],
+) -> list[uuid.UUID]:
+    """Bulk `publish` (one executemany) for set-based paths such as imports."""
+    ids: list[uuid.UUID] = []
+    rows: list[dict[str, Any]] = []
+    for kind, payload, tenant in events:
+        ids.append(uuid.uuid4())
+        rows.append(
+            {"event_id": ids[-1], "tenant_id": tenant, "type": kind, "payload": dict(payload)}
+        )
+    if not rows:
+        return []
+    await session.execute(insert(OutboxEvent), rows)
+    await _notify_relay(session)
+    return ids
+
+
+async def _notify_relay(session: AsyncSession) -> None:
+    # NOTIFY is transactional: the relay wakes only when the events are committed.
+    # Postgres folds repeats within a transaction, but each costs a round trip,
+    # so send it once per transaction.
+    transaction = session.get_transaction()
+    if transaction is not None and session.info.get("outbox_notified") is transaction:
+        return
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    session.info["outbox_notified"] = transaction

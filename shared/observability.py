@@ -1,0 +1,148 @@
+"""JSON logs with a request id, and Prometheus metrics for requests and the bus."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "scrm_request_id", default=None
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "scrm_http_requests_total",
+    "HTTP requests answered",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "scrm_http_request_duration_seconds",
+    "Time from request start to the end of the response",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+EVENTS_HANDLED = Counter(
+    "scrm_events_handled_total",
+    "Event deliveries by handler and outcome (ok, duplicate, failed, dead)",
+    ["service", "outcome"],
+    registry=REGISTRY,
+)
+EVENTS_PUBLISHED = Counter(
+    "scrm_events_published_total", "Outbox events published by the relay", registry=REGISTRY
+)
+QUEUE_DEPTH = Gauge(
+    "scrm_queue_depth", "Jobs waiting in a service's queue", ["service"], registry=REGISTRY
+)
+OUTBOX_PENDING = Gauge(
+    "scrm_outbox_pending", "Committed events not yet published", registry=REGISTRY
+)
+OUTBOX_LAG = Gauge(
+    "scrm_outbox_lag_seconds",
+    "Age of the oldest committed event not yet published",
+    registry=REGISTRY,
+)
+DLQ_SIZE = Gauge("scrm_dlq_size", "Dead letters awaiting replay", registry=REGISTRY)
+SCHEDULED_DUE = Gauge(
+    "scrm_scheduled_jobs_overdue",
+    "Scheduled jobs past due and not yet finished",
+    registry=REGISTRY,
+)
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+def bind_request_id(value: str | None) -> contextvars.Token[str | None]:
+    return _request_id.set(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id of the request being served."""
+
+    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = current_request_id()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's own handlers would print a second, non-JSON line per request.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker", "arq.jobs"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    logging.getLogger("arq.jobs").setLevel(logging.WARNING)
+
+
+class RequestContextMiddleware:
+    """Pure ASGI: request id in and out (X-Request-ID), request metrics per route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")[:64]
+                break
+        request_id = incoming or uuid.uuid4().hex
+        token = bind_request_id(request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+            _request_id.reset(token)

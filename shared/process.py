@@ -1,0 +1,134 @@
+"""Long-running processes: `scrm up` (everything), `scrm serve` (API), `scrm worker`.
+
+All parts of a process share one asyncio loop and one Runtime. SIGINT/SIGTERM
+set a stop event: the API stops accepting, workers stop picking jobs and finish
+(or hand back) the ones they hold, the relay and scheduler leave their loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator, Sequence
+
+import uvicorn
+from arq.worker import Worker
+
+from shared import migrate
+from shared.app import create_app
+from shared.config import Settings
+from shared.events import load_subscriptions
+from shared.relay import OutboxRelay
+from shared.runtime import Runtime
+from shared.scheduler import Scheduler, jobs
+from shared.worker import build_worker
+
+log = logging.getLogger("scrm.process")
+
+WORKER_DRAIN_SECONDS = 8.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's stop event rules."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_process(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    *,
+    api_services: Sequence[str],
+    worker_services: Sequence[str],
+    with_dispatch: bool,
+    migrate_first: bool,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the API for `api_services`, workers for `worker_services`, and optionally
+    the outbox relay + scheduler, until SIGINT/SIGTERM (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    _install_stop_signals(stop)
+    runtime = await Runtime.open(settings, database_url, redis_url)
+    try:
+        if migrate_first:
+            await migrate.upgrade(runtime.engine)
+        registry = load_subscriptions()
+        tasks: list[asyncio.Task[None]] = []
+        server: _Server | None = None
+        if api_services:
+            app = create_app(api_services, runtime)
+            config = uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+                proxy_headers=True,
+            )
+            server = _Server(config)
+            tasks.append(asyncio.create_task(server.serve(), name="api"))
+        workers: list[Worker] = [
+            build_worker(runtime, service, registry, jobs) for service in worker_services
+        ]
+        for worker, service in zip(workers, worker_services, strict=True):
+            tasks.append(asyncio.create_task(worker.main(), name=f"worker:{service}"))
+        if with_dispatch:
+            tasks.append(
+                asyncio.create_task(OutboxRelay(runtime, registry).run(stop), name="relay")
+            )
+            tasks.append(asyncio.create_task(Scheduler(runtime).run(stop), name="scheduler"))
+        log.info(
+            "scrm running",
+            extra={
+                "api": list(api_services),
+                "workers": list(worker_services),
+                "dispatch": with_dispatch,
+                "address": f"http://{settings.host}:{settings.port}" if api_services else None,
+            },
+        )
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                log.error("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+        stop.set()
+        log.info("stopping")
+        if server is not None:
+            server.should_exit = True
+        await asyncio.gather(*(_drain_worker(w) for w in workers))
+        _, pending = await asyncio.wait(tasks, timeout=10)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        await runtime.close()
+    log.info("stopped")
+
+
+async def _drain_worker(worker: Worker) -> None:
+    """Stop picking jobs, give running ones a moment, then hand back the rest.
+
+    A job cut off here stays in its queue (arq re-runs it), and every job is
+    idempotent, so nothing is lost or done twice.
+    """
+    worker.allow_pick_jobs = False
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=WORKER_DRAIN_SECONDS)
+    try:
+        await worker.close()
+    except Exception:
+        log.exception("worker did not close cleanly")

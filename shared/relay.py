@@ -1,0 +1,115 @@
+"""The outbox relay: moves committed events from Postgres to the services' arq queues.
+
+It claims unpublished rows with `FOR UPDATE SKIP LOCKED` (so several relays may
+run side by side), enqueues one `deliver_events` job per subscribed service and
+batch, then marks the rows published, all in one transaction. A relay killed
+after enqueueing but before its commit leaves the rows unpublished: they are
+enqueued again later and the consumers' `processed_events` record turns the
+second delivery into a no-op. It wakes on `NOTIFY scrm_outbox` (sent at commit
+by `publish`) and polls once a second in case a notification was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+
+from shared.config import plain_postgres_url
+from shared.db import unit_of_work
+from shared.events import NOTIFY_CHANNEL, SubscriptionRegistry
+from shared.observability import EVENTS_PUBLISHED
+from shared.runtime import Runtime
+
+log = logging.getLogger("scrm.relay")
+
+DELIVER_JOB = "deliver_events"
+
+_CLAIM = text(
+    "SELECT id, type FROM outbox_events WHERE published_at IS NULL "
+    "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+_MARK = text("UPDATE outbox_events SET published_at = now() WHERE id = ANY(:ids)")
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        runtime: Runtime,
+        registry: SubscriptionRegistry,
+        *,
+        batch_size: int = 1000,
+        job_size: int = 200,
+        idle_poll_seconds: float = 1.0,
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.batch_size = batch_size
+        self.job_size = job_size
+        self.idle_poll_seconds = idle_poll_seconds
+        self._wake = asyncio.Event()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of committed events; returns how many rows it handled."""
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            rows = (await session.execute(_CLAIM, {"limit": self.batch_size})).all()
+            if not rows:
+                return 0
+            by_service: dict[str, list[int]] = defaultdict(list)
+            for event_id, event_type in rows:
+                for service in self.registry.services_for(event_type):
+                    by_service[service].append(event_id)
+            for service, ids in by_service.items():
+                queue = self.runtime.queue_name(service)
+                for start in range(0, len(ids), self.job_size):
+                    await self.runtime.redis.enqueue_job(
+                        DELIVER_JOB, ids[start : start + self.job_size], _queue_name=queue
+                    )
+            await session.execute(_MARK, {"ids": [row[0] for row in rows]})
+        EVENTS_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until `stop` is set; survives database and Redis outages."""
+        listener = await self._listen()
+        try:
+            while not stop.is_set():
+                try:
+                    handled = await self.publish_pending()
+                except Exception:
+                    log.exception("relay: publishing failed; retrying in 1 s")
+                    handled = 0
+                    await _wait_any(stop, None, 1.0)
+                    if listener is None or listener.is_closed():
+                        listener = await self._listen()
+                    continue
+                if handled >= self.batch_size:
+                    continue
+                self._wake.clear()
+                await _wait_any(stop, self._wake, self.idle_poll_seconds)
+        finally:
+            if listener is not None and not listener.is_closed():
+                await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        try:
+            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("relay: LISTEN unavailable (%s); polling only", exc)
+            return None
+        return conn
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

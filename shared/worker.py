@@ -1,0 +1,182 @@
+"""Per-service arq workers: event delivery with idempotency, retries and dead letters.
+
+A delivery job carries outbox row ids only; the worker loads the events and,
+for each handler of its service subscribed to an event's type, runs the handler
+in its own transaction together with the `processed_events` insert that makes
+a second delivery a no-op. A failing handler is retried alone, with
+exponential backoff; after `SCRM_EVENT_MAX_ATTEMPTS` it becomes a dead letter
+that ops can list and replay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq import Retry
+from arq.worker import Worker, func
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.db import unit_of_work
+from shared.events import Event, Subscription, SubscriptionRegistry
+from shared.models import OutboxEvent, ProcessedEvent
+from shared.observability import EVENTS_HANDLED
+from shared.relay import DELIVER_JOB
+from shared.runtime import Runtime, redis_settings
+from shared.scheduler import RUN_SCHEDULED_JOB, JobRegistry, backoff_seconds, run_scheduled_job
+
+log = logging.getLogger("scrm.worker")
+
+_RECORD_DEAD = text(
+    """
+    INSERT INTO dead_letters (tenant_id, service, handler, event_id, attempts, last_error)
+    VALUES (:tenant_id, :service, :handler, :event_id, :attempts, :error)
+    ON CONFLICT ON CONSTRAINT uq_dead_letters_event_handler DO UPDATE
+       SET attempts = dead_letters.attempts + EXCLUDED.attempts,
+           last_error = EXCLUDED.last_error, status = 'dead', updated_at = now()
+    """
+)
+
+
+class EventDelivery:
+    """What a service's worker knows to deliver events to its handlers."""
+
+    def __init__(self, runtime: Runtime, service: str, registry: SubscriptionRegistry) -> None:
+        self.runtime = runtime
+        self.service = service
+        self.registry = registry
+
+    async def deliver(self, event_ids: list[int], handler: str | None, attempt: int) -> None:
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            rows = (
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.id.in_(event_ids))
+                    .order_by(OutboxEvent.id)
+                )
+            ).all()
+        for row in rows:
+            event = Event(
+                id=row.id,
+                event_id=row.event_id,
+                type=row.type,
+                tenant_id=row.tenant_id,
+                payload=row.payload,
+                created_at=row.created_at,
+            )
+            if handler is not None:
+                sub = self.registry.get(handler)
+                subs = [sub] if sub is not None and sub.service == self.service else []
+                if not subs:
+                    log.error(
+                        "no handler %r in service %s; event %s", handler, self.service, row.id
+                    )
+            else:
+                subs = self.registry.handlers(self.service, row.type)
+            for sub in subs:
+                await self._deliver_one(event, sub, attempt)
+
+    async def _deliver_one(self, event: Event, sub: Subscription, attempt: int) -> None:
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                first = await session.scalar(
+                    insert(ProcessedEvent)
+                    .values(event_id=event.id, handler=sub.name)
+                    .on_conflict_do_nothing()
+                    .returning(ProcessedEvent.event_id)
+                )
+                if first is None:
+                    EVENTS_HANDLED.labels(self.service, "duplicate").inc()
+                    return
+                await sub.handler(session, event)
+        except Exception as exc:
+            await self._failed(event, sub, attempt, exc)
+            return
+        EVENTS_HANDLED.labels(self.service, "ok").inc()
+
+    async def _failed(self, event: Event, sub: Subscription, attempt: int, exc: Exception) -> None:
+        settings = self.runtime.settings
+        log.warning(
+            "handler %s failed on event %s (%s) attempt %d/%d: %r",
+            sub.name,
+            event.id,
+            event.type,
+            attempt,
+            settings.event_max_attempts,
+            exc,
+            exc_info=exc,
+        )
+        if attempt < settings.event_max_attempts:
+            delay = backoff_seconds(settings.event_retry_base_seconds, attempt)
+            await self.runtime.redis.enqueue_job(
+                DELIVER_JOB,
+                [event.id],
+                handler=sub.name,
+                attempt=attempt + 1,
+                _queue_name=self.runtime.queue_name(self.service),
+                _defer_by=delay,
+            )
+            EVENTS_HANDLED.labels(self.service, "failed").inc()
+            return
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            await session.execute(
+                _RECORD_DEAD,
+                {
+                    "tenant_id": event.tenant_id,
+                    "service": self.service,
+                    "handler": sub.name,
+                    "event_id": event.id,
+                    "attempts": attempt,
+                    "error": f"{type(exc).__name__}: {exc}"[:4000],
+                },
+            )
+        EVENTS_HANDLED.labels(self.service, "dead").inc()
+        log.error("event %s is a dead letter for handler %s", event.id, sub.name)
+
+
+async def deliver_events(
+    ctx: dict[str, Any], event_ids: list[int], handler: str | None = None, attempt: int = 1
+) -> None:
+    """arq job: deliver outbox events to this service's handlers."""
+    delivery: EventDelivery = ctx["delivery"]
+    try:
+        await delivery.deliver(event_ids, handler, attempt)
+    except Exception as exc:
+        # Infrastructure trouble (database down...): the whole job comes back later;
+        # handlers already done are skipped then thanks to processed_events.
+        job_try = int(ctx.get("job_try", 1))
+        log.exception("delivery job failed (try %d); retrying", job_try)
+        raise Retry(defer=min(60.0, 2.0 * job_try)) from exc
+
+
+def build_worker(
+    runtime: Runtime,
+    service: str,
+    registry: SubscriptionRegistry,
+    jobs: JobRegistry,
+    *,
+    burst: bool = False,
+) -> Worker:
+    """An arq worker for one service's queue (create it inside the running loop)."""
+    settings = runtime.settings
+    return Worker(
+        functions=[
+            func(deliver_events, name=DELIVER_JOB, timeout=120, max_tries=50),
+            func(run_scheduled_job, name=RUN_SCHEDULED_JOB, timeout=600, max_tries=50),
+        ],
+        queue_name=runtime.queue_name(service),
+        redis_settings=redis_settings(runtime.redis_url),
+        handle_signals=False,
+        burst=burst,
+        max_jobs=settings.worker_max_jobs,
+        poll_delay=settings.worker_poll_seconds,
+        keep_result=0,
+        job_timeout=120,
+        ctx={
+            "delivery": EventDelivery(runtime, service, registry),
+            "jobs": jobs,
+            "runtime": runtime,
+            "service": service,
+        },
+    )
