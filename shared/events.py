@@ -103,10 +103,15 @@ registry = SubscriptionRegistry()
 subscribe = registry.subscribe
 
 
-def load_subscriptions(services: Iterable[str] = SERVICES) -> SubscriptionRegistry:
-    """Import each service's tasks module so its `@subscribe` handlers register."""
+def load_subscriptions(
+    services: Iterable[str] = SERVICES, extra_modules: str = ""
+) -> SubscriptionRegistry:
+    """Import each service's tasks module (and any extra handler modules, comma-separated)
+    so their `@subscribe` handlers and scheduled jobs register."""
     for service in services:
         importlib.import_module(f"services.{service}.tasks")
+    for module in filter(None, (m.strip() for m in extra_modules.split(","))):
+        importlib.import_module(module)
     return registry
 
 

@@ -63,7 +63,7 @@ async def run_process(
     try:
         if migrate_first:
             await migrate.upgrade(runtime.engine)
-        registry = load_subscriptions()
+        registry = load_subscriptions(extra_modules=settings.extra_task_modules)
         tasks: list[asyncio.Task[None]] = []
         server: _Server | None = None
         if api_services:
@@ -83,8 +83,11 @@ async def run_process(
         workers: list[Worker] = [
             build_worker(runtime, service, registry, jobs) for service in worker_services
         ]
-        for worker, service in zip(workers, worker_services, strict=True):
-            tasks.append(asyncio.create_task(worker.main(), name=f"worker:{service}"))
+        worker_tasks = [
+            asyncio.create_task(worker.main(), name=f"worker:{service}")
+            for worker, service in zip(workers, worker_services, strict=True)
+        ]
+        tasks.extend(worker_tasks)
         if with_dispatch:
             tasks.append(
                 asyncio.create_task(OutboxRelay(runtime, registry).run(stop), name="relay")
@@ -109,6 +112,8 @@ async def run_process(
         if server is not None:
             server.should_exit = True
         await asyncio.gather(*(_drain_worker(w) for w in workers))
+        for task in worker_tasks:
+            task.cancel()  # arq's poll loop; it holds no job any more
         _, pending = await asyncio.wait(tasks, timeout=10)
         for task in pending:
             task.cancel()

@@ -162,8 +162,8 @@ def build_worker(
     settings = runtime.settings
     return Worker(
         functions=[
-            func(deliver_events, name=DELIVER_JOB, timeout=120, max_tries=50),
-            func(run_scheduled_job, name=RUN_SCHEDULED_JOB, timeout=600, max_tries=50),
+            func(deliver_events, name=DELIVER_JOB, max_tries=50),
+            func(run_scheduled_job, name=RUN_SCHEDULED_JOB, max_tries=50),
         ],
         queue_name=runtime.queue_name(service),
         redis_settings=redis_settings(runtime.redis_url),
@@ -172,7 +172,9 @@ def build_worker(
         max_jobs=settings.worker_max_jobs,
         poll_delay=settings.worker_poll_seconds,
         keep_result=0,
-        job_timeout=120,
+        # A worker killed mid-job leaves the job queued; arq runs it again once
+        # this timeout (+10 s) has passed.
+        job_timeout=settings.job_timeout_seconds,
         ctx={
             "delivery": EventDelivery(runtime, service, registry),
             "jobs": jobs,

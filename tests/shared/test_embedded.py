@@ -45,7 +45,7 @@ def _procs_mentioning(data_dir: Path) -> list[psutil.Process]:
 
 def _gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -81,8 +81,9 @@ def rds(urls: EmbeddedUrls) -> redis.Redis:
 @contextmanager
 def child_user(data_dir: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process that acquires the servers and then idles until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(data_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("postgresql://")
@@ -184,7 +185,8 @@ def test_stale_pid_files_are_recovered(data_dir: Path) -> None:
         port = urls.database_url.rsplit(":", 1)[1].split("/")[0]
         (data_dir / "pg" / "postmaster.pid").write_text(
             f"{bystander.pid}\n{data_dir / 'pg'}\n{int(time.time())}\n{port}\n\n"
-            "127.0.0.1\n  1234  5678\nready   \n")
+            "127.0.0.1\n  1234  5678\nready   \n"
+        )
         (data_dir / "valkey" / "valkey.pid").write_text(f"{dead.pid}\n")
         with servers as urls2:
             assert sql(urls2, "SELECT 1") == [(1,)]
