@@ -169,3 +169,25 @@ async def committed_client(committed: Runtime) -> AsyncIterator[httpx.AsyncClien
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def scrm_env(settings: Settings) -> dict[str, str]:
+    """Environment for `scrm` subprocesses pointing at this run's database and queues."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SCRM_", "DATABASE_", "REDIS_"))
+    }
+    assert settings.database_url and settings.redis_url
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        SCRM_QUEUE_PREFIX=settings.queue_prefix,
+        SCRM_SECRET_KEY="x" * 40,
+        SCRM_DATA_DIR=str(settings.data_dir),
+        SCRM_EVENT_MAX_ATTEMPTS=str(settings.event_max_attempts),
+        SCRM_EVENT_RETRY_BASE_SECONDS=str(settings.event_retry_base_seconds),
+        SCRM_WORKER_POLL_SECONDS="0.01",
+        SCRM_EXTRA_TASK_MODULES="tests.shared.bus_handlers",
+        PYTHONPATH=str(ROOT),
+    )
+    return env

@@ -1,0 +1,253 @@
+"""The event bus end to end: outbox -> relay -> arq -> handler, on real Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from shared.db import unit_of_work
+from shared.events import publish, publish_many
+from shared.relay import DELIVER_JOB
+from shared.runtime import Runtime
+from tests.helpers import bearer, make_key, make_tenant
+from tests.shared.bus_support import (
+    effects,
+    ensure_test_tables,
+    relay_all,
+    switch_on,
+    work_until_idle,
+)
+
+pytestmark = pytest.mark.usefixtures("bus_tables")
+
+
+@pytest.fixture
+async def bus_tables(committed: Runtime) -> None:
+    await ensure_test_tables(committed)
+
+
+async def publish_committed(runtime: Runtime, event_type: str, n: int = 1) -> list[int]:
+    async with unit_of_work(runtime.sessionmaker) as session:
+        await publish_many(session, [(event_type, {"n": i}, None) for i in range(n)])
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id FROM outbox_events WHERE type = :t ORDER BY id"), {"t": event_type}
+        )
+        return [row[0] for row in rows][-n:]
+
+
+async def test_committed_event_is_handled_exactly_once(committed: Runtime) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish(session, "test.ping", {"hello": "world"}, tenant_id=None)
+    assert await relay_all(committed) == 1
+    await work_until_idle(committed, "points", "tagging")
+    [event_id] = await effects(committed, "test.record")
+    assert await effects(committed, "test.record_in_tagging") == [event_id], "each subscriber once"
+    assert await relay_all(committed) == 0, "a published event is not published again"
+    await work_until_idle(committed, "points", "tagging")
+    assert len(await effects(committed)) == 2
+
+
+async def test_rolled_back_transaction_publishes_nothing(committed: Runtime) -> None:
+    with pytest.raises(RuntimeError):
+        async with unit_of_work(committed.sessionmaker) as session:
+            await publish(session, "test.ping", {}, tenant_id=None)
+            raise RuntimeError("the change fails after publishing")
+    assert await relay_all(committed) == 0
+    await work_until_idle(committed, "points")
+    assert await effects(committed) == []
+    async with committed.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM outbox_events")) == 0
+
+
+async def test_relay_killed_after_enqueue_before_marking(
+    committed: Runtime, scrm_env: dict[str, str]
+) -> None:
+    """SIGKILL at the worst moment: the job is in Redis, the row not yet marked.
+
+    The next relay publishes the event again; the consumer handles it once.
+    """
+    [event_id] = await publish_committed(committed, "test.ping")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.shared.relay_child"],
+        env=scrm_env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), timeout=30)
+        assert line.strip() == "ENQUEUED"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    queued_before = sum(
+        [await committed.redis.zcard(committed.queue_name(s)) for s in ("points", "tagging")]
+    )
+    assert queued_before == 1, "the killed relay had enqueued one job"
+    assert await relay_all(committed) == 1, "its claim died with it; the row is published again"
+    await work_until_idle(committed, "points", "tagging")
+    assert await effects(committed, "test.record") == [event_id]
+    assert await effects(committed, "test.record_in_tagging") == [event_id]
+
+
+async def test_relay_that_dies_before_enqueue_loses_nothing(committed: Runtime) -> None:
+    ids = await publish_committed(committed, "test.ping", 3)
+    broken = Runtime(**{**committed.__dict__, "redis": _DeadRedis()})  # Redis gone mid-publish
+    with pytest.raises(ConnectionError):
+        await relay_all(broken)
+    assert await relay_all(committed) == 3
+    await work_until_idle(committed, "points")
+    assert await effects(committed, "test.record") == ids
+
+
+class _DeadRedis:
+    async def enqueue_job(self, *args: object, **kwargs: object) -> None:
+        raise ConnectionError("redis went away")
+
+
+async def test_same_message_delivered_twice_is_handled_once(committed: Runtime) -> None:
+    ids = await publish_committed(committed, "test.ping", 5)
+    queue = committed.queue_name("points")
+    for _ in range(2):
+        await committed.redis.enqueue_job(DELIVER_JOB, ids, _queue_name=queue)
+    # Two workers racing on the duplicate jobs, as two replicas would.
+    await asyncio.gather(work_until_idle(committed, "points"), work_until_idle(committed, "points"))
+    assert sorted(await effects(committed, "test.record")) == ids
+
+
+async def test_failing_handler_ends_in_dlq_and_replays(
+    committed: Runtime, committed_client: httpx.AsyncClient
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        other = await make_tenant(session)
+        admin = await make_key(session, tenant, "admin")
+        other_admin = await make_key(session, other, "admin")
+        await publish(session, "test.fail", {"order": 1}, tenant_id=tenant.id)
+    await relay_all(committed)
+    await work_until_idle(committed, "points")
+    assert await effects(committed) == [], "every failed attempt rolled back"
+
+    listed = (await committed_client.get("/v1/admin/dlq", headers=bearer(admin))).json()["items"]
+    assert len(listed) == 1
+    letter = listed[0]
+    assert letter["handler"] == "test.fails_until_healed" and letter["service"] == "points"
+    assert letter["attempts"] == committed.settings.event_max_attempts
+    assert "handler broken" in letter["last_error"] and letter["status"] == "dead"
+    assert (await committed_client.get("/v1/admin/dlq", headers=bearer(other_admin))).json()[
+        "items"
+    ] == []
+    hidden = await committed_client.post(
+        f"/v1/admin/dlq/{letter['id']}/replay", headers=bearer(other_admin)
+    )
+    assert hidden.status_code == 404
+
+    metrics = (await committed_client.get("/metrics")).text
+    assert "scrm_dlq_size 1.0" in metrics
+
+    await switch_on(committed, "healed")
+    replayed = await committed_client.post(
+        f"/v1/admin/dlq/{letter['id']}/replay", headers=bearer(admin)
+    )
+    assert replayed.status_code == 200 and replayed.json()["status"] == "replayed"
+    again = await committed_client.post(
+        f"/v1/admin/dlq/{letter['id']}/replay", headers=bearer(admin)
+    )
+    assert again.status_code == 409
+    await work_until_idle(committed, "points")
+    assert len(await effects(committed, "test.fails_until_healed")) == 1
+    assert (await committed_client.get("/v1/admin/dlq", headers=bearer(admin))).json()[
+        "items"
+    ] == []
+
+
+async def test_dlq_cli_lists_and_replays(committed: Runtime, scrm_env: dict[str, str]) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish(session, "test.fail", {}, tenant_id=None)
+    await relay_all(committed)
+    await work_until_idle(committed, "points")
+
+    listed = await _scrm(scrm_env, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert len(lines) == 1 and '"handler": "test.fails_until_healed"' in lines[0]
+    letter_id = lines[0].split('"id": ')[1].split(",")[0]
+
+    await switch_on(committed, "healed")
+    replay = await _scrm(scrm_env, "dlq", "replay", letter_id)
+    assert replay.returncode == 0, replay.stderr
+    assert '"status": "replayed"' in replay.stdout
+    await work_until_idle(committed, "points")
+    assert len(await effects(committed, "test.fails_until_healed")) == 1
+    missing = await _scrm(scrm_env, "dlq", "replay", "999999")
+    assert missing.returncode != 0 and "no dead letter 999999" in missing.stderr
+
+
+async def _scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+async def test_worker_killed_midway_loses_and_repeats_nothing(
+    committed: Runtime, scrm_env: dict[str, str]
+) -> None:
+    """A real `scrm worker` is SIGKILLed mid-batch; a new one finishes; each event once."""
+    env = {**scrm_env, "SCRM_JOB_TIMEOUT_SECONDS": "2"}
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(
+            session, [("test.slow", {"sleep": 0.05, "i": i}, None) for i in range(40)]
+        )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "worker", "--service", "points"], env=env
+    )
+    try:
+        for _ in range(300):
+            if len(await effects(committed, "test.slow")) >= 5:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    done_by_first = len(await effects(committed, "test.slow"))
+    assert 5 <= done_by_first < 40, "killed midway"
+    second = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "worker", "--service", "points"], env=env
+    )
+    try:
+        for _ in range(600):
+            if len(await effects(committed, "test.slow")) >= 40:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # anything extra would show up now
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=20)
+    handled = await effects(committed, "test.slow")
+    assert len(handled) == 40 and len(set(handled)) == 40, "each event exactly once"
+
+
+async def test_publish_rejects_nothing_silently(committed: Runtime) -> None:
+    """Events with no subscriber are marked published, not left to pile up."""
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish(session, f"nobody.listens.{uuid.uuid4().hex[:6]}", {}, tenant_id=None)
+    assert await relay_all(committed) == 1
+    async with committed.engine.connect() as conn:
+        assert (
+            await conn.scalar(text("SELECT count(*) FROM outbox_events WHERE published_at IS NULL"))
+            == 0
+        )
