@@ -181,8 +181,8 @@ class Scheduler:
 
 
 _LOCK_JOB = text(
-    "SELECT id, tenant_id, service, job, args, due_at, status, attempts "
-    "FROM scheduled_jobs WHERE id = :id FOR UPDATE"
+    "SELECT id, tenant_id, service, job, args, due_at, status, attempts, "
+    "due_at > now() AS early FROM scheduled_jobs WHERE id = :id FOR UPDATE"
 )
 
 
@@ -196,9 +196,11 @@ async def run_scheduled_job(ctx: dict[str, Any], scheduled_id: int) -> None:
             row = (await session.execute(_LOCK_JOB, {"id": scheduled_id})).first()
             if row is None or row.status not in ("enqueued", "pending"):
                 return
+            if row.early:
+                # A stray copy (a re-enqueue, or one left from before a reschedule):
+                # the copy deferred to due_at runs it.
+                return
             attempts = row.attempts + 1
-            if row.status == "pending" and row.due_at > datetime.now(row.due_at.tzinfo):
-                return  # a stale copy of a job that was rescheduled later
             fn = registry.get(row.service, row.job)
             if fn is None:
                 raise LookupError(f"no scheduled job {row.job!r} in service {row.service}")

@@ -14,7 +14,8 @@ from shared.scheduler import ScheduledWork, scheduled_job
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS test_effects (
-           id bigserial PRIMARY KEY, event_id bigint, handler text, at timestamptz DEFAULT now())""",
+           id bigserial PRIMARY KEY, event_id bigint, handler text,
+           at timestamptz DEFAULT now())""",
     "CREATE TABLE IF NOT EXISTS test_switches (name text PRIMARY KEY)",
 ]
 

@@ -56,10 +56,13 @@ async def test_committed_event_is_handled_exactly_once(committed: Runtime) -> No
 
 
 async def test_rolled_back_transaction_publishes_nothing(committed: Runtime) -> None:
-    with pytest.raises(RuntimeError):
+    async def failing_change() -> None:
         async with unit_of_work(committed.sessionmaker) as session:
             await publish(session, "test.ping", {}, tenant_id=None)
             raise RuntimeError("the change fails after publishing")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
     assert await relay_all(committed) == 0
     await work_until_idle(committed, "points")
     assert await effects(committed) == []
