@@ -1,0 +1,115 @@
+"""The `scrm` command line and the settings it starts from."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.config import Settings, SettingsError, load_settings, secret_key, sqlalchemy_url
+from shared.runtime import Runtime
+from tests.helpers import bearer
+
+
+async def scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_tenant_and_key_commands_print_the_result_last(
+    committed: Runtime, committed_client: httpx.AsyncClient, scrm_env: dict[str, str]
+) -> None:
+    created = await scrm(scrm_env, "tenant", "create", "cli-brand", "--name", "CLI Brand",
+                         "--timezone", "Asia/Tokyo")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().splitlines()[-1] == "cli-brand"
+
+    key = await scrm(scrm_env, "apikey", "create", "--tenant", "cli-brand", "--role", "operator")
+    assert key.returncode == 0, key.stderr
+    plaintext = key.stdout.strip().splitlines()[-1]
+    me = (await committed_client.get("/v1/me", headers=bearer(plaintext))).json()
+    assert me["role"] == "operator"
+    assert me["tenant"]["slug"] == "cli-brand" and me["tenant"]["timezone"] == "Asia/Tokyo"
+
+    dup = await scrm(scrm_env, "tenant", "create", "cli-brand")
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+    unknown = await scrm(scrm_env, "apikey", "create", "--tenant", "nope", "--role", "admin")
+    assert unknown.returncode != 0 and "no tenant 'nope'" in unknown.stderr
+    no_tenant = await scrm(scrm_env, "apikey", "create", "--role", "admin")
+    assert no_tenant.returncode != 0 and "--tenant" in no_tenant.stderr
+    bad_slug = await scrm(scrm_env, "tenant", "create", "Not A Slug")
+    assert bad_slug.returncode != 0 and "invalid tenant slug" in bad_slug.stderr
+
+    platform = await scrm(scrm_env, "apikey", "create", "--role", "platform")
+    listed = await committed_client.get(
+        "/v1/admin/tenants", headers=bearer(platform.stdout.strip().splitlines()[-1])
+    )
+    assert [t["slug"] for t in listed.json()] == ["cli-brand"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("DATABASE_URL", "mysql://root@localhost/db", "DATABASE_URL"),
+        ("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432", "DATABASE_URL"),
+        ("REDIS_URL", "http://localhost:6379", "REDIS_URL"),
+        ("REDIS_URL", "redis://localhost:6379/zero", "REDIS_URL"),
+        ("PORT", "eighty", "PORT"),
+        ("PORT", "70000", "PORT"),
+        ("SCRM_SECRET_KEY", "short", "SCRM_SECRET_KEY"),
+        ("SCRM_LOG_LEVEL", "LOUD", "SCRM_LOG_LEVEL"),
+    ],
+)
+async def test_invalid_settings_fail_at_start_naming_the_setting(
+    scrm_env: dict[str, str], name: str, value: str, expected: str
+) -> None:
+    result = await scrm({**scrm_env, name: value}, "tenant", "list")
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    if name == "SCRM_SECRET_KEY":
+        assert value not in result.stderr, "secrets are never echoed"
+
+
+def test_database_url_accepts_the_usual_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in (
+        "postgresql://u@h:5432/db",
+        "postgres://u@h:5432/db",
+        "postgresql+asyncpg://u@h:5432/db",
+    ):
+        monkeypatch.setenv("DATABASE_URL", url)
+        settings = load_settings()
+        assert settings.database_url == url
+        assert sqlalchemy_url(url) == "postgresql+asyncpg://u@h:5432/db"
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        load_settings()
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "REDIS_URL", "PORT", "HOST", "SCRM_DATA_DIR", "SCRM_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir("/")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.data_dir == Path(".scrm") and settings.embedded
+
+
+def test_secret_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", secret_key=None)
+    first = secret_key(settings)
+    assert len(first) >= 32 and secret_key(settings) == first
+    path = tmp_path / "data" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert secret_key(Settings(data_dir=tmp_path / "data", secret_key="y" * 40)) == b"y" * 40
