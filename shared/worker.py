@@ -28,6 +28,15 @@ from shared.scheduler import RUN_SCHEDULED_JOB, JobRegistry, backoff_seconds, ru
 
 log = logging.getLogger("scrm.worker")
 
+_CLAIM_MANY = text(
+    """
+    INSERT INTO processed_events (event_id, handler)
+    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:handlers AS text[]))
+    ON CONFLICT DO NOTHING
+    RETURNING event_id, handler
+    """
+)
+
 _RECORD_DEAD = text(
     """
     INSERT INTO dead_letters (tenant_id, service, handler, event_id, attempts, last_error)
@@ -48,6 +57,23 @@ class EventDelivery:
         self.registry = registry
 
     async def deliver(self, event_ids: list[int], handler: str | None, attempt: int) -> None:
+        pairs = await self._work_for(event_ids, handler)
+        if not pairs:
+            return
+        if len(pairs) > 1 and attempt == 1:
+            try:
+                await self._deliver_batch(pairs)
+                return
+            except Exception as exc:
+                # Someone's handler failed: the batch rolled back as a whole; deliver
+                # each event alone so only the failing one is retried.
+                log.info("batch of %d deliveries failed (%r); one by one", len(pairs), exc)
+        for event, sub in pairs:
+            await self._deliver_one(event, sub, attempt)
+
+    async def _work_for(
+        self, event_ids: list[int], handler: str | None
+    ) -> list[tuple[Event, Subscription]]:
         async with unit_of_work(self.runtime.sessionmaker) as session:
             rows = (
                 await session.scalars(
@@ -56,6 +82,7 @@ class EventDelivery:
                     .order_by(OutboxEvent.id)
                 )
             ).all()
+        pairs: list[tuple[Event, Subscription]] = []
         for row in rows:
             event = Event(
                 id=row.id,
@@ -67,15 +94,32 @@ class EventDelivery:
             )
             if handler is not None:
                 sub = self.registry.get(handler)
-                subs = [sub] if sub is not None and sub.service == self.service else []
-                if not subs:
+                if sub is None or sub.service != self.service:
                     log.error(
                         "no handler %r in service %s; event %s", handler, self.service, row.id
                     )
+                    continue
+                pairs.append((event, sub))
             else:
-                subs = self.registry.handlers(self.service, row.type)
-            for sub in subs:
-                await self._deliver_one(event, sub, attempt)
+                pairs.extend((event, sub) for sub in self.registry.handlers(self.service, row.type))
+        # One order everywhere, so concurrent batches lock processed_events rows
+        # in the same order and cannot deadlock.
+        pairs.sort(key=lambda pair: (pair[0].id, pair[1].name))
+        return pairs
+
+    async def _deliver_batch(self, pairs: list[tuple[Event, Subscription]]) -> None:
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            claimed = await session.execute(
+                _CLAIM_MANY,
+                {"ids": [e.id for e, _ in pairs], "handlers": [s.name for _, s in pairs]},
+            )
+            fresh = {(event_id, name) for event_id, name in claimed}
+            for event, sub in pairs:
+                if (event.id, sub.name) in fresh:
+                    await sub.handler(session, event)
+        EVENTS_HANDLED.labels(self.service, "ok").inc(len(fresh))
+        if len(pairs) > len(fresh):
+            EVENTS_HANDLED.labels(self.service, "duplicate").inc(len(pairs) - len(fresh))
 
     async def _deliver_one(self, event: Event, sub: Subscription, attempt: int) -> None:
         try:

@@ -209,39 +209,46 @@ async def _scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 async def test_worker_killed_midway_loses_and_repeats_nothing(
     committed: Runtime, scrm_env: dict[str, str]
 ) -> None:
-    """A real `scrm worker` is SIGKILLed mid-batch; a new one finishes; each event once."""
+    """A real `scrm worker` is SIGKILLed with batches in flight; a new one finishes them.
+
+    Events arrive in groups (one delivery job each); the kill lands after some
+    groups committed and while others were mid-transaction.
+    """
     env = {**scrm_env, "SCRM_JOB_TIMEOUT_SECONDS": "2"}
-    async with unit_of_work(committed.sessionmaker) as session:
-        await publish_many(
-            session, [("test.slow", {"sleep": 0.05, "i": i}, None) for i in range(40)]
-        )
-    first = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker", "--service", "points"], env=env
-    )
+    command = [sys.executable, "-m", "shared.cli", "worker", "--service", "points"]
+    first = subprocess.Popen(command, env=env)
     try:
-        for _ in range(300):
-            if len(await effects(committed, "test.slow")) >= 5:
-                break
-            await asyncio.sleep(0.05)
+        async with unit_of_work(committed.sessionmaker) as session:
+            await publish(session, "test.slow", {"sleep": 0}, tenant_id=None)
+        await _wait_for_effects(committed, 1, seconds=30)  # the worker is up
+        for group in range(6):
+            async with unit_of_work(committed.sessionmaker) as session:
+                await publish_many(
+                    session, [("test.slow", {"sleep": 0.1, "g": group}, None) for _ in range(10)]
+                )
+            await asyncio.sleep(0.25)
+        await _wait_for_effects(committed, 11, seconds=30)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     done_by_first = len(await effects(committed, "test.slow"))
-    assert 5 <= done_by_first < 40, "killed midway"
-    second = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker", "--service", "points"], env=env
-    )
+    assert 11 <= done_by_first < 61, "killed with work in flight"
+    second = subprocess.Popen(command, env=env)
     try:
-        for _ in range(600):
-            if len(await effects(committed, "test.slow")) >= 40:
-                break
-            await asyncio.sleep(0.1)
+        await _wait_for_effects(committed, 61, seconds=60)
         await asyncio.sleep(0.5)  # anything extra would show up now
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
     handled = await effects(committed, "test.slow")
-    assert len(handled) == 40 and len(set(handled)) == 40, "each event exactly once"
+    assert len(handled) == 61 and len(set(handled)) == 61, "each event exactly once"
+
+
+async def _wait_for_effects(runtime: Runtime, count: int, *, seconds: float) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if len(await effects(runtime, "test.slow")) >= count:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_publish_rejects_nothing_silently(committed: Runtime) -> None:

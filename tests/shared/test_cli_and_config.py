@@ -30,8 +30,9 @@ async def scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 async def test_tenant_and_key_commands_print_the_result_last(
     committed: Runtime, committed_client: httpx.AsyncClient, scrm_env: dict[str, str]
 ) -> None:
-    created = await scrm(scrm_env, "tenant", "create", "cli-brand", "--name", "CLI Brand",
-                         "--timezone", "Asia/Tokyo")
+    created = await scrm(
+        scrm_env, "tenant", "create", "cli-brand", "--name", "CLI Brand", "--timezone", "Asia/Tokyo"
+    )
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip().splitlines()[-1] == "cli-brand"
 

@@ -31,9 +31,9 @@ async def test_concurrent_requests_with_one_key_create_once(
     assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 19
     async with committed.engine.connect() as conn:
         count = await conn.scalar(
-            select(func.count()).select_from(ApiKey).where(
-                ApiKey.tenant_id == tenant.id, ApiKey.role == "analyst"
-            )
+            select(func.count())
+            .select_from(ApiKey)
+            .where(ApiKey.tenant_id == tenant.id, ApiKey.role == "analyst")
         )
     assert count == 1
 

@@ -23,7 +23,9 @@ async def bus_tables(committed: Runtime) -> None:
 async def status_of(runtime: Runtime, job_id: int) -> str:
     async with runtime.engine.connect() as conn:
         return str(
-            await conn.scalar(text("SELECT status FROM scheduled_jobs WHERE id = :i"), {"i": job_id})
+            await conn.scalar(
+                text("SELECT status FROM scheduled_jobs WHERE id = :i"), {"i": job_id}
+            )
         )
 
 
@@ -59,7 +61,9 @@ async def test_due_job_runs_once_at_its_time(committed: Runtime) -> None:
     )
     await schedule_and_work(committed, "campaigns")
     async with committed.engine.connect() as conn:
-        ran_at = await conn.scalar(text("SELECT at FROM test_effects WHERE event_id = :i"), {"i": job_id})
+        ran_at = await conn.scalar(
+            text("SELECT at FROM test_effects WHERE event_id = :i"), {"i": job_id}
+        )
     assert await effects(committed, "test_step") == [job_id]
     assert ran_at >= due - timedelta(milliseconds=50), "not before it is due"
     assert await status_of(committed, job_id) == "done"
