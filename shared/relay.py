@@ -77,6 +77,9 @@ class OutboxRelay:
         listener = await self._listen()
         try:
             while not stop.is_set():
+                # Clear before publishing: a NOTIFY that arrives while we publish
+                # must wake the next round, not be forgotten.
+                self._wake.clear()
                 try:
                     handled = await self.publish_pending()
                 except Exception:
@@ -88,7 +91,6 @@ class OutboxRelay:
                     continue
                 if handled >= self.batch_size:
                     continue
-                self._wake.clear()
                 await _wait_any(stop, self._wake, self.idle_poll_seconds)
         finally:
             if listener is not None and not listener.is_closed():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,12 +53,17 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "embedded"
+def data_dir() -> Iterator[Path]:
+    # A `mktemp -d`-style root (mode 0700) exercises the traversal grants for the unprivileged
+    # postgres user. Not tmp_path: every pytest session started as root chmods
+    # /tmp/pytest-of-root back to 0700, cutting that user off mid-test when sessions overlap.
+    root = Path(tempfile.mkdtemp(prefix="scrm-embedded-test-"))
+    path = root / "deeply" / "nested" / "data"
     yield path
     leftovers = _procs_mentioning(path)
     for proc in leftovers:  # safety net: never leak servers from a failed test
         proc.kill()
+    shutil.rmtree(root, ignore_errors=True)
     assert not leftovers, f"processes left running: {leftovers}"
 
 
@@ -94,6 +101,8 @@ def child_user(data_dir: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_acquire_gives_working_servers(data_dir: Path) -> None:
+    (data_dir / "pg").mkdir(parents=True)
+    (data_dir / "pg" / "base").write_text("left by an interrupted initdb")
     servers = EmbeddedServers(data_dir)
     with servers as urls:
         assert urls.database_url.startswith("postgresql://postgres@127.0.0.1:")
