@@ -172,6 +172,27 @@ async def authenticate(session: AsyncSession, authorization: str | None) -> Prin
     )
 
 
+def audit_as(
+    session: AsyncSession,
+    request: Request | None,
+    principal: Principal,
+    *,
+    action: str,
+    target: dict[str, Any],
+) -> None:
+    """Write an audit entry on behalf of `principal` in the request's transaction."""
+    record_audit(
+        session,
+        request,
+        tenant_id=principal.tenant_id,
+        api_key_id=principal.api_key_id,
+        actor=principal.actor,
+        role=principal.role,
+        action=action,
+        target=target,
+    )
+
+
 def require(*roles: Role) -> Any:
     """Dependency admitting only `roles`; audits mutating requests it admits."""
     allowed = frozenset(roles)
@@ -187,13 +208,10 @@ def require(*roles: Role) -> Any:
         if request.method in _MUTATING:
             route = request.scope.get("route")
             template = getattr(route, "path", request.url.path)
-            record_audit(
+            audit_as(
                 session,
                 request,
-                tenant_id=principal.tenant_id,
-                api_key_id=principal.api_key_id,
-                actor=principal.actor,
-                role=principal.role,
+                principal,
                 action=f"{request.method} {template}",
                 target={k: str(v) for k, v in request.path_params.items()},
             )

@@ -87,9 +87,7 @@ def cli() -> None:
     """scrm: private-domain customer operations on WeCom."""
 
 
-@cli.command()
-def up() -> None:
-    """Migrate, then run every service's API, workers, the outbox relay and the scheduler."""
+def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: bool) -> None:
     settings = _settings()
     configure_logging(settings.log_level)
     with servers(settings) as (database_url, redis_url):
@@ -98,32 +96,25 @@ def up() -> None:
                 settings,
                 database_url,
                 redis_url,
-                api_services=SERVICES,
-                worker_services=SERVICES,
-                with_dispatch=True,
-                migrate_first=True,
+                api_services=api,
+                worker_services=workers,
+                with_dispatch=dispatch,
+                migrate_first=migrate_first,
             )
         )
+
+
+@cli.command()
+def up() -> None:
+    """Migrate, then run every service's API, workers, the outbox relay and the scheduler."""
+    _run(list(SERVICES), list(SERVICES), dispatch=True, migrate_first=True)
 
 
 @cli.command()
 @click.option("--service", "service", type=SERVICE_CHOICE, required=True)
 def serve(service: str) -> None:
     """Run one service's API alone (plus the platform endpoints) on HOST:PORT."""
-    settings = _settings()
-    configure_logging(settings.log_level)
-    with servers(settings) as (database_url, redis_url):
-        asyncio.run(
-            run_process(
-                settings,
-                database_url,
-                redis_url,
-                api_services=[service],
-                worker_services=[],
-                with_dispatch=False,
-                migrate_first=False,
-            )
-        )
+    _run([service], [], dispatch=False, migrate_first=False)
 
 
 @cli.command()
@@ -136,20 +127,7 @@ def serve(service: str) -> None:
 )
 def worker(service: str, dispatch: bool) -> None:
     """Run one service's worker: its event handlers and jobs."""
-    settings = _settings()
-    configure_logging(settings.log_level)
-    with servers(settings) as (database_url, redis_url):
-        asyncio.run(
-            run_process(
-                settings,
-                database_url,
-                redis_url,
-                api_services=[],
-                worker_services=[service],
-                with_dispatch=dispatch,
-                migrate_first=False,
-            )
-        )
+    _run([], [service], dispatch=dispatch, migrate_first=False)
 
 
 @cli.command(name="migrate")

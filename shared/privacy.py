@@ -13,8 +13,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
-from shared.audit import record_audit
-from shared.auth import Principal
+from shared.auth import Principal, audit_as
 
 PersonalKind = Literal["phone", "name", "email", "identifier", "address"]
 
@@ -72,13 +71,10 @@ def audit_unmasked_read(
     fields: list[str],
 ) -> None:
     """Record that `principal` read `fields` of a subject unmasked."""
-    record_audit(
+    audit_as(
         session,
         request,
-        tenant_id=principal.tenant_id,
-        api_key_id=principal.api_key_id,
-        actor=principal.actor,
-        role=principal.role,
+        principal,
         action=f"read_personal_data {subject_type}",
         target={"id": str(subject_id), "fields": ",".join(sorted(fields))},
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,3 +29,15 @@ async def make_key(session: AsyncSession, tenant: Tenant | None, role: str) -> s
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def run_scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `scrm` command line in a subprocess."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shared.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )

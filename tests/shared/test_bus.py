@@ -16,7 +16,7 @@ from shared.db import unit_of_work
 from shared.events import publish, publish_many
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
-from tests.helpers import bearer, make_key, make_tenant
+from tests.helpers import bearer, make_key, make_tenant, run_scrm
 from tests.shared.bus_support import (
     effects,
     ensure_test_tables,
@@ -178,31 +178,20 @@ async def test_dlq_cli_lists_and_replays(committed: Runtime, scrm_env: dict[str,
     await relay_all(committed)
     await work_until_idle(committed, "points")
 
-    listed = await _scrm(scrm_env, "dlq", "list")
+    listed = await run_scrm(scrm_env, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.strip().splitlines()
     assert len(lines) == 1 and '"handler": "test.fails_until_healed"' in lines[0]
     letter_id = lines[0].split('"id": ')[1].split(",")[0]
 
     await switch_on(committed, "healed")
-    replay = await _scrm(scrm_env, "dlq", "replay", letter_id)
+    replay = await run_scrm(scrm_env, "dlq", "replay", letter_id)
     assert replay.returncode == 0, replay.stderr
     assert '"status": "replayed"' in replay.stdout
     await work_until_idle(committed, "points")
     assert len(await effects(committed, "test.fails_until_healed")) == 1
-    missing = await _scrm(scrm_env, "dlq", "replay", "999999")
+    missing = await run_scrm(scrm_env, "dlq", "replay", "999999")
     assert missing.returncode != 0 and "no dead letter 999999" in missing.stderr
-
-
-async def _scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "shared.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.slow

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,46 +10,37 @@ import pytest
 
 from shared.config import Settings, SettingsError, load_settings, secret_key, sqlalchemy_url
 from shared.runtime import Runtime
-from tests.helpers import bearer
-
-
-async def scrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "shared.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.helpers import bearer, run_scrm
 
 
 async def test_tenant_and_key_commands_print_the_result_last(
     committed: Runtime, committed_client: httpx.AsyncClient, scrm_env: dict[str, str]
 ) -> None:
-    created = await scrm(
+    created = await run_scrm(
         scrm_env, "tenant", "create", "cli-brand", "--name", "CLI Brand", "--timezone", "Asia/Tokyo"
     )
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip().splitlines()[-1] == "cli-brand"
 
-    key = await scrm(scrm_env, "apikey", "create", "--tenant", "cli-brand", "--role", "operator")
+    key = await run_scrm(
+        scrm_env, "apikey", "create", "--tenant", "cli-brand", "--role", "operator"
+    )
     assert key.returncode == 0, key.stderr
     plaintext = key.stdout.strip().splitlines()[-1]
     me = (await committed_client.get("/v1/me", headers=bearer(plaintext))).json()
     assert me["role"] == "operator"
     assert me["tenant"]["slug"] == "cli-brand" and me["tenant"]["timezone"] == "Asia/Tokyo"
 
-    dup = await scrm(scrm_env, "tenant", "create", "cli-brand")
+    dup = await run_scrm(scrm_env, "tenant", "create", "cli-brand")
     assert dup.returncode != 0 and "already exists" in dup.stderr
-    unknown = await scrm(scrm_env, "apikey", "create", "--tenant", "nope", "--role", "admin")
+    unknown = await run_scrm(scrm_env, "apikey", "create", "--tenant", "nope", "--role", "admin")
     assert unknown.returncode != 0 and "no tenant 'nope'" in unknown.stderr
-    no_tenant = await scrm(scrm_env, "apikey", "create", "--role", "admin")
+    no_tenant = await run_scrm(scrm_env, "apikey", "create", "--role", "admin")
     assert no_tenant.returncode != 0 and "--tenant" in no_tenant.stderr
-    bad_slug = await scrm(scrm_env, "tenant", "create", "Not A Slug")
+    bad_slug = await run_scrm(scrm_env, "tenant", "create", "Not A Slug")
     assert bad_slug.returncode != 0 and "invalid tenant slug" in bad_slug.stderr
 
-    platform = await scrm(scrm_env, "apikey", "create", "--role", "platform")
+    platform = await run_scrm(scrm_env, "apikey", "create", "--role", "platform")
     listed = await committed_client.get(
         "/v1/admin/tenants", headers=bearer(platform.stdout.strip().splitlines()[-1])
     )
@@ -75,7 +63,7 @@ async def test_tenant_and_key_commands_print_the_result_last(
 async def test_invalid_settings_fail_at_start_naming_the_setting(
     scrm_env: dict[str, str], name: str, value: str, expected: str
 ) -> None:
-    result = await scrm({**scrm_env, name: value}, "tenant", "list")
+    result = await run_scrm({**scrm_env, name: value}, "tenant", "list")
     assert result.returncode != 0
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
