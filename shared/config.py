@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         validation_alias="SCRM_EXTRA_TASK_MODULES",
         description="Comma-separated modules with more @subscribe handlers / scheduled jobs.",
     )
+    redeliver_after_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = Field(
+        default=600.0, validation_alias="SCRM_REDELIVER_AFTER_SECONDS"
+    )
     scheduler_horizon_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=60.0, validation_alias="SCRM_SCHEDULER_HORIZON_SECONDS"
     )

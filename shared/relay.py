@@ -34,6 +34,22 @@ _CLAIM = text(
 )
 _MARK = text("UPDATE outbox_events SET published_at = now() WHERE id = ANY(:ids)")
 
+# Events a handler has neither processed nor dead-lettered, published long ago.
+_UNDELIVERED = text(
+    """
+    SELECT o.id FROM outbox_events o
+     WHERE o.type = ANY(:types)
+       AND o.published_at >= now() - interval '7 days'
+       AND o.published_at < now() - make_interval(secs => :after)
+       AND NOT EXISTS (SELECT 1 FROM processed_events p
+                        WHERE p.event_id = o.id AND p.handler = :handler)
+       AND NOT EXISTS (SELECT 1 FROM dead_letters d
+                        WHERE d.event_id = o.id AND d.handler = :handler)
+     ORDER BY o.id LIMIT :limit
+    """
+)
+_SWEEP_LOCK = 0x5C12_0002
+
 
 class OutboxRelay:
     def __init__(
@@ -44,12 +60,14 @@ class OutboxRelay:
         batch_size: int = 1000,
         job_size: int = 200,
         idle_poll_seconds: float = 1.0,
+        sweep_seconds: float = 60.0,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.batch_size = batch_size
         self.job_size = job_size
         self.idle_poll_seconds = idle_poll_seconds
+        self.sweep_seconds = sweep_seconds
         self._wake = asyncio.Event()
 
     async def publish_pending(self) -> int:
@@ -72,11 +90,65 @@ class OutboxRelay:
         EVENTS_PUBLISHED.inc(len(rows))
         return len(rows)
 
+    async def redeliver_lost(self) -> int:
+        """Re-enqueue events whose delivery job was lost (e.g. Redis restarted empty).
+
+        Only for a service whose queue is empty: then no job for it is queued,
+        deferred or running, so an event it has neither processed nor
+        dead-lettered after `SCRM_REDELIVER_AFTER_SECONDS` can only have been
+        lost. Delivering it again is safe: handlers run once per event.
+        """
+        after = self.runtime.settings.redeliver_after_seconds
+        total = 0
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            got_lock = await session.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _SWEEP_LOCK}
+            )
+            if not got_lock:
+                return 0  # another relay is sweeping
+            for sub in self.registry.all():
+                queue = self.runtime.queue_name(sub.service)
+                if await self.runtime.redis.zcard(queue):
+                    continue
+                ids = list(
+                    await session.scalars(
+                        _UNDELIVERED,
+                        {
+                            "types": sorted(sub.event_types),
+                            "after": after,
+                            "handler": sub.name,
+                            "limit": self.batch_size,
+                        },
+                    )
+                )
+                for start in range(0, len(ids), self.job_size):
+                    await self.runtime.redis.enqueue_job(
+                        DELIVER_JOB,
+                        ids[start : start + self.job_size],
+                        handler=sub.name,
+                        _queue_name=queue,
+                    )
+                if ids:
+                    log.warning(
+                        "relay: %d event(s) for %s were never delivered; enqueued again",
+                        len(ids),
+                        sub.name,
+                    )
+                total += len(ids)
+        return total
+
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set; survives database and Redis outages."""
         listener = await self._listen()
+        next_sweep = asyncio.get_running_loop().time() + self.sweep_seconds
         try:
             while not stop.is_set():
+                if asyncio.get_running_loop().time() >= next_sweep:
+                    next_sweep += self.sweep_seconds
+                    try:
+                        await self.redeliver_lost()
+                    except Exception:
+                        log.exception("relay: redelivery sweep failed")
                 # Clear before publishing: a NOTIFY that arrives while we publish
                 # must wake the next round, not be forgotten.
                 self._wake.clear()

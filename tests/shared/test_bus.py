@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 
 from shared.db import unit_of_work
-from shared.events import publish, publish_many
-from shared.relay import DELIVER_JOB
+from shared.events import publish, publish_many, registry
+from shared.relay import DELIVER_JOB, OutboxRelay
 from shared.runtime import Runtime
 from tests.helpers import bearer, make_key, make_tenant, run_scrm
 from tests.shared.bus_support import (
@@ -250,3 +250,36 @@ async def test_publish_rejects_nothing_silently(committed: Runtime) -> None:
             await conn.scalar(text("SELECT count(*) FROM outbox_events WHERE published_at IS NULL"))
             == 0
         )
+
+
+async def test_events_lost_from_redis_are_delivered_again(committed: Runtime) -> None:
+    """Redis restarted empty after the relay published: the sweep redelivers, once."""
+    lost, done = await publish_committed(committed, "test.ping", 2)
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish(session, "test.fail", {}, tenant_id=None)
+    await relay_all(committed)
+    await work_until_idle(committed, "points")  # handles everything...
+    async with committed.engine.begin() as conn:  # ...then forget one as if never run
+        await conn.execute(
+            text("DELETE FROM processed_events WHERE event_id = :e AND handler = 'test.record'"),
+            {"e": lost},
+        )
+        await conn.execute(text("DELETE FROM test_effects WHERE event_id = :e"), {"e": lost})
+    sweeping = Runtime(
+        **{
+            **committed.__dict__,
+            "settings": committed.settings.model_copy(update={"redeliver_after_seconds": 0.0}),
+        }
+    )
+    relay = OutboxRelay(sweeping, registry)
+    await committed.redis.enqueue_job(
+        DELIVER_JOB, [done], _queue_name=committed.queue_name("points")
+    )
+    assert await relay.redeliver_lost() == 0, "points has a job queued: it is not swept"
+    await work_until_idle(committed, "points", "tagging")
+    assert await relay.redeliver_lost() == 1, "now the points queue is idle: its lost event"
+    await work_until_idle(committed, "points")
+    assert sorted(await effects(committed, "test.record")) == [lost, done]
+    assert await relay.redeliver_lost() == 0, "processed and dead-lettered events stay put"
+    fresh = OutboxRelay(committed, registry)
+    assert await fresh.redeliver_lost() == 0, "nothing is swept before redeliver_after_seconds"
