@@ -19,8 +19,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.observability import current_request_id
-
 log = logging.getLogger("scrm.errors")
 
 
@@ -134,19 +132,10 @@ async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "conflict", "the change conflicts with existing data")
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        500,
-        "internal_error",
-        "internal error; the request id identifies it in the logs",
-        {"request_id": current_request_id()},
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ScrmError, _scrm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # Anything else is answered (500, with the request id) by
+    # shared.observability.RequestContextMiddleware.

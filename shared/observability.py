@@ -19,6 +19,8 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+_access_log = logging.getLogger("scrm.access")
+_error_log = logging.getLogger("scrm.errors")
 
 HTTP_REQUESTS = Counter(
     "scrm_http_requests_total",
@@ -126,11 +128,13 @@ class RequestContextMiddleware:
         request_id = incoming or uuid.uuid4().hex
         token = bind_request_id(request_id)
         status = 500
+        response_started = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
@@ -139,10 +143,45 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here rather than by Starlette's outermost error middleware,
+            # so the 500 still carries the request id (header, body and log).
+            _error_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if response_started:
+                raise
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": "internal_error",
+                        "message": "internal error; the request id identifies it in the logs",
+                        "details": {"request_id": request_id},
+                    }
+                }
+            ).encode()
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_id({"type": "http.response.body", "body": body})
         finally:
+            elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+            HTTP_LATENCY.labels(method, template).observe(elapsed)
+            if _access_log.isEnabledFor(logging.INFO):
+                _access_log.info(
+                    "%s %s %d",
+                    method,
+                    scope.get("path", ""),
+                    status,
+                    extra={"route": template, "status": status, "ms": round(elapsed * 1000, 2)},
+                )
             _request_id.reset(token)

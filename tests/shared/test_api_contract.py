@@ -318,3 +318,36 @@ async def test_ops_endpoints(client: httpx.AsyncClient) -> None:
     ):
         assert name in metrics, name
     assert 'route="unmatched"' in metrics
+
+
+async def test_unexpected_failure_answers_500_envelope_with_request_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = client._transport.app  # type: ignore[attr-defined]
+
+    @app.get("/v1/test-explodes")
+    async def explodes() -> None:
+        raise ZeroDivisionError("boom")
+
+    response = await client.get("/v1/test-explodes", headers={"X-Request-ID": "req-500"})
+    error = assert_envelope(response, 500, "internal_error")
+    assert error["details"] == {"request_id": "req-500"}
+    assert response.headers["x-request-id"] == "req-500"
+    assert "boom" not in response.text, "internals are logged, not shown"
+    assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+
+
+async def test_each_request_is_logged_with_its_id(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from shared.observability import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="scrm.access"):
+        await client.get("/healthz", headers={"X-Request-ID": "req-log"})
+    [record] = [r for r in caplog.records if r.name == "scrm.access"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "GET /healthz 200" and line["route"] == "/healthz"
+    assert line["status"] == 200 and line["ms"] >= 0 and line["level"] == "info"
