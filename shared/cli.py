@@ -8,6 +8,7 @@ on demand and shared with any other `scrm` process using them.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 import uuid
@@ -19,6 +20,7 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import auth, dlq, migrate, tenancy
+from shared.audit import record_audit
 from shared.config import Settings, SettingsError, get_settings, secret_key
 from shared.db import unit_of_work
 from shared.errors import ScrmError
@@ -57,6 +59,22 @@ def servers(settings: Settings) -> Iterator[tuple[str, str]]:
         yield settings.database_url or urls.database_url, settings.redis_url or urls.redis_url
     finally:
         embedded.release()
+
+
+def _audit_cli(
+    session: AsyncSession, action: str, tenant_id: uuid.UUID | None, **target: object
+) -> None:
+    """Commands change things outside any HTTP request; they are audited all the same."""
+    record_audit(
+        session,
+        None,
+        tenant_id=tenant_id,
+        api_key_id=None,
+        actor=f"cli:{getpass.getuser()}",
+        role=None,
+        action=action,
+        target={k: str(v) for k, v in target.items()},
+    )
 
 
 def _run_with_session(fn: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
@@ -163,6 +181,7 @@ def tenant_create(slug: str, name: str | None, timezone: str) -> None:
 
     async def go(session: AsyncSession, _: Runtime) -> str:
         created = await tenancy.create_tenant(session, slug, name=name, timezone=timezone)
+        _audit_cli(session, "scrm tenant create", created.id, slug=slug)
         return f"created tenant {created.slug} ({created.id}, {created.timezone})"
 
     click.echo(_run_with_session(go))
@@ -208,6 +227,7 @@ def apikey_create(slug: str | None, role: str, name: str, staff_userid: str | No
         key, plaintext = await auth.create_api_key(
             session, tenant_id=tenant_id, role=role, name=name, staff_userid=staff_userid
         )
+        _audit_cli(session, "scrm apikey create", tenant_id, api_key_id=key.id, role=role)
         return f"created {role} key {key.id} for {slug or 'the platform'}", plaintext
 
     summary, plaintext = _run_with_session(go)
@@ -224,6 +244,7 @@ def apikey_revoke(slug: str, key_id: uuid.UUID) -> None:
     async def go(session: AsyncSession, _: Runtime) -> str:
         tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id
         key = await auth.revoke_api_key(session, tenant_id, key_id)
+        _audit_cli(session, "scrm apikey revoke", tenant_id, key_id=key.id)
         return f"revoked {key.id} at {key.revoked_at}"
 
     click.echo(_run_with_session(go))
@@ -284,6 +305,7 @@ def dlq_replay(dead_letter_id: int) -> None:
     async def go(session: AsyncSession, runtime: Runtime) -> str:
         load_subscriptions(extra_modules=runtime.settings.extra_task_modules)
         letter = await dlq.replay_dead_letter(session, runtime, dlq.ALL_TENANTS, dead_letter_id)
+        _audit_cli(session, "scrm dlq replay", letter.tenant_id, dead_letter_id=letter.id)
         return _letter_line(letter)
 
     click.echo(_run_with_session(go))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from shared.config import Settings, SettingsError, load_settings, secret_key, sqlalchemy_url
 from shared.runtime import Runtime
@@ -41,6 +42,17 @@ async def test_tenant_and_key_commands_print_the_result_last(
     assert bad_slug.returncode != 0 and "invalid tenant slug" in bad_slug.stderr
 
     platform = await run_scrm(scrm_env, "apikey", "create", "--role", "platform")
+    async with committed.engine.connect() as conn:
+        audited = (
+            await conn.execute(text("SELECT actor, action, target FROM audit_log ORDER BY id"))
+        ).all()
+    assert [a[1] for a in audited] == [
+        "scrm tenant create",
+        "scrm apikey create",
+        "scrm apikey create",
+    ], "failed commands leave no audit entry"
+    assert all(a[0].startswith("cli:") for a in audited)
+    assert audited[1][2]["role"] == "operator"
     listed = await committed_client.get(
         "/v1/admin/tenants", headers=bearer(platform.stdout.strip().splitlines()[-1])
     )
