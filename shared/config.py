@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     redeliver_after_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = Field(
         default=600.0, validation_alias="SCRM_REDELIVER_AFTER_SECONDS"
     )
+    event_retention_days: Annotated[int, Field(ge=8, le=3650)] = Field(
+        default=30, validation_alias="SCRM_EVENT_RETENTION_DAYS"
+    )
+    idempotency_retention_hours: Annotated[int, Field(ge=1, le=24 * 365)] = Field(
+        default=72, validation_alias="SCRM_IDEMPOTENCY_RETENTION_HOURS"
+    )
     scheduler_horizon_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=60.0, validation_alias="SCRM_SCHEDULER_HORIZON_SECONDS"
     )

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db import unit_of_work
 from shared.events import SERVICES
 from shared.models import ScheduledJob
+from shared.retention import BATCH, purge_expired
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.scheduler")
@@ -137,10 +138,29 @@ _CLAIM_DUE = text(
 
 
 class Scheduler:
-    def __init__(self, runtime: Runtime, *, batch_size: int = 500, poll_seconds: float = 1.0):
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        batch_size: int = 500,
+        poll_seconds: float = 1.0,
+        purge_every_seconds: float = 3600.0,
+    ):
         self.runtime = runtime
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        self.purge_every_seconds = purge_every_seconds
+
+    async def purge(self) -> dict[str, int]:
+        """Delete expired bus rows, batch after batch, until none are left."""
+        total = {"events": 0, "scheduled_jobs": 0, "idempotency_keys": 0}
+        while True:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                counts = await purge_expired(session, self.runtime.settings)
+            for kind, n in counts.items():
+                total[kind] += n
+            if max(counts.values()) < BATCH:
+                return total
 
     async def enqueue_due(self) -> int:
         horizon = self.runtime.settings.scheduler_horizon_seconds
@@ -168,7 +188,15 @@ class Scheduler:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time() + 60  # not in the middle of start-up
         while not stop.is_set():
+            if loop.time() >= next_purge:
+                next_purge += self.purge_every_seconds
+                try:
+                    await self.purge()
+                except Exception:
+                    log.exception("scheduler: purging expired rows failed")
             try:
                 handled = await self.enqueue_due()
             except Exception:
