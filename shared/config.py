@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8000, validation_alias="PORT")
     data_dir: Path = Field(default=Path(".scrm"), validation_alias="SCRM_DATA_DIR")
     secret_key: SecretStr | None = Field(default=None, validation_alias="SCRM_SECRET_KEY")
+    encryption_keys: SecretStr | None = Field(default=None, validation_alias="SCRM_ENCRYPTION_KEYS")
     log_level: str = Field(default="INFO", validation_alias="SCRM_LOG_LEVEL")
     queue_prefix: str = Field(
         default="scrm", validation_alias="SCRM_QUEUE_PREFIX", pattern=r"^[A-Za-z0-9_.:-]+$"

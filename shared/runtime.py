@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.config import Settings
+from shared.crypto import FieldCipher, get_cipher
 from shared.db import create_engine, create_sessionmaker
 
 
@@ -31,7 +33,7 @@ class Runtime:
     async def open(cls, settings: Settings, database_url: str, redis_url: str) -> Runtime:
         engine = create_engine(database_url, pool_size=settings.db_pool_size)
         redis = await create_pool(redis_settings(redis_url))
-        return cls(
+        runtime = cls(
             settings=settings,
             database_url=database_url,
             redis_url=redis_url,
@@ -39,6 +41,15 @@ class Runtime:
             sessionmaker=create_sessionmaker(engine),
             redis=redis,
         )
+        # Every session knows its runtime, so event handlers and service code
+        # reach the cipher or Redis without globals (see runtime_of).
+        runtime.sessionmaker.configure(info={"runtime": runtime})
+        return runtime
+
+    @cached_property
+    def cipher(self) -> FieldCipher:
+        """Encryption of personal data and secrets at rest (keys from SCRM_SECRET_KEY)."""
+        return get_cipher(self.settings)
 
     def queue_name(self, service: str) -> str:
         return queue_name(self.settings.queue_prefix, service)
@@ -50,3 +61,11 @@ class Runtime:
 
 def queue_name(prefix: str, service: str) -> str:
     return f"{prefix}:queue:{service}"
+
+
+def runtime_of(session: AsyncSession) -> Runtime:
+    """The runtime a session was opened from."""
+    runtime = session.info.get("runtime")
+    if not isinstance(runtime, Runtime):
+        raise RuntimeError("this session was not opened from a Runtime")
+    return runtime

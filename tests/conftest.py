@@ -122,7 +122,10 @@ async def session(runtime: Runtime) -> AsyncIterator[AsyncSession]:
     async with runtime.engine.connect() as conn:
         transaction = await conn.begin()
         db = AsyncSession(
-            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+            bind=conn,
+            join_transaction_mode="create_savepoint",
+            expire_on_commit=False,
+            info={"runtime": runtime},
         )
         try:
             yield db
@@ -146,18 +149,13 @@ async def client(runtime: Runtime, session: AsyncSession) -> AsyncIterator[httpx
         yield http
 
 
-TABLES = (
-    "dead_letters, processed_events, outbox_events, scheduled_jobs, idempotency_keys, "
-    "audit_log, api_keys, tenants"
-)
-
-
 @pytest.fixture
 async def committed(runtime: Runtime) -> AsyncIterator[Runtime]:
     """For tests that need real commits: the runtime, with every table emptied after."""
     yield runtime
+    tables = ", ".join(t.name for t in migrate.target_metadata().sorted_tables)
     async with runtime.engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     for service in SERVICES:
         await runtime.redis.delete(runtime.queue_name(service))
 

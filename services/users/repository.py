@@ -1,3 +1,408 @@
-"""Every SQL statement of the users service lives here (none of its own tables yet)."""
+"""Every SQL statement of the users service."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.users.models import (
+    Contact,
+    ContactEvent,
+    ContactFollow,
+    ContactIdentity,
+    CustomerGroup,
+    GroupMember,
+    InboundEvent,
+    Staff,
+    WebhookSecret,
+    WeComSettings,
+)
+
+MAX_ACTIVE_WEBHOOK_SECRETS = 2
+
+
+def secret_context(tenant_id: uuid.UUID) -> bytes:
+    """AAD for a tenant's integration secrets: they decrypt only where they belong."""
+    return b"tenant-secret:" + tenant_id.bytes + b":"
+
+
+# -- integration settings -------------------------------------------------------------
+
+
+async def wecom_settings(session: AsyncSession, tenant_id: uuid.UUID) -> WeComSettings | None:
+    return await session.get(WeComSettings, tenant_id)
+
+
+async def save_wecom_settings(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    corp_id: str,
+    token_enc: bytes,
+    aes_key_enc: bytes,
+    secret_enc: bytes | None,
+) -> None:
+    values: dict[str, Any] = {
+        "corp_id": corp_id,
+        "token_enc": token_enc,
+        "aes_key_enc": aes_key_enc,
+        "updated_at": func.now(),
+    }
+    if secret_enc is not None:
+        values["secret_enc"] = secret_enc
+    await session.execute(
+        insert(WeComSettings)
+        .values(tenant_id=tenant_id, **values)
+        .on_conflict_do_update(index_elements=[WeComSettings.tenant_id], set_=values)
+    )
+
+
+async def active_webhook_secrets(
+    session: AsyncSession, tenant_id: uuid.UUID
+) -> Sequence[WebhookSecret]:
+    return (
+        await session.scalars(
+            select(WebhookSecret)
+            .where(WebhookSecret.tenant_id == tenant_id, WebhookSecret.revoked_at.is_(None))
+            .order_by(WebhookSecret.created_at.desc())
+        )
+    ).all()
+
+
+async def add_webhook_secret(
+    session: AsyncSession, tenant_id: uuid.UUID, secret_enc: bytes
+) -> WebhookSecret:
+    """Add a secret; beyond two active ones, the oldest is revoked (rotation)."""
+    # Serialise rotations of one tenant so two at once cannot leave three active.
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+        {"k": f"webhook-secrets:{tenant_id}"},
+    )
+    secret = WebhookSecret(tenant_id=tenant_id, secret_enc=secret_enc)
+    session.add(secret)
+    await session.flush()
+    active = await active_webhook_secrets(session, tenant_id)
+    stale = [s.id for s in active[MAX_ACTIVE_WEBHOOK_SECRETS:]]
+    if stale:
+        await session.execute(
+            update(WebhookSecret)
+            .where(WebhookSecret.id.in_(stale))
+            .values(revoked_at=datetime.now(UTC))
+        )
+    return secret
+
+
+async def revoke_webhook_secret(
+    session: AsyncSession, tenant_id: uuid.UUID, secret_id: uuid.UUID
+) -> WebhookSecret | None:
+    secret = await session.scalar(
+        select(WebhookSecret).where(
+            WebhookSecret.id == secret_id, WebhookSecret.tenant_id == tenant_id
+        )
+    )
+    if secret is not None and secret.revoked_at is None:
+        secret.revoked_at = datetime.now(UTC)
+        await session.flush()
+    return secret
+
+
+async def list_webhook_secrets(
+    session: AsyncSession, tenant_id: uuid.UUID
+) -> Sequence[WebhookSecret]:
+    return (
+        await session.scalars(
+            select(WebhookSecret)
+            .where(WebhookSecret.tenant_id == tenant_id)
+            .order_by(WebhookSecret.created_at.desc())
+        )
+    ).all()
+
+
+# -- inbound events ---------------------------------------------------------------------
+
+
+async def lock_inbound(session: AsyncSession, inbound_id: int) -> InboundEvent | None:
+    return await session.scalar(
+        select(InboundEvent).where(InboundEvent.id == inbound_id).with_for_update()
+    )
+
+
+async def count_inbound(session: AsyncSession, tenant_id: uuid.UUID, source: str) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(InboundEvent)
+            .where(InboundEvent.tenant_id == tenant_id, InboundEvent.source == source)
+        )
+        or 0
+    )
+
+
+# -- contacts and identities ------------------------------------------------------------
+
+
+async def contact_ids_for(
+    session: AsyncSession, tenant_id: uuid.UUID, identities: Sequence[tuple[str, bytes]]
+) -> dict[tuple[str, bytes], uuid.UUID]:
+    """Which contact each (kind, blind index) already belongs to."""
+    if not identities:
+        return {}
+    rows = await session.execute(
+        select(ContactIdentity.kind, ContactIdentity.value_bidx, ContactIdentity.contact_id).where(
+            ContactIdentity.tenant_id == tenant_id,
+            func.row(ContactIdentity.kind, ContactIdentity.value_bidx).in_(
+                [func.row(k, b) for k, b in identities]
+            ),
+        )
+    )
+    return {(kind, bidx): contact_id for kind, bidx, contact_id in rows}
+
+
+async def add_identity(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    *,
+    kind: str,
+    value_bidx: bytes,
+    value_enc: bytes,
+    source: str,
+) -> uuid.UUID:
+    """Attach an identity; returns the contact that owns it (maybe another one, first)."""
+    owner = await session.scalar(
+        insert(ContactIdentity)
+        .values(
+            tenant_id=tenant_id,
+            contact_id=contact_id,
+            kind=kind,
+            value_bidx=value_bidx,
+            value_enc=value_enc,
+            source=source,
+        )
+        .on_conflict_do_update(
+            constraint="uq_contact_identities_value",
+            # A no-op update so RETURNING answers the existing owner under a row lock.
+            set_={"kind": ContactIdentity.kind},
+        )
+        .returning(ContactIdentity.contact_id)
+    )
+    assert isinstance(owner, uuid.UUID)
+    return owner
+
+
+async def lock_contact(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> Contact | None:
+    return await session.scalar(
+        select(Contact)
+        .where(Contact.id == contact_id, Contact.tenant_id == tenant_id)
+        .with_for_update()
+    )
+
+
+async def get_contact(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> Contact | None:
+    return await session.scalar(
+        select(Contact).where(Contact.id == contact_id, Contact.tenant_id == tenant_id)
+    )
+
+
+async def identities_of(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> Sequence[ContactIdentity]:
+    return (
+        await session.scalars(
+            select(ContactIdentity)
+            .where(ContactIdentity.tenant_id == tenant_id, ContactIdentity.contact_id == contact_id)
+            .order_by(ContactIdentity.id)
+        )
+    ).all()
+
+
+async def follows_of(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> Sequence[ContactFollow]:
+    return (
+        await session.scalars(
+            select(ContactFollow)
+            .where(ContactFollow.tenant_id == tenant_id, ContactFollow.contact_id == contact_id)
+            .order_by(ContactFollow.id)
+        )
+    ).all()
+
+
+async def upsert_follow(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    staff_userid: str,
+    **values: Any,
+) -> str | None:
+    """Create or update the staff-contact relation; returns its previous status."""
+    previous = await session.scalar(
+        select(ContactFollow.status)
+        .where(
+            ContactFollow.tenant_id == tenant_id,
+            ContactFollow.contact_id == contact_id,
+            ContactFollow.staff_userid == staff_userid,
+        )
+        .with_for_update()
+    )
+    changes = {k: v for k, v in values.items() if v is not None}
+    changes["updated_at"] = func.now()
+    await session.execute(
+        insert(ContactFollow)
+        .values(tenant_id=tenant_id, contact_id=contact_id, staff_userid=staff_userid, **changes)
+        .on_conflict_do_update(constraint="uq_contact_follows_pair", set_=changes)
+    )
+    return previous
+
+
+async def active_follow_count(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(ContactFollow)
+            .where(
+                ContactFollow.tenant_id == tenant_id,
+                ContactFollow.contact_id == contact_id,
+                ContactFollow.status.in_(("active", "half")),
+            )
+        )
+        or 0
+    )
+
+
+async def add_timeline_event(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    *,
+    type: str,
+    source: str,
+    source_event_id: str,
+    occurred_at: datetime,
+    properties: dict[str, Any],
+) -> bool:
+    """Record a timeline entry once; False when this source event was already there."""
+    inserted = await session.scalar(
+        insert(ContactEvent)
+        .values(
+            tenant_id=tenant_id,
+            contact_id=contact_id,
+            type=type,
+            source=source,
+            source_event_id=source_event_id,
+            occurred_at=occurred_at,
+            properties=properties,
+        )
+        .on_conflict_do_nothing(constraint="uq_contact_events_source")
+        .returning(ContactEvent.id)
+    )
+    return inserted is not None
+
+
+# -- staff and groups ---------------------------------------------------------------------
+
+
+async def upsert_staff(
+    session: AsyncSession, tenant_id: uuid.UUID, userid: str, name: str | None = None
+) -> None:
+    values: dict[str, Any] = {"updated_at": func.now()}
+    if name is not None:
+        values["name"] = name
+    await session.execute(
+        insert(Staff)
+        .values(tenant_id=tenant_id, userid=userid, **({"name": name} if name else {}))
+        .on_conflict_do_update(constraint="uq_staff_userid", set_=values)
+    )
+
+
+async def upsert_group(
+    session: AsyncSession, tenant_id: uuid.UUID, chat_id: str, **values: Any
+) -> None:
+    changes = {k: v for k, v in values.items() if v is not None}
+    changes["updated_at"] = func.now()
+    await session.execute(
+        insert(CustomerGroup)
+        .values(tenant_id=tenant_id, chat_id=chat_id, **changes)
+        .on_conflict_do_update(constraint="uq_customer_groups_chat", set_=changes)
+    )
+
+
+async def group_member_ids(session: AsyncSession, tenant_id: uuid.UUID, chat_id: str) -> set[str]:
+    rows = await session.scalars(
+        select(GroupMember.member_id).where(
+            GroupMember.tenant_id == tenant_id,
+            GroupMember.chat_id == chat_id,
+            GroupMember.left_at.is_(None),
+        )
+    )
+    return set(rows)
+
+
+async def join_group(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    chat_id: str,
+    member_id: str,
+    *,
+    member_type: int,
+    contact_id: uuid.UUID | None,
+    joined_at: datetime | None,
+    join_scene: int | None,
+) -> bool:
+    """Add a member (again, after leaving); False if already a member."""
+    row = await session.scalar(
+        insert(GroupMember)
+        .values(
+            tenant_id=tenant_id,
+            chat_id=chat_id,
+            member_id=member_id,
+            member_type=member_type,
+            contact_id=contact_id,
+            joined_at=joined_at,
+            join_scene=join_scene,
+        )
+        .on_conflict_do_update(
+            constraint="uq_group_members_member",
+            set_={
+                "left_at": None,
+                "joined_at": joined_at,
+                "join_scene": join_scene,
+                "contact_id": contact_id,
+            },
+            where=GroupMember.left_at.is_not(None),
+        )
+        .returning(GroupMember.id)
+    )
+    return row is not None
+
+
+async def leave_group(
+    session: AsyncSession, tenant_id: uuid.UUID, chat_id: str, member_id: str, at: datetime
+) -> uuid.UUID | bool | None:
+    """Mark a member gone; returns its contact id (None for staff), False if not a member."""
+    row = (
+        await session.execute(
+            update(GroupMember)
+            .where(
+                GroupMember.tenant_id == tenant_id,
+                GroupMember.chat_id == chat_id,
+                GroupMember.member_id == member_id,
+                GroupMember.left_at.is_(None),
+            )
+            .values(left_at=at)
+            .returning(GroupMember.contact_id)
+        )
+    ).first()
+    return False if row is None else row[0]

@@ -1,9 +1,37 @@
-"""Settings of the users service, from the environment (prefix SCRM_USERS_)."""
+"""Settings of the users service, from the environment."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class UsersSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SCRM_USERS_", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    wecom_max_skew_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(
+        default=300, validation_alias="SCRM_WECOM_MAX_SKEW_SECONDS"
+    )
+    webhook_max_skew_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(
+        default=300, validation_alias="SCRM_WEBHOOK_MAX_SKEW_SECONDS"
+    )
+    wecom_api_base: str = Field(
+        default="https://qyapi.weixin.qq.com", validation_alias="SCRM_WECOM_API_BASE"
+    )
+    ingest_batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(
+        default=500, validation_alias="SCRM_INGEST_BATCH_SIZE"
+    )
+    ingest_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=2.0, validation_alias="SCRM_INGEST_BATCH_WAIT_MS"
+    )
+    tenant_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=10.0, validation_alias="SCRM_TENANT_CACHE_SECONDS"
+    )
+
+
+@lru_cache(maxsize=1)
+def users_settings() -> UsersSettings:
+    return UsersSettings()

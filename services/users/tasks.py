@@ -1,8 +1,55 @@
-"""arq jobs and event handlers of the users service.
-
-Handlers register with `@subscribe("users", "<event.type>")` and delayed jobs with
-`@scheduled_job("users")`; the service's worker (`scrm worker --service users`)
-runs them. Each takes ids or an event, loads what it needs and is idempotent.
-"""
+"""Event handlers and jobs of the users service (run by `scrm worker --service users`)."""
 
 from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.users import processing, sync
+from services.users.ingest import INBOUND_RECEIVED
+from services.users.wecom_client import WeComApiError
+from shared.events import Event, subscribe
+from shared.scheduler import ScheduledWork, scheduled_job
+
+log = logging.getLogger("scrm.users.tasks")
+
+
+@subscribe("users", INBOUND_RECEIVED, name="users.process_inbound")
+async def process_inbound_event(session: AsyncSession, event: Event) -> None:
+    """Apply a stored callback or business event (once: the row is locked and marked)."""
+    await processing.process_inbound(session, int(event.payload["inbound_id"]))
+
+
+@scheduled_job("users", "enrich_contact")
+async def enrich_contact(session: AsyncSession, work: ScheduledWork) -> None:
+    """Fetch a contact's details from WeCom. While the API is unreachable this fails
+    and is retried with backoff; the contact exists meanwhile from the callback."""
+    assert work.tenant_id is not None
+    client = await sync.client_for(session, work.tenant_id)
+    if client is None:
+        return  # no app secret configured: callback data is all there is
+    async with client:
+        try:
+            data = await client.get_external_contact(str(work.args["external_userid"]))
+        except WeComApiError as exc:
+            log.warning("contact %s not enriched: %s", work.args.get("contact_id"), exc)
+            return
+    await sync.apply_contact(session, work.tenant_id, data, data.get("follow_user") or [])
+
+
+@scheduled_job("users", "sync_group")
+async def sync_group(session: AsyncSession, work: ScheduledWork) -> None:
+    """Reconcile a customer group's name and members with WeCom."""
+    assert work.tenant_id is not None
+    client = await sync.client_for(session, work.tenant_id)
+    if client is None:
+        return
+    async with client:
+        try:
+            chat = await client.get_group_chat(str(work.args["chat_id"]))
+        except WeComApiError as exc:
+            log.warning("group %s not synced: %s", work.args.get("chat_id"), exc)
+            return
+    await sync.apply_group(session, uuid.UUID(str(work.tenant_id)), chat)

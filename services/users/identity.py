@@ -1,0 +1,215 @@
+"""OneID: identifiers resolve to one contact; proof that two contacts are one person merges them.
+
+Identities are unique per tenant and kind (a unique index on their blind
+index), so concurrent resolutions of the same identifier agree on one owner:
+the loser of an insert race sees the winner's contact and merges into it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.users import repository
+from services.users.models import IDENTITY_KINDS, Contact, ContactMerge
+from shared.crypto import FieldCipher
+from shared.errors import InvalidInput
+from shared.events import publish
+
+_PHONE = re.compile(r"^\+?[0-9]{5,20}$")
+
+
+def normalise(kind: str, value: str) -> str:
+    """The canonical form of an identifier (what the blind index is computed on)."""
+    if kind not in IDENTITY_KINDS:
+        raise InvalidInput(f"unknown identity kind {kind!r}", details={"kind": kind})
+    cleaned = value.strip()
+    if kind == "phone":
+        cleaned = re.sub(r"[\s\-()]", "", cleaned)
+        if cleaned.startswith("+86") and len(cleaned) == 14:
+            cleaned = cleaned[3:]
+        elif cleaned.startswith("0086") and len(cleaned) == 15:
+            cleaned = cleaned[4:]
+        if not _PHONE.fullmatch(cleaned):
+            raise InvalidInput(f"invalid phone number {value!r}", details={"kind": kind})
+    elif kind == "email":
+        cleaned = cleaned.lower()
+        if "@" not in cleaned:
+            raise InvalidInput(f"invalid email {value!r}", details={"kind": kind})
+    if not cleaned or len(cleaned) > 200:
+        raise InvalidInput(f"invalid {kind} {value!r}", details={"kind": kind})
+    return cleaned
+
+
+def identity_context(tenant_id: uuid.UUID, kind: str) -> bytes:
+    return b"identity:" + tenant_id.bytes + b":" + kind.encode()
+
+
+def name_context(tenant_id: uuid.UUID) -> bytes:
+    return b"contact-name:" + tenant_id.bytes
+
+
+def name_grams(cipher: FieldCipher, tenant_id: uuid.UUID, name: str) -> list[bytes]:
+    """Blind-indexed character bigrams (and single characters) of a name.
+
+    A free-text search matches contacts whose grams contain all of the query's.
+    """
+    folded = "".join(name.lower().split())
+    grams = set(folded) | {folded[i : i + 2] for i in range(len(folded) - 1)}
+    return sorted(cipher.blind_index(g, kind="name", tenant=str(tenant_id)) for g in grams)
+
+
+@dataclass
+class Resolution:
+    contact_id: uuid.UUID
+    created: bool
+    merged: list[uuid.UUID] = field(default_factory=list)
+
+
+async def resolve(
+    session: AsyncSession,
+    cipher: FieldCipher,
+    tenant_id: uuid.UUID,
+    identities: Mapping[str, str],
+    *,
+    source: str,
+    create: bool = True,
+) -> Resolution | None:
+    """The contact these identifiers belong to: found, created, or merged into one."""
+    tenant = str(tenant_id)
+    normalised = {kind: normalise(kind, value) for kind, value in identities.items() if value}
+    if not normalised:
+        raise InvalidInput("at least one contact identifier is needed")
+    keys = {
+        kind: cipher.blind_index(value, kind=kind, tenant=tenant)
+        for kind, value in normalised.items()
+    }
+    owners = await repository.contact_ids_for(session, tenant_id, list(keys.items()))
+    known = sorted(set(owners.values()), key=str)
+    created = False
+    if known:
+        contact_id = await _oldest(session, tenant_id, known)
+    elif not create:
+        return None
+    else:
+        contact_id = uuid.uuid4()
+        session.add(Contact(id=contact_id, tenant_id=tenant_id))
+        await session.flush()
+        created = True
+    resolution = Resolution(contact_id, created)
+    for other in known:
+        if other != contact_id:
+            await merge(session, tenant_id, contact_id, other, reason=f"shared identity ({source})")
+            resolution.merged.append(other)
+    for kind, bidx in keys.items():
+        if (kind, bidx) in owners:
+            continue
+        owner = await repository.add_identity(
+            session,
+            tenant_id,
+            resolution.contact_id,
+            kind=kind,
+            value_bidx=bidx,
+            value_enc=cipher.encrypt(normalised[kind], context=identity_context(tenant_id, kind)),
+            source=source,
+        )
+        if owner != resolution.contact_id:
+            # Someone attached this identity to another contact a moment ago: one person.
+            survivor = await _oldest(session, tenant_id, [owner, resolution.contact_id])
+            loser = owner if survivor == resolution.contact_id else resolution.contact_id
+            await merge(session, tenant_id, survivor, loser, reason=f"shared {kind} ({source})")
+            resolution.merged.append(loser)
+            resolution.contact_id = survivor
+            resolution.created = resolution.created and survivor != loser
+    return resolution
+
+
+async def _oldest(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_ids: list[uuid.UUID]
+) -> uuid.UUID:
+    row = await session.scalar(
+        text(
+            "SELECT COALESCE(merged_into_id, id) FROM contacts WHERE tenant_id = :t "
+            "AND id = ANY(:ids) ORDER BY created_at, id LIMIT 1"
+        ),
+        {"t": tenant_id, "ids": contact_ids},
+    )
+    assert isinstance(row, uuid.UUID)
+    return row
+
+
+_MOVE = [
+    # Identities, timeline, group memberships and consent follow the survivor.
+    f"UPDATE {table} SET contact_id = :survivor WHERE tenant_id = :t AND contact_id = :merged"
+    for table in ("contact_identities", "contact_events", "group_members", "consent_changes")
+] + [
+    # A staff member following both keeps the survivor's relation.
+    """DELETE FROM contact_follows m USING contact_follows s
+        WHERE m.tenant_id = :t AND m.contact_id = :merged AND s.tenant_id = :t
+          AND s.contact_id = :survivor AND s.staff_userid = m.staff_userid""",
+    "UPDATE contact_follows SET contact_id = :survivor "
+    "WHERE tenant_id = :t AND contact_id = :merged",
+]
+
+
+async def merge(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    survivor_id: uuid.UUID,
+    merged_id: uuid.UUID,
+    *,
+    reason: str,
+) -> None:
+    """Fold `merged_id` into `survivor_id`; history follows, the merge is recorded."""
+    if survivor_id == merged_id:
+        return
+    # Lock both in one order, so concurrent merges cannot deadlock.
+    for contact_id in sorted((survivor_id, merged_id), key=str):
+        await repository.lock_contact(session, tenant_id, contact_id)
+    survivor = await repository.get_contact(session, tenant_id, survivor_id)
+    merged = await repository.get_contact(session, tenant_id, merged_id)
+    if survivor is None or merged is None or merged.merged_into_id is not None:
+        return
+    params = {"t": tenant_id, "survivor": survivor_id, "merged": merged_id}
+    for statement in _MOVE:
+        await session.execute(text(statement), params)
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == survivor_id)
+        .values(
+            attributes={**merged.attributes, **survivor.attributes},
+            name_enc=survivor.name_enc or merged.name_enc,
+            name_grams=survivor.name_grams or merged.name_grams,
+            owner_staff_userid=survivor.owner_staff_userid or merged.owner_staff_userid,
+            channel_state=survivor.channel_state or merged.channel_state,
+            updated_at=func.now(),
+        )
+    )
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == merged_id)
+        .values(merged_into_id=survivor_id, updated_at=func.now())
+    )
+    # Contacts merged into the one now disappearing move on to the survivor.
+    await session.execute(
+        update(Contact)
+        .where(Contact.tenant_id == tenant_id, Contact.merged_into_id == merged_id)
+        .values(merged_into_id=survivor_id)
+    )
+    session.add(
+        ContactMerge(
+            tenant_id=tenant_id, survivor_id=survivor_id, merged_id=merged_id, reason=reason
+        )
+    )
+    await session.flush()
+    await publish(
+        session,
+        "contact.merged",
+        {"survivor_id": str(survivor_id), "merged_id": str(merged_id), "reason": reason},
+        tenant_id=tenant_id,
+    )

@@ -1,0 +1,361 @@
+"""Applying what integrations sent (run by the users worker, never on the request path).
+
+Each inbound row is applied once: it is locked and marked processed in the
+same transaction as its effects. Every effect other services care about goes
+out as a domain event (contact.added, contact.lost, group.joined, order.paid...).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.users import consent, repository
+from services.users.identity import resolve
+from services.users.models import Contact, InboundEvent
+from shared.events import publish
+from shared.runtime import runtime_of
+from shared.scheduler import schedule
+
+log = logging.getLogger("scrm.users.processing")
+
+
+def _ts(value: str | None) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(value or ""), UTC)
+    except ValueError:
+        return datetime.now(UTC)
+
+
+async def process_inbound(session: AsyncSession, inbound_id: int) -> str | None:
+    """Apply one inbound event; returns its outcome (None when already applied)."""
+    row = await repository.lock_inbound(session, inbound_id)
+    if row is None or row.processed_at is not None:
+        return None
+    if row.source == "wecom":
+        outcome = await _apply_wecom(session, row)
+    else:
+        outcome = await _apply_business_event(session, row)
+    row.processed_at = datetime.now(UTC)
+    row.outcome = outcome
+    await session.flush()
+    return outcome
+
+
+# -- WeCom -------------------------------------------------------------------------------
+
+
+async def _apply_wecom(session: AsyncSession, row: InboundEvent) -> str:
+    msg: dict[str, str] = row.payload["msg"]
+    event = msg.get("Event", "")
+    change = msg.get("ChangeType", "")
+    if event == "change_external_contact" and change:
+        return await _contact_change(session, row, msg, change)
+    if event == "change_external_chat" and change:
+        return await _chat_change(session, row, msg, change)
+    if event == "change_external_tag" and change:
+        await publish(
+            session,
+            "wecom.tag_changed",
+            {
+                "change_type": change,
+                "tag_type": msg.get("TagType"),
+                "id": msg.get("Id"),
+                "strategy_id": msg.get("StrategyId"),
+                "occurred_at": _ts(msg.get("CreateTime")).isoformat(),
+            },
+            tenant_id=row.tenant_id,
+        )
+        return f"tag.{change}"
+    return "ignored"
+
+
+async def _contact_change(
+    session: AsyncSession, row: InboundEvent, msg: dict[str, str], change: str
+) -> str:
+    tenant_id = row.tenant_id
+    staff = msg.get("UserID", "")
+    external = msg.get("ExternalUserID", "")
+    occurred = _ts(msg.get("CreateTime"))
+    if staff:
+        await repository.upsert_staff(session, tenant_id, staff)
+    if not external:
+        return f"{change}:no_contact"
+    cipher = runtime_of(session).cipher
+    found = await resolve(session, cipher, tenant_id, {"external_userid": external}, source="wecom")
+    assert found is not None
+    contact_id = found.contact_id
+    facts: dict[str, Any] = {"staff_userid": staff, "external_userid": external}
+    status = {
+        "add_external_contact": "active",
+        "add_half_external_contact": "half",
+        "del_external_contact": "deleted_by_staff",
+        "del_follow_user": "deleted_by_contact",
+    }.get(change)
+    previous = None
+    if status is not None and staff:
+        adding = status in ("active", "half")
+        previous = await repository.upsert_follow(
+            session,
+            tenant_id,
+            contact_id,
+            staff,
+            status=status,
+            state=msg.get("State") or None,
+            welcome_code=msg.get("WelcomeCode") or None,
+            added_at=occurred if adding else None,
+            removed_at=None if adding else occurred,
+        )
+        if adding:
+            await session.execute(
+                update(Contact)
+                .where(Contact.id == contact_id)
+                .values(
+                    owner_staff_userid=func.coalesce(Contact.owner_staff_userid, staff),
+                    channel_state=func.coalesce(Contact.channel_state, msg.get("State") or None),
+                    updated_at=func.now(),
+                )
+            )
+    if change in ("add_external_contact", "add_half_external_contact"):
+        facts.update(state=msg.get("State") or None, welcome_code=msg.get("WelcomeCode") or None)
+    if change == "transfer_fail":
+        facts["fail_reason"] = msg.get("FailReason")
+    await repository.add_timeline_event(
+        session,
+        tenant_id,
+        contact_id,
+        type=f"wecom.{change}",
+        source="wecom",
+        source_event_id=row.dedupe_key,
+        occurred_at=occurred,
+        properties=facts,
+    )
+    payload = {"contact_id": str(contact_id), "occurred_at": occurred.isoformat(), **facts}
+    if change == "add_external_contact" and previous != "active":
+        await publish(
+            session, "contact.added", {**payload, "new_contact": found.created}, tenant_id=tenant_id
+        )
+    elif change == "add_half_external_contact":
+        await publish(session, "contact.half_added", payload, tenant_id=tenant_id)
+    elif change == "edit_external_contact":
+        await publish(session, "contact.updated", payload, tenant_id=tenant_id)
+    elif change == "del_follow_user":
+        await session.execute(
+            update(Contact).where(Contact.id == contact_id).values(lifecycle_stage="churned")
+        )
+        await publish(
+            session,
+            "contact.lost",
+            {**payload, "reason": "deleted_by_contact"},
+            tenant_id=tenant_id,
+        )
+    elif change == "del_external_contact":
+        await publish(session, "contact.removed_by_staff", payload, tenant_id=tenant_id)
+        if not await repository.active_follow_count(session, tenant_id, contact_id):
+            await publish(
+                session,
+                "contact.lost",
+                {**payload, "reason": "deleted_by_staff"},
+                tenant_id=tenant_id,
+            )
+    elif change == "transfer_fail":
+        await publish(session, "contact.transfer_failed", payload, tenant_id=tenant_id)
+    if change in ("add_external_contact", "edit_external_contact", "add_half_external_contact"):
+        await schedule_enrichment(session, tenant_id, contact_id, external)
+    return f"contact.{change}"
+
+
+async def schedule_enrichment(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID, external_userid: str
+) -> None:
+    """Fetch the contact's details from the WeCom API soon (retried while unreachable)."""
+    await schedule(
+        session,
+        service="users",
+        job="enrich_contact",
+        due_at=datetime.now(UTC),
+        args={"contact_id": str(contact_id), "external_userid": external_userid},
+        tenant_id=tenant_id,
+    )
+
+
+def _member_ids(xml_text: str) -> list[str]:
+    root = ET.fromstring(xml_text)  # noqa: S314  (checked for DOCTYPE/ENTITY at the door)
+    holder = root.find("MemChangeList")
+    return (
+        [item.text.strip() for item in holder.iter("Item") if item.text]
+        if holder is not None
+        else []
+    )
+
+
+async def _chat_change(
+    session: AsyncSession, row: InboundEvent, msg: dict[str, str], change: str
+) -> str:
+    tenant_id = row.tenant_id
+    chat_id = msg.get("ChatId", "")
+    occurred = _ts(msg.get("CreateTime"))
+    if not chat_id:
+        return f"chat.{change}:no_chat"
+    if change == "create":
+        await repository.upsert_group(session, tenant_id, chat_id, status="active")
+        await publish(
+            session,
+            "group.created",
+            {"chat_id": chat_id, "occurred_at": occurred.isoformat()},
+            tenant_id=tenant_id,
+        )
+    elif change == "dismiss":
+        await repository.upsert_group(
+            session, tenant_id, chat_id, status="dismissed", dismissed_at=occurred
+        )
+        for member in await repository.group_member_ids(session, tenant_id, chat_id):
+            await repository.leave_group(session, tenant_id, chat_id, member, occurred)
+        await publish(
+            session,
+            "group.dismissed",
+            {"chat_id": chat_id, "occurred_at": occurred.isoformat()},
+            tenant_id=tenant_id,
+        )
+        return "chat.dismiss"
+    elif change == "update":
+        detail = msg.get("UpdateDetail", "")
+        await repository.upsert_group(session, tenant_id, chat_id)
+        members = _member_ids(row.payload.get("xml", "<xml/>"))
+        if detail in ("add_member", "del_member") and members:
+            await _member_changes(session, row, chat_id, detail, members, msg, occurred)
+    await schedule(
+        session,
+        service="users",
+        job="sync_group",
+        due_at=datetime.now(UTC),
+        args={"chat_id": chat_id},
+        tenant_id=tenant_id,
+        dedupe_key=f"sync_group:{tenant_id}:{row.dedupe_key}",
+    )
+    return f"chat.{change}"
+
+
+async def _member_changes(
+    session: AsyncSession,
+    row: InboundEvent,
+    chat_id: str,
+    detail: str,
+    members: list[str],
+    msg: dict[str, str],
+    occurred: datetime,
+) -> None:
+    tenant_id = row.tenant_id
+    cipher = runtime_of(session).cipher
+    for member in members:
+        # External contacts' ids start with wm/wo; others are staff userids.
+        external = member.startswith(("wm", "wo"))
+        contact_id = None
+        if external:
+            found = await resolve(
+                session, cipher, tenant_id, {"external_userid": member}, source="wecom"
+            )
+            contact_id = found.contact_id if found else None
+        if detail == "add_member":
+            scene = msg.get("JoinScene")
+            joined = await repository.join_group(
+                session,
+                tenant_id,
+                chat_id,
+                member,
+                member_type=2 if external else 1,
+                contact_id=contact_id,
+                joined_at=occurred,
+                join_scene=int(scene) if scene and scene.isdigit() else None,
+            )
+            if joined and contact_id is not None:
+                await publish(
+                    session,
+                    "group.joined",
+                    {
+                        "chat_id": chat_id,
+                        "contact_id": str(contact_id),
+                        "occurred_at": occurred.isoformat(),
+                        "join_scene": scene,
+                    },
+                    tenant_id=tenant_id,
+                )
+        else:
+            left = await repository.leave_group(session, tenant_id, chat_id, member, occurred)
+            if left is not False and contact_id is not None:
+                await publish(
+                    session,
+                    "group.left",
+                    {
+                        "chat_id": chat_id,
+                        "contact_id": str(contact_id),
+                        "occurred_at": occurred.isoformat(),
+                        "quit_scene": msg.get("QuitScene"),
+                    },
+                    tenant_id=tenant_id,
+                )
+        if contact_id is not None:
+            await repository.add_timeline_event(
+                session,
+                tenant_id,
+                contact_id,
+                type="group.joined" if detail == "add_member" else "group.left",
+                source="wecom",
+                source_event_id=f"{row.dedupe_key}:{member}",
+                occurred_at=occurred,
+                properties={"chat_id": chat_id},
+            )
+
+
+# -- business events (webhooks, the event API, imports) ---------------------------------
+
+
+async def _apply_business_event(session: AsyncSession, row: InboundEvent) -> str:
+    event: dict[str, Any] = row.payload
+    tenant_id = row.tenant_id
+    cipher = runtime_of(session).cipher
+    found = await resolve(session, cipher, tenant_id, event["contact"], source=row.source)
+    assert found is not None
+    occurred = datetime.fromisoformat(event["occurred_at"])
+    properties: dict[str, Any] = event.get("properties") or {}
+    fresh = await repository.add_timeline_event(
+        session,
+        tenant_id,
+        found.contact_id,
+        type=event["type"],
+        source=row.source,
+        source_event_id=event["event_id"],
+        occurred_at=occurred,
+        properties=properties,
+    )
+    if not fresh:
+        return "duplicate"
+    if event["type"] in ("consent.opt_in", "consent.opt_out"):
+        await consent.record(
+            session,
+            tenant_id,
+            found.contact_id,
+            channel=str(properties.get("channel", "all")),
+            opted_in=event["type"] == "consent.opt_in",
+            source=f"{row.source}:{event['event_id']}",
+            note=properties.get("note"),
+        )
+    await publish(
+        session,
+        event["type"],
+        {
+            "contact_id": str(found.contact_id),
+            "event_id": event["event_id"],
+            "occurred_at": occurred.isoformat(),
+            "properties": properties,
+            "source": row.source,
+        },
+        tenant_id=tenant_id,
+    )
+    return str(event["type"])
