@@ -191,7 +191,7 @@ async def _ingest_events(request: Request, tenant_id: uuid.UUID, body: bytes, vi
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("request body is not valid JSON", code="malformed_json") from None
+        raise ScrmError("request body is not valid JSON", code="malformed_json") from None
     raw = (
         document.get("events") if isinstance(document, dict) and "events" in document else document
     )
