@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-23 02:01:07.600044
+Create Date: 2026-11-23 02:04:55.019513
 """
 
 from collections.abc import Sequence
@@ -92,7 +92,8 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=16), nullable=False),
     sa.Column('dedupe_key', sa.String(length=300), nullable=False),
     sa.Column('type', sa.String(length=100), nullable=False),
-    sa.Column('payload', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+    sa.Column('payload_enc', sa.LargeBinary(), nullable=True),
+    sa.Column('contact_id', sa.UUID(), nullable=True),
     sa.Column('received_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('outcome', sa.String(length=100), nullable=True),
@@ -101,6 +102,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_inbound_events')),
     sa.UniqueConstraint('tenant_id', 'source', 'dedupe_key', name='uq_inbound_events_dedupe')
     )
+    op.create_index(op.f('ix_inbound_events_contact_id'), 'inbound_events', ['contact_id'], unique=False)
     op.create_index(op.f('ix_inbound_events_tenant_id'), 'inbound_events', ['tenant_id'], unique=False)
     op.create_table('staff',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
@@ -220,6 +222,7 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_staff_tenant_id'), table_name='staff')
     op.drop_table('staff')
     op.drop_index(op.f('ix_inbound_events_tenant_id'), table_name='inbound_events')
+    op.drop_index(op.f('ix_inbound_events_contact_id'), table_name='inbound_events')
     op.drop_table('inbound_events')
     op.drop_index(op.f('ix_group_members_tenant_id'), table_name='group_members')
     op.drop_index(op.f('ix_group_members_contact_id'), table_name='group_members')

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import TypeAdapter, ValidationError
 
-from services.users import SERVICE, consent, repository, service
+from services.users import SERVICE, consent, erasure, repository, service
 from services.users.directory import IngestConfig, TenantDirectory
 from services.users.ingest import Inbound, InboundWriter
 from services.users.schemas import (
@@ -388,6 +388,16 @@ async def patch_contact(
     )
     detail, _ = await service.contact_detail(session, runtime.cipher, principal, contact_id)
     return detail
+
+
+@router.delete("/contacts/{contact_id}")
+async def erase_contact(
+    contact_id: uuid.UUID, principal: Admin, session: SessionDep, request: Request
+) -> dict[str, Any]:
+    """Erasure on request: identifying data destroyed, counts and ledgers kept."""
+    runtime: Runtime = request.app.state.runtime
+    pseudonym = await erasure.erase_contact(session, runtime.cipher, principal.tenant, contact_id)
+    return {"id": str(contact_id), "erased": True, "pseudonym": pseudonym}
 
 
 @router.get("/contacts/{contact_id}/events", response_model=TimelinePage)

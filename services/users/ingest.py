@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from shared.crypto import FieldCipher
 from shared.db import unit_of_work
 from shared.events import NOTIFY_CHANNEL
 from shared.runtime import Runtime
@@ -33,10 +34,10 @@ _STORE = text(
     WITH incoming AS (
         SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:sources AS text[]),
                              CAST(:keys AS text[]), CAST(:types AS text[]),
-                             CAST(:payloads AS jsonb[]))
+                             CAST(:payloads AS bytea[]))
                AS t(tenant_id, source, dedupe_key, type, payload)
     ), stored AS (
-        INSERT INTO inbound_events (tenant_id, source, dedupe_key, type, payload)
+        INSERT INTO inbound_events (tenant_id, source, dedupe_key, type, payload_enc)
         SELECT tenant_id, source, dedupe_key, type, payload FROM incoming
         ON CONFLICT ON CONSTRAINT uq_inbound_events_dedupe DO NOTHING
         RETURNING id, tenant_id, source, dedupe_key
@@ -48,6 +49,17 @@ _STORE = text(
     SELECT tenant_id, source, dedupe_key FROM stored
     """
 )
+
+
+def payload_context(tenant_id: uuid.UUID) -> bytes:
+    """AAD of a stored raw event: it decrypts only as this tenant's inbound payload."""
+    return b"inbound:" + tenant_id.bytes
+
+
+def read_payload(cipher: FieldCipher, tenant_id: uuid.UUID, token: bytes) -> dict[str, Any]:
+    value = json.loads(cipher.decrypt(token, context=payload_context(tenant_id)))
+    assert isinstance(value, dict)
+    return value
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class InboundWriter:
                 offset += n
 
     async def _write(self, items: list[Inbound]) -> list[bool]:
+        cipher = self.runtime.cipher
         async with unit_of_work(self.runtime.sessionmaker) as session:
             rows = await session.execute(
                 _STORE,
@@ -128,7 +141,13 @@ class InboundWriter:
                     "sources": [i.source for i in items],
                     "keys": [i.dedupe_key for i in items],
                     "types": [i.type for i in items],
-                    "payloads": [json.dumps(i.payload, ensure_ascii=False) for i in items],
+                    "payloads": [
+                        cipher.encrypt(
+                            json.dumps(i.payload, ensure_ascii=False),
+                            context=payload_context(i.tenant_id),
+                        )
+                        for i in items
+                    ],
                     "event_type": INBOUND_RECEIVED,
                 },
             )

@@ -81,7 +81,9 @@ class InboundEvent(Base, TenantScoped):
     source: Mapped[str] = mapped_column(String(16))
     dedupe_key: Mapped[str] = mapped_column(String(300))
     type: Mapped[str] = mapped_column(String(100))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The raw event, encrypted (it names people); NULL once erased.
+    payload_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     received_at: Mapped[datetime] = utcnow_column()
     processed_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(String(100))

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import consent, repository
 from services.users.identity import resolve
+from services.users.ingest import read_payload
 from services.users.models import Contact, InboundEvent
 from shared.events import publish
 from shared.runtime import runtime_of
@@ -38,10 +39,14 @@ async def process_inbound(session: AsyncSession, inbound_id: int) -> str | None:
     row = await repository.lock_inbound(session, inbound_id)
     if row is None or row.processed_at is not None:
         return None
-    if row.source == "wecom":
-        outcome = await _apply_wecom(session, row)
+    if row.payload_enc is None:  # erased before it was applied
+        outcome = "erased"
     else:
-        outcome = await _apply_business_event(session, row)
+        payload = read_payload(runtime_of(session).cipher, row.tenant_id, row.payload_enc)
+        if row.source == "wecom":
+            outcome = await _apply_wecom(session, row, payload)
+        else:
+            outcome = await _apply_business_event(session, row, payload)
     row.processed_at = datetime.now(UTC)
     row.outcome = outcome
     await session.flush()
@@ -51,14 +56,14 @@ async def process_inbound(session: AsyncSession, inbound_id: int) -> str | None:
 # -- WeCom -------------------------------------------------------------------------------
 
 
-async def _apply_wecom(session: AsyncSession, row: InboundEvent) -> str:
-    msg: dict[str, str] = row.payload["msg"]
+async def _apply_wecom(session: AsyncSession, row: InboundEvent, payload: dict[str, Any]) -> str:
+    msg: dict[str, str] = payload["msg"]
     event = msg.get("Event", "")
     change = msg.get("ChangeType", "")
     if event == "change_external_contact" and change:
         return await _contact_change(session, row, msg, change)
     if event == "change_external_chat" and change:
-        return await _chat_change(session, row, msg, change)
+        return await _chat_change(session, row, msg, change, payload.get("xml", "<xml/>"))
     if event == "change_external_tag" and change:
         await publish(
             session,
@@ -91,7 +96,9 @@ async def _contact_change(
     found = await resolve(session, cipher, tenant_id, {"external_userid": external}, source="wecom")
     assert found is not None
     contact_id = found.contact_id
-    facts: dict[str, Any] = {"staff_userid": staff, "external_userid": external}
+    row.contact_id = contact_id
+    # Identifiers stay out of events and the timeline: consumers use contact_id.
+    facts: dict[str, Any] = {"staff_userid": staff}
     status = {
         "add_external_contact": "active",
         "add_half_external_contact": "half",
@@ -196,7 +203,7 @@ def _member_ids(xml_text: str) -> list[str]:
 
 
 async def _chat_change(
-    session: AsyncSession, row: InboundEvent, msg: dict[str, str], change: str
+    session: AsyncSession, row: InboundEvent, msg: dict[str, str], change: str, xml: str
 ) -> str:
     tenant_id = row.tenant_id
     chat_id = msg.get("ChatId", "")
@@ -227,7 +234,7 @@ async def _chat_change(
     elif change == "update":
         detail = msg.get("UpdateDetail", "")
         await repository.upsert_group(session, tenant_id, chat_id)
-        members = _member_ids(row.payload.get("xml", "<xml/>"))
+        members = _member_ids(xml)
         if detail in ("add_member", "del_member") and members:
             await _member_changes(session, row, chat_id, detail, members, msg, occurred)
     await schedule(
@@ -316,12 +323,14 @@ async def _member_changes(
 # -- business events (webhooks, the event API, imports) ---------------------------------
 
 
-async def _apply_business_event(session: AsyncSession, row: InboundEvent) -> str:
-    event: dict[str, Any] = row.payload
+async def _apply_business_event(
+    session: AsyncSession, row: InboundEvent, event: dict[str, Any]
+) -> str:
     tenant_id = row.tenant_id
     cipher = runtime_of(session).cipher
     found = await resolve(session, cipher, tenant_id, event["contact"], source=row.source)
     assert found is not None
+    row.contact_id = found.contact_id
     occurred = datetime.fromisoformat(event["occurred_at"])
     properties: dict[str, Any] = event.get("properties") or {}
     fresh = await repository.add_timeline_event(

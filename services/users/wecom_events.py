@@ -40,7 +40,9 @@ def dedupe_key(msg: dict[str, str], plaintext: str) -> str:
     change = msg.get("ChangeType", "")
     created = msg.get("CreateTime", "")
     if event == "change_external_contact":
-        parts = [msg.get("UserID", ""), msg.get("ExternalUserID", ""), msg.get("FailReason", "")]
+        # The external id is hashed: keys are stored in clear and must name no one.
+        external = hashlib.sha256(msg.get("ExternalUserID", "").encode()).hexdigest()[:24]
+        parts = [msg.get("UserID", ""), external, msg.get("FailReason", "")]
     elif event == "change_external_chat":
         parts = [
             msg.get("ChatId", ""),

@@ -52,8 +52,8 @@ async def test_signed_batch_is_stored_processed_and_published(
     assert await rows(committed, "SELECT count(*) FROM contacts") == [(1,)]
     published = await rows(
         committed,
-        "SELECT type, payload->>'event_id', payload->'properties'->>'amount_fen' FROM outbox_events "
-        "WHERE type IN ('order.paid', 'checkin') ORDER BY id",
+        "SELECT type, payload->>'event_id', payload->'properties'->>'amount_fen' "
+        "FROM outbox_events WHERE type IN ('order.paid', 'checkin') ORDER BY id",
     )
     assert published == [
         ("order.paid", "e1", "12900"),

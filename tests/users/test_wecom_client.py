@@ -50,7 +50,7 @@ async def client(fake: FakeWeCom) -> AsyncIterator[WeComClient]:
 @pytest.fixture
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    redis = aioredis.from_url(url)
+    redis = aioredis.Redis.from_url(url)
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
