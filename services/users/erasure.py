@@ -29,7 +29,7 @@ _REDACT = [
     "UPDATE inbound_events SET payload_enc = NULL WHERE tenant_id = :t AND contact_id = :c",
     """UPDATE outbox_events SET payload = (payload - 'external_userid' - 'properties'
                                            - 'welcome_code' - 'remark')
-        WHERE tenant_id = :t AND payload->>'contact_id' = CAST(:c AS text)""",
+        WHERE tenant_id = :t AND payload->>'contact_id' = :c_text""",
     """UPDATE group_members SET member_id = :pseudonym || '-' || id
         WHERE tenant_id = :t AND contact_id = :c""",
     "DELETE FROM contact_identities WHERE tenant_id = :t AND contact_id = :c",
@@ -58,6 +58,7 @@ async def erase_contact(
     params = {
         "t": tenant_id,
         "c": contact_id,
+        "c_text": str(contact_id),
         "pseudonym": pseudonym,
         "now": datetime.now(UTC),
     }

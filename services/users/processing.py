@@ -174,20 +174,23 @@ async def _contact_change(
     elif change == "transfer_fail":
         await publish(session, "contact.transfer_failed", payload, tenant_id=tenant_id)
     if change in ("add_external_contact", "edit_external_contact", "add_half_external_contact"):
-        await schedule_enrichment(session, tenant_id, contact_id, external)
+        await schedule_enrichment(session, tenant_id, contact_id)
     return f"contact.{change}"
 
 
 async def schedule_enrichment(
-    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID, external_userid: str
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
 ) -> None:
-    """Fetch the contact's details from the WeCom API soon (retried while unreachable)."""
+    """Fetch the contact's details from the WeCom API soon (retried while unreachable).
+
+    The job carries the contact id only: job rows are stored in clear.
+    """
     await schedule(
         session,
         service="users",
         job="enrich_contact",
         due_at=datetime.now(UTC),
-        args={"contact_id": str(contact_id), "external_userid": external_userid},
+        args={"contact_id": str(contact_id)},
         tenant_id=tenant_id,
     )
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import repository
-from services.users.identity import name_context, name_grams, resolve
+from services.users.identity import identity_context, name_context, name_grams, resolve
 from services.users.models import Contact
 from services.users.settings import users_settings
 from services.users.wecom_client import RedisTokenCache, WeComClient
@@ -39,6 +39,18 @@ async def client_for(session: AsyncSession, tenant_id: uuid.UUID) -> WeComClient
         base_url=users_settings().wecom_api_base,
         token_cache=RedisTokenCache(runtime.redis, f"{runtime.settings.queue_prefix}:wecom-token"),
     )
+
+
+async def external_userid_of(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> str | None:
+    cipher = runtime_of(session).cipher
+    for identity in await repository.identities_of(session, tenant_id, contact_id):
+        if identity.kind == "external_userid":
+            return cipher.decrypt(
+                identity.value_enc, context=identity_context(tenant_id, "external_userid")
+            )
+    return None
 
 
 def _ts(value: Any) -> datetime | None:

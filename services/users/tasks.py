@@ -27,12 +27,15 @@ async def enrich_contact(session: AsyncSession, work: ScheduledWork) -> None:
     """Fetch a contact's details from WeCom. While the API is unreachable this fails
     and is retried with backoff; the contact exists meanwhile from the callback."""
     assert work.tenant_id is not None
+    external = await sync.external_userid_of(
+        session, work.tenant_id, uuid.UUID(work.args["contact_id"])
+    )
     client = await sync.client_for(session, work.tenant_id)
-    if client is None:
-        return  # no app secret configured: callback data is all there is
+    if client is None or external is None:
+        return  # no app secret configured (or the contact was erased): nothing to fetch
     async with client:
         try:
-            data = await client.get_external_contact(str(work.args["external_userid"]))
+            data = await client.get_external_contact(external)
         except WeComApiError as exc:
             log.warning("contact %s not enriched: %s", work.args.get("contact_id"), exc)
             return
