@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import importlib
 import json
 import sys
 import uuid
@@ -61,7 +62,7 @@ def servers(settings: Settings) -> Iterator[tuple[str, str]]:
         embedded.release()
 
 
-def _audit_cli(
+def audit_cli(
     session: AsyncSession, action: str, tenant_id: uuid.UUID | None, **target: object
 ) -> None:
     """Commands change things outside any HTTP request; they are audited all the same."""
@@ -77,7 +78,7 @@ def _audit_cli(
     )
 
 
-def _run_with_session(fn: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
+def run_with_session(fn: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
     """Run one unit of work against the configured servers (migrating embedded ones)."""
     settings = _settings()
 
@@ -176,15 +177,45 @@ def tenant() -> None:
 @click.argument("slug")
 @click.option("--name", default=None, help="Display name (defaults to the slug).")
 @click.option("--timezone", default="Asia/Shanghai", show_default=True)
-def tenant_create(slug: str, name: str | None, timezone: str) -> None:
-    """Create a tenant; prints its slug as the last line."""
+@click.option("--wecom-corp-id", default=None, help="WeCom corp id (企业ID).")
+@click.option("--wecom-token", default=None, help="Callback Token.")
+@click.option("--wecom-aes-key", default=None, help="Callback EncodingAESKey (43 characters).")
+@click.option("--wecom-secret", default=None, help="App secret used for WeCom API calls.")
+def tenant_create(
+    slug: str,
+    name: str | None,
+    timezone: str,
+    wecom_corp_id: str | None,
+    wecom_token: str | None,
+    wecom_aes_key: str | None,
+    wecom_secret: str | None,
+) -> None:
+    """Create a tenant (and its WeCom settings); prints its slug as the last line."""
+    wecom = (wecom_corp_id, wecom_token, wecom_aes_key)
+    if any(wecom) and not all(wecom):
+        raise click.UsageError("--wecom-corp-id, --wecom-token and --wecom-aes-key go together")
+    if wecom_secret and not all(wecom):
+        raise click.UsageError("--wecom-secret needs the other --wecom-* options")
 
-    async def go(session: AsyncSession, _: Runtime) -> str:
+    async def go(session: AsyncSession, runtime: Runtime) -> str:
         created = await tenancy.create_tenant(session, slug, name=name, timezone=timezone)
-        _audit_cli(session, "scrm tenant create", created.id, slug=slug)
+        audit_cli(session, "scrm tenant create", created.id, slug=slug)
+        if wecom_corp_id and wecom_token and wecom_aes_key:
+            from services.users.service import configure_wecom
+
+            await configure_wecom(
+                session,
+                runtime.cipher,
+                created.id,
+                corp_id=wecom_corp_id,
+                token=wecom_token,
+                encoding_aes_key=wecom_aes_key,
+                secret=wecom_secret,
+            )
+            audit_cli(session, "scrm wecom configure", created.id, corp_id=wecom_corp_id)
         return f"created tenant {created.slug} ({created.id}, {created.timezone})"
 
-    click.echo(_run_with_session(go))
+    click.echo(run_with_session(go))
     click.echo(slug)
 
 
@@ -197,7 +228,7 @@ def tenant_list() -> None:
             f"{t.slug}\t{t.name}\t{t.timezone}\t{t.id}" for t in await tenancy.list_tenants(session)
         ]
 
-    for line in _run_with_session(go):
+    for line in run_with_session(go):
         click.echo(line)
 
 
@@ -227,10 +258,10 @@ def apikey_create(slug: str | None, role: str, name: str, staff_userid: str | No
         key, plaintext = await auth.create_api_key(
             session, tenant_id=tenant_id, role=role, name=name, staff_userid=staff_userid
         )
-        _audit_cli(session, "scrm apikey create", tenant_id, api_key_id=key.id, role=role)
+        audit_cli(session, "scrm apikey create", tenant_id, api_key_id=key.id, role=role)
         return f"created {role} key {key.id} for {slug or 'the platform'}", plaintext
 
-    summary, plaintext = _run_with_session(go)
+    summary, plaintext = run_with_session(go)
     click.echo(summary, err=True)
     click.echo(plaintext)
 
@@ -244,10 +275,10 @@ def apikey_revoke(slug: str, key_id: uuid.UUID) -> None:
     async def go(session: AsyncSession, _: Runtime) -> str:
         tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id
         key = await auth.revoke_api_key(session, tenant_id, key_id)
-        _audit_cli(session, "scrm apikey revoke", tenant_id, key_id=key.id)
+        audit_cli(session, "scrm apikey revoke", tenant_id, key_id=key.id)
         return f"revoked {key.id} at {key.revoked_at}"
 
-    click.echo(_run_with_session(go))
+    click.echo(run_with_session(go))
 
 
 @cli.group(name="dlq")
@@ -291,7 +322,7 @@ def dlq_list(slug: str | None, status: str, limit: int) -> None:
         )
         return [_letter_line(letter) for letter in letters]
 
-    lines = _run_with_session(go)
+    lines = run_with_session(go)
     for line in lines:
         click.echo(line)
     click.echo(f"{len(lines)} dead letter(s)", err=True)
@@ -305,10 +336,10 @@ def dlq_replay(dead_letter_id: int) -> None:
     async def go(session: AsyncSession, runtime: Runtime) -> str:
         load_subscriptions(extra_modules=runtime.settings.extra_task_modules)
         letter = await dlq.replay_dead_letter(session, runtime, dlq.ALL_TENANTS, dead_letter_id)
-        _audit_cli(session, "scrm dlq replay", letter.tenant_id, dead_letter_id=letter.id)
+        audit_cli(session, "scrm dlq replay", letter.tenant_id, dead_letter_id=letter.id)
         return _letter_line(letter)
 
-    click.echo(_run_with_session(go))
+    click.echo(run_with_session(go))
 
 
 @cli.group()
@@ -326,7 +357,20 @@ def embedded_status() -> None:
     click.echo(json.dumps(status, default=str, indent=2))
 
 
+def _register_service_commands() -> None:
+    """Each service may add its own commands in `services/<name>/cli.py` (`register(cli)`)."""
+    for service in SERVICES:
+        try:
+            module = importlib.import_module(f"services.{service}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"services.{service}.cli":
+                raise
+            continue
+        module.register(cli)
+
+
 def main() -> None:
+    _register_service_commands()
     try:
         cli(standalone_mode=True)
     except SettingsError as exc:
