@@ -49,6 +49,26 @@ class ScheduledWork:
     args: Mapping[str, Any]
     due_at: datetime
     attempts: int
+    created_at: datetime
+
+
+class RetryLater(Exception):
+    """Raised by a job whose outside dependency is unavailable: run again in `seconds`.
+
+    Unlike a failure it does not count towards dead-lettering; the job decides
+    how long it is worth waiting (see `deferral_seconds`).
+    """
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+        self.reason = reason
+
+
+def deferral_seconds(work: ScheduledWork, base: float, cap: float = 1800.0) -> float:
+    """Roughly doubling delays (the job's age, at least `base`, at most `cap`)."""
+    age = (datetime.now(work.created_at.tzinfo) - work.created_at).total_seconds()
+    return float(min(cap, max(base, age)))
 
 
 JobFunction = Callable[[AsyncSession, ScheduledWork], Awaitable[None]]
@@ -209,7 +229,7 @@ class Scheduler:
 
 
 _LOCK_JOB = text(
-    "SELECT id, tenant_id, service, job, args, due_at, status, attempts, "
+    "SELECT id, tenant_id, service, job, args, due_at, status, attempts, created_at, "
     "due_at > now() AS early FROM scheduled_jobs WHERE id = :id FOR UPDATE"
 )
 
@@ -239,6 +259,7 @@ async def run_scheduled_job(ctx: dict[str, Any], scheduled_id: int) -> None:
                 args=row.args,
                 due_at=row.due_at,
                 attempts=row.attempts,
+                created_at=row.created_at,
             )
             await fn(session, work)
             await session.execute(
@@ -248,6 +269,16 @@ async def run_scheduled_job(ctx: dict[str, Any], scheduled_id: int) -> None:
                 ),
                 {"id": scheduled_id},
             )
+    except RetryLater as later:
+        async with unit_of_work(runtime.sessionmaker) as session:
+            await session.execute(
+                text(
+                    "UPDATE scheduled_jobs SET status = 'pending', last_error = :reason, "
+                    "due_at = now() + make_interval(secs => :delay) WHERE id = :id"
+                ),
+                {"id": scheduled_id, "reason": later.reason[:4000], "delay": later.seconds},
+            )
+        log.info("scheduled job %s deferred %.1f s: %s", scheduled_id, later.seconds, later.reason)
     except Exception as exc:
         await _scheduled_job_failed(runtime, scheduled_id, attempts, exc)
 

@@ -21,6 +21,12 @@ class UsersSettings(BaseSettings):
     wecom_api_base: str = Field(
         default="https://qyapi.weixin.qq.com", validation_alias="SCRM_WECOM_API_BASE"
     )
+    wecom_retry_base_seconds: Annotated[float, Field(ge=0.01, le=3600)] = Field(
+        default=30.0, validation_alias="SCRM_WECOM_RETRY_BASE_SECONDS"
+    )
+    wecom_retry_max_seconds: Annotated[float, Field(ge=0.01, le=86400)] = Field(
+        default=1800.0, validation_alias="SCRM_WECOM_RETRY_MAX_SECONDS"
+    )
     ingest_batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(
         default=500, validation_alias="SCRM_INGEST_BATCH_SIZE"
     )

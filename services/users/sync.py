@@ -25,7 +25,9 @@ from shared.runtime import runtime_of
 log = logging.getLogger("scrm.users.sync")
 
 
-async def client_for(session: AsyncSession, tenant_id: uuid.UUID) -> WeComClient | None:
+async def client_for(
+    session: AsyncSession, tenant_id: uuid.UUID, *, max_retries: int = 4
+) -> WeComClient | None:
     """A WeCom API client for the tenant, or None without an app secret."""
     settings = await repository.wecom_settings(session, tenant_id)
     if settings is None or settings.secret_enc is None:
@@ -38,6 +40,7 @@ async def client_for(session: AsyncSession, tenant_id: uuid.UUID) -> WeComClient
         secret=wecom_secret(runtime.cipher, tenant_id, settings.secret_enc),
         base_url=users_settings().wecom_api_base,
         token_cache=RedisTokenCache(runtime.redis, f"{runtime.settings.queue_prefix}:wecom-token"),
+        max_retries=max_retries,
     )
 
 

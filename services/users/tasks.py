@@ -9,9 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing, sync
 from services.users.ingest import INBOUND_RECEIVED
-from services.users.wecom_client import WeComApiError
+from services.users.settings import users_settings
+from services.users.wecom_client import WeComApiError, WeComUnavailable
 from shared.events import Event, subscribe
-from shared.scheduler import ScheduledWork, scheduled_job
+from shared.scheduler import RetryLater, ScheduledWork, deferral_seconds, scheduled_job
+
+GIVE_UP_AFTER_SECONDS = 7 * 86400
 
 log = logging.getLogger("scrm.users.tasks")
 
@@ -30,7 +33,7 @@ async def enrich_contact(session: AsyncSession, work: ScheduledWork) -> None:
     external = await sync.external_userid_of(
         session, work.tenant_id, uuid.UUID(work.args["contact_id"])
     )
-    client = await sync.client_for(session, work.tenant_id)
+    client = await sync.client_for(session, work.tenant_id, max_retries=1)
     if client is None or external is None:
         return  # no app secret configured (or the contact was erased): nothing to fetch
     async with client:
@@ -39,6 +42,8 @@ async def enrich_contact(session: AsyncSession, work: ScheduledWork) -> None:
         except WeComApiError as exc:
             log.warning("contact %s not enriched: %s", work.args.get("contact_id"), exc)
             return
+        except WeComUnavailable as exc:
+            _wait_for_wecom(work, exc)
     await sync.apply_contact(session, work.tenant_id, data, data.get("follow_user") or [])
 
 
@@ -46,7 +51,7 @@ async def enrich_contact(session: AsyncSession, work: ScheduledWork) -> None:
 async def sync_group(session: AsyncSession, work: ScheduledWork) -> None:
     """Reconcile a customer group's name and members with WeCom."""
     assert work.tenant_id is not None
-    client = await sync.client_for(session, work.tenant_id)
+    client = await sync.client_for(session, work.tenant_id, max_retries=1)
     if client is None:
         return
     async with client:
@@ -55,4 +60,18 @@ async def sync_group(session: AsyncSession, work: ScheduledWork) -> None:
         except WeComApiError as exc:
             log.warning("group %s not synced: %s", work.args.get("chat_id"), exc)
             return
+        except WeComUnavailable as exc:
+            _wait_for_wecom(work, exc)
     await sync.apply_group(session, uuid.UUID(str(work.tenant_id)), chat)
+
+
+def _wait_for_wecom(work: ScheduledWork, exc: WeComUnavailable) -> None:
+    """WeCom is unreachable: try again later (for up to a week), not a failure."""
+    if deferral_seconds(work, 0, cap=GIVE_UP_AFTER_SECONDS) >= GIVE_UP_AFTER_SECONDS:
+        log.error("giving up on %s %s after a week: %s", work.job, dict(work.args), exc)
+        return
+    settings = users_settings()
+    delay = deferral_seconds(
+        work, settings.wecom_retry_base_seconds, cap=settings.wecom_retry_max_seconds
+    )
+    raise RetryLater(delay, str(exc))
