@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import importlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from shared.events import SERVICES, load_subscriptions
 from shared.observability import configure_logging
 from shared.process import run_process
 from shared.runtime import Runtime
+from shared.supervisor import supervise
 
 T = TypeVar("T")
 SERVICE_CHOICE = click.Choice(SERVICES)
@@ -125,8 +127,47 @@ def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: b
 
 @cli.command()
 def up() -> None:
-    """Migrate, then run every service's API, workers, the outbox relay and the scheduler."""
-    _run(list(SERVICES), list(SERVICES), dispatch=True, migrate_first=True)
+    """Migrate, then run every service's API, workers, the outbox relay and the scheduler.
+
+    The API and the workers run as two supervised child processes, so a flood of
+    processing never slows the acknowledgement of callbacks (and a crashed child
+    is restarted). Ctrl-C or SIGTERM stops them all, the embedded servers too.
+    """
+    settings = _settings()
+    configure_logging(settings.log_level)
+    with servers(settings) as (database_url, redis_url):
+
+        async def migrate_now() -> None:
+            from shared.db import create_engine
+
+            engine = create_engine(database_url, pool_size=1)
+            try:
+                await migrate.upgrade(engine)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(migrate_now())
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        supervise(
+            {
+                "api": [sys.executable, "-m", "shared.cli", "run-part", "--api"],
+                "workers": [sys.executable, "-m", "shared.cli", "run-part", "--workers"],
+            },
+            env,
+        )
+
+
+@cli.command(name="run-part", hidden=True)
+@click.option("--api", "api", is_flag=True, help="Serve every service's API.")
+@click.option("--workers", "workers", is_flag=True, help="Run every worker, relay, scheduler.")
+def run_part(api: bool, workers: bool) -> None:
+    """One part of `scrm up` (started by it; stops when its parent dies)."""
+    _run(
+        list(SERVICES) if api else [],
+        list(SERVICES) if workers else [],
+        dispatch=workers,
+        migrate_first=False,
+    )
 
 
 @cli.command()

@@ -51,6 +51,10 @@ class Subscription:
     name: str
     event_types: frozenset[str]
     handler: EventHandler
+    # Batch delivery runs many events in one transaction: fastest for small
+    # handlers, but a handler that touches rows shared between events (and
+    # runs many statements) should take one short transaction per event.
+    batch: bool = True
 
 
 @dataclass
@@ -60,7 +64,7 @@ class SubscriptionRegistry:
     _by_name: dict[str, Subscription] = field(default_factory=dict)
 
     def subscribe(
-        self, service: str, *event_types: str, name: str | None = None
+        self, service: str, *event_types: str, name: str | None = None, batch: bool = True
     ) -> Callable[[EventHandler], EventHandler]:
         if service not in SERVICES:
             raise ValueError(f"unknown service {service!r}")
@@ -73,7 +77,7 @@ class SubscriptionRegistry:
             if existing is not None and existing.handler is not handler:
                 raise ValueError(f"handler name {handler_name!r} is already taken")
             self._by_name[handler_name] = Subscription(
-                service, handler_name, frozenset(event_types), handler
+                service, handler_name, frozenset(event_types), handler, batch
             )
             return handler
 

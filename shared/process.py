@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Generator, Sequence
 
@@ -42,6 +43,19 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """A part of `scrm up` stops when its supervisor is gone (if PDEATHSIG is missing)."""
+    parent = os.environ.get("SCRM_SUPERVISOR_PID")
+    if not parent:
+        return
+    while not stop.is_set():
+        if os.getppid() != int(parent):
+            log.warning("the scrm up supervisor is gone; stopping")
+            stop.set()
+            return
+        await asyncio.sleep(1)
 
 
 async def run_process(
@@ -102,6 +116,7 @@ async def run_process(
                 "address": f"http://{settings.host}:{settings.port}" if api_services else None,
             },
         )
+        watchdog = asyncio.create_task(_watch_parent(stop), name="parent-watchdog")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -114,6 +129,7 @@ async def run_process(
         await asyncio.gather(*(_drain_worker(w) for w in workers))
         for task in worker_tasks:
             task.cancel()  # arq's poll loop; it holds no job any more
+        watchdog.cancel()
         _, pending = await asyncio.wait(tasks, timeout=10)
         for task in pending:
             task.cancel()

@@ -10,6 +10,7 @@ that ops can list and replay.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -58,17 +59,36 @@ class EventDelivery:
 
     async def deliver(self, event_ids: list[int], handler: str | None, attempt: int) -> None:
         pairs = await self._work_for(event_ids, handler)
-        if not pairs:
-            return
-        if len(pairs) > 1 and attempt == 1:
+        batchable = [(e, s) for e, s in pairs if s.batch]
+        alone = [(e, s) for e, s in pairs if not s.batch]
+        # A job must end well within arq's timeout (which would drop it, half
+        # done): past its time budget, the rest goes on in a new job.
+        loop = asyncio.get_running_loop()
+        budget = self.runtime.settings.job_timeout_seconds / 2
+        deadline = loop.time() + budget
+        if len(batchable) > 1 and attempt == 1:
             try:
-                await self._deliver_batch(pairs)
-                return
+                async with asyncio.timeout(budget / 2):
+                    await self._deliver_batch(batchable)
+                batchable = []
             except Exception as exc:
-                # Someone's handler failed: the batch rolled back as a whole; deliver
-                # each event alone so only the failing one is retried.
-                log.info("batch of %d deliveries failed (%r); one by one", len(pairs), exc)
-        for event, sub in pairs:
+                # A handler failed (or the batch was too slow): it rolled back as a
+                # whole; deliver each event alone so only a failing one is retried.
+                log.info("batch of %d deliveries failed (%r); one by one", len(batchable), exc)
+        remaining = [*batchable, *alone]
+        while remaining:
+            if loop.time() > deadline:
+                rest = sorted({event.id for event, _ in remaining})
+                await self.runtime.redis.enqueue_job(
+                    DELIVER_JOB,
+                    rest,
+                    handler=handler,
+                    attempt=attempt,
+                    _queue_name=self.runtime.queue_name(self.service),
+                )
+                log.info("delivery time budget used; %d event(s) continue in a new job", len(rest))
+                return
+            event, sub = remaining.pop(0)
             await self._deliver_one(event, sub, attempt)
 
     async def _work_for(

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.users import SERVICE, consent, erasure, repository, service
 from services.users.directory import IngestConfig, TenantDirectory
+from services.users.import_api import import_router
 from services.users.ingest import Inbound, InboundWriter
 from services.users.schemas import (
     MAX_BATCH,
@@ -43,6 +44,8 @@ from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
+# First, so /v1/contacts/import and /v1/contacts/export are not taken for contact ids.
+router.include_router(import_router)
 
 Reader = Annotated[Principal, require("admin", "operator", "analyst")]
 ContactReader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]

@@ -63,3 +63,6 @@ def wecom_sync(slug: str) -> None:
 def register(cli: click.Group) -> None:
     cli.add_command(webhook_secret)
     cli.add_command(wecom)
+    from services.users.importer_cli import contacts
+
+    cli.add_command(contacts)

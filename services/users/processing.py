@@ -183,8 +183,11 @@ async def schedule_enrichment(
 ) -> None:
     """Fetch the contact's details from the WeCom API soon (retried while unreachable).
 
-    The job carries the contact id only: job rows are stored in clear.
+    The job carries the contact id only: job rows are stored in clear. Tenants
+    without an app secret have nothing to fetch with, so nothing is scheduled.
     """
+    if not await repository.has_wecom_api(session, tenant_id):
+        return
     await schedule(
         session,
         service="users",
@@ -240,6 +243,8 @@ async def _chat_change(
         members = _member_ids(xml)
         if detail in ("add_member", "del_member") and members:
             await _member_changes(session, row, chat_id, detail, members, msg, occurred)
+    if not await repository.has_wecom_api(session, tenant_id):
+        return f"chat.{change}"
     await schedule(
         session,
         service="users",

@@ -39,6 +39,14 @@ async def wecom_settings(session: AsyncSession, tenant_id: uuid.UUID) -> WeComSe
     return await session.get(WeComSettings, tenant_id)
 
 
+async def has_wecom_api(session: AsyncSession, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant configured an app secret (so the WeCom API may be called)."""
+    found = await session.scalar(
+        select(WeComSettings.secret_enc.is_not(None)).where(WeComSettings.tenant_id == tenant_id)
+    )
+    return bool(found)
+
+
 async def save_wecom_settings(
     session: AsyncSession,
     tenant_id: uuid.UUID,
@@ -317,13 +325,20 @@ async def add_timeline_event(
 async def upsert_staff(
     session: AsyncSession, tenant_id: uuid.UUID, userid: str, name: str | None = None
 ) -> None:
-    values: dict[str, Any] = {"updated_at": func.now()}
-    if name is not None:
-        values["name"] = name
+    """Record a staff member. Without a new name this takes no row lock: concurrent
+    batches mention the same staff constantly and must not serialise on them."""
+    statement = insert(Staff).values(
+        tenant_id=tenant_id, userid=userid, **({"name": name} if name else {})
+    )
+    if name is None:
+        await session.execute(statement.on_conflict_do_nothing(constraint="uq_staff_userid"))
+        return
     await session.execute(
-        insert(Staff)
-        .values(tenant_id=tenant_id, userid=userid, **({"name": name} if name else {}))
-        .on_conflict_do_update(constraint="uq_staff_userid", set_=values)
+        statement.on_conflict_do_update(
+            constraint="uq_staff_userid",
+            set_={"name": name, "updated_at": func.now()},
+            where=Staff.name.is_distinct_from(name),
+        )
     )
 
 

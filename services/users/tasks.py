@@ -19,7 +19,7 @@ GIVE_UP_AFTER_SECONDS = 7 * 86400
 log = logging.getLogger("scrm.users.tasks")
 
 
-@subscribe("users", INBOUND_RECEIVED, name="users.process_inbound")
+@subscribe("users", INBOUND_RECEIVED, name="users.process_inbound", batch=False)
 async def process_inbound_event(session: AsyncSession, event: Event) -> None:
     """Apply a stored callback or business event (once: the row is locked and marked)."""
     await processing.process_inbound(session, int(event.payload["inbound_id"]))

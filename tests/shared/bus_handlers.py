@@ -55,6 +55,12 @@ async def slow(session: AsyncSession, event: Event) -> None:
     await asyncio.sleep(float(event.payload.get("sleep", 0.05)))
 
 
+@subscribe("points", "test.slow_alone", name="test.slow_alone", batch=False)
+async def slow_alone(session: AsyncSession, event: Event) -> None:
+    await record(session, event.id, "test.slow_alone")
+    await asyncio.sleep(float(event.payload.get("sleep", 0.05)))
+
+
 @scheduled_job("campaigns", "test_step")
 async def test_step(session: AsyncSession, work: ScheduledWork) -> None:
     await record(session, work.id, "test_step")

@@ -283,3 +283,24 @@ async def test_events_lost_from_redis_are_delivered_again(committed: Runtime) ->
     assert await relay.redeliver_lost() == 0, "processed and dead-lettered events stay put"
     fresh = OutboxRelay(committed, registry)
     assert await fresh.redeliver_lost() == 0, "nothing is swept before redeliver_after_seconds"
+
+
+@pytest.mark.parametrize("event_type", ["test.slow", "test.slow_alone"])
+async def test_long_deliveries_continue_in_new_jobs_instead_of_timing_out(
+    committed: Runtime, event_type: str
+) -> None:
+    """A job past half its timeout hands the rest on; arq never drops it half done."""
+    short = Runtime(
+        **{
+            **committed.__dict__,
+            "settings": committed.settings.model_copy(update={"job_timeout_seconds": 1.0}),
+        }
+    )
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(
+            session, [(event_type, {"sleep": 0.15, "i": i}, None) for i in range(12)]
+        )
+    await relay_all(committed)
+    await work_until_idle(short, "points")
+    handled = await effects(committed)
+    assert len(handled) == 12 and len(set(handled)) == 12

@@ -1,0 +1,148 @@
+"""HTTP routes of the contacts CSV import and export (in/out only: rules live in importer.py)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from services.users import SERVICE, importer
+from shared.audit import audit_note
+from shared.auth import Principal, require
+from shared.db import SessionDep, unit_of_work
+from shared.errors import ScrmError
+from shared.privacy import audit_unmasked_read
+from shared.runtime import Runtime
+
+MAX_IMPORT_BYTES = 50 * 1024 * 1024
+CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})
+_FLUSH_CHARS = 64 * 1024
+
+# No prefix of its own: it is included into services.users.api.router, whose "/v1" applies.
+import_router = APIRouter(tags=[SERVICE])
+
+Operator = Annotated[Principal, require("admin", "operator")]
+Reader = Annotated[Principal, require("admin", "operator", "analyst")]
+
+
+class PayloadTooLarge(ScrmError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ScrmError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class RejectedRow(BaseModel):
+    line: int
+    reason: str
+
+
+class ImportReportOut(BaseModel):
+    rows: int
+    created: int
+    updated: int
+    unchanged: int
+    rejected: list[RejectedRow]
+
+
+async def _csv_body(request: Request) -> bytes:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in CSV_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "send the CSV file as the request body with Content-Type: text/csv",
+            details={"content_type": media_type or None},
+        )
+    too_large = PayloadTooLarge(
+        f"the CSV file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it",
+        details={"max_bytes": MAX_IMPORT_BYTES},
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise too_large
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_IMPORT_BYTES:
+            raise too_large
+    return bytes(body)
+
+
+@import_router.post("/contacts/import", response_model=ImportReportOut)
+async def import_contacts(
+    principal: Operator, session: SessionDep, request: Request
+) -> ImportReportOut:
+    """Create or update contacts from a CSV file (the request body, UTF-8, header row).
+
+    Bad rows are reported with their line and reason while the others load; a
+    file with unknown columns is refused whole. Re-sending a file changes nothing.
+    """
+    runtime: Runtime = request.app.state.runtime
+    body = await _csv_body(request)
+    lines = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
+    report = await importer.import_contacts(session, runtime.cipher, principal.tenant, lines)
+    audit_note(
+        request,
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        unchanged=report.unchanged,
+        rejected=len(report.rejected),
+    )
+    return ImportReportOut(
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        unchanged=report.unchanged,
+        rejected=[RejectedRow(line=line, reason=reason) for line, reason in report.rejected],
+    )
+
+
+async def _export_stream(
+    runtime: Runtime, tenant_id: uuid.UUID, unmask: bool
+) -> AsyncIterator[str]:
+    # The request's session is committed before the body streams: read in a session of our own.
+    async with unit_of_work(runtime.sessionmaker) as session:
+        pending: list[str] = []
+        size = 0
+        async for line in importer.export_contacts(
+            session, runtime.cipher, tenant_id, unmask=unmask
+        ):
+            pending.append(line)
+            size += len(line)
+            if size >= _FLUSH_CHARS:
+                yield "".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield "".join(pending)
+
+
+@import_router.get("/contacts/export", response_class=StreamingResponse)
+async def export_contacts(
+    principal: Reader, session: SessionDep, request: Request
+) -> StreamingResponse:
+    """Every contact (merged ones excepted) as CSV; personal data masked unless the role
+    may read it, in which case the export is audited."""
+    runtime: Runtime = request.app.state.runtime
+    unmask = principal.may_read_personal_data
+    if unmask:
+        audit_unmasked_read(
+            session,
+            request,
+            principal,
+            subject_type="contacts_export",
+            subject_id="all",
+            fields=list(importer.EXPORT_FIELDS),
+        )
+    return StreamingResponse(
+        _export_stream(runtime, principal.tenant, unmask),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="contacts.csv"'},
+    )
