@@ -242,8 +242,10 @@ async def main(args: argparse.Namespace) -> None:
         )
         await killer
 
-        ceiling_wh = await run_load("127.0.0.1", ceiling_port, hooks, connections=args.connections)
-        scrm_wh = await run_load("127.0.0.1", port, hooks, connections=args.connections)
+        ceiling_wh = await run_load(
+            "127.0.0.1", ceiling_port, hooks, connections=args.webhook_connections
+        )
+        scrm_wh = await run_load("127.0.0.1", port, hooks, connections=args.webhook_connections)
 
         print(
             "HTTP ceiling = bare FastAPI endpoint answering 'success', "
@@ -277,7 +279,8 @@ async def main(args: argparse.Namespace) -> None:
         drained = time.monotonic() - started
         row = await conn.fetchrow(
             """SELECT (SELECT count(*) FROM inbound_events) AS stored,
-                      (SELECT count(*) FROM contacts) AS contacts,
+                      (SELECT count(*) FROM contacts WHERE merged_into_id IS NULL) AS contacts,
+                      (SELECT count(*) FROM contact_merges) AS merges,
                       (SELECT count(*) FROM contact_events) AS timeline,
                       (SELECT count(*) FROM (SELECT 1 FROM contact_events
                          GROUP BY source, source_event_id HAVING count(*) > 1) d) AS doubled,
@@ -297,6 +300,9 @@ async def main(args: argparse.Namespace) -> None:
         }
         print(f"processing finished {drained:.1f} s after the last request")
         ok = True
+        print(
+            f"  merges   {row['merges']:>8}  (order events that raced their contact's add: OneID merged them)"
+        )
         for key, want in expected.items():
             got = row[key]
             ok &= got == want
@@ -348,5 +354,6 @@ if __name__ == "__main__":
     parser.add_argument("--webhook-requests", type=int, default=400)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--webhook-connections", type=int, default=8)
     parser.add_argument("--drain-timeout", type=float, default=600)
     asyncio.run(main(parser.parse_args()))

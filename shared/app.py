@@ -72,6 +72,13 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
     )
     app.state.runtime = runtime
     app.state.services = chosen
+    # A service's own ASGI middleware (e.g. the users ingestion fast path) runs
+    # inside the request context, so ids, metrics and errors stay uniform.
+    for name in chosen:
+        for middleware in getattr(
+            importlib.import_module(f"services.{name}.api"), "middleware", []
+        ):
+            app.add_middleware(middleware)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 

@@ -108,9 +108,19 @@ def cli() -> None:
     """scrm: private-domain customer operations on WeCom."""
 
 
+def _use_uvloop() -> None:
+    """uvloop when installed (it is, with uvicorn[standard]): what uvicorn itself would pick."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: bool) -> None:
     settings = _settings()
     configure_logging(settings.log_level)
+    _use_uvloop()
     with servers(settings) as (database_url, redis_url):
         asyncio.run(
             run_process(
@@ -162,6 +172,10 @@ def up() -> None:
 @click.option("--workers", "workers", is_flag=True, help="Run every worker, relay, scheduler.")
 def run_part(api: bool, workers: bool) -> None:
     """One part of `scrm up` (started by it; stops when its parent dies)."""
+    if workers and not api:
+        # Acknowledging integrations comes first: a processing backlog yields the
+        # CPU to the API and catches up when the flood is over.
+        os.nice(5)
     _run(
         list(SERVICES) if api else [],
         list(SERVICES) if workers else [],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import random
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,8 +94,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes every record, but flushes at most every 100 ms (at once for warnings).
+
+    A flush per line is a system call per request, a fifth of the cost of a
+    callback at thousands per second; logging.shutdown flushes at exit.
+    """
+
+    interval = 0.1
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._last_flush = 0.0
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        if now - self._last_flush >= self.interval:
+            self._last_flush = now
+            super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if record.levelno >= logging.WARNING:
+            self._last_flush = 0.0
+            self.flush()
+
+
 def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -125,7 +151,8 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")[:64]
                 break
-        request_id = incoming or uuid.uuid4().hex
+        # 128 random bits as hex, without uuid4's urandom system call per request.
+        request_id = incoming or f"{random.getrandbits(128):032x}"
         token = bind_request_id(request_id)
         status = 500
         response_started = False

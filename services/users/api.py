@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import TypeAdapter, ValidationError
 
 from services.users import SERVICE, consent, erasure, repository, service
-from services.users.directory import IngestConfig, TenantDirectory
 from services.users.import_api import import_router
-from services.users.ingest import Inbound, InboundWriter
+from services.users.ingest_http import (
+    IngestFastPath,
+    IngestState,
+    accept_events,
+    accept_signed_events,
+    accept_wecom_callback,
+    ingest_state,
+    verify_wecom_url,
+)
 from services.users.schemas import (
-    MAX_BATCH,
     ConsentIn,
     ContactDetail,
     ContactPage,
     ContactPatch,
-    EventIn,
-    EventRejection,
     IngestResult,
     TimelinePage,
     UsersStatus,
@@ -34,16 +33,15 @@ from services.users.schemas import (
     WeComSettingsIn,
     WeComSettingsOut,
 )
-from services.users.settings import users_settings
-from services.users.wecom_crypto import WeComCryptoError, parse_xml
-from services.users.wecom_events import dedupe_key, event_type
 from shared.auth import Principal, require
 from shared.db import SessionDep
-from shared.errors import InvalidInput, NotFound, ScrmError, Unauthorized, Unavailable
+from shared.errors import InvalidInput, NotFound
 from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
+# Installed by shared.app.create_app around the routes (see ingest_http).
+middleware = [IngestFastPath]
 # First, so /v1/contacts/import and /v1/contacts/export are not taken for contact ids.
 router.include_router(import_router)
 
@@ -52,30 +50,10 @@ ContactReader = Annotated[Principal, require("admin", "operator", "analyst", "st
 ContactWriter = Annotated[Principal, require("admin", "operator", "staff")]
 Admin = Annotated[Principal, require("admin")]
 Operator = Annotated[Principal, require("admin", "operator")]
-_EVENT = TypeAdapter(EventIn)
 
 
-class _Ingest:
-    """Per-process ingestion state: the group-commit writer and the settings cache."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        settings = users_settings()
-        self.writer = InboundWriter(
-            runtime,
-            batch_size=settings.ingest_batch_size,
-            wait_ms=settings.ingest_batch_wait_ms,
-        )
-        self.directory = TenantDirectory(
-            runtime.sessionmaker, runtime.cipher, settings.tenant_cache_seconds
-        )
-
-
-def _ingest(request: Request) -> _Ingest:
-    state: _Ingest | None = getattr(request.app.state, "users_ingest", None)
-    if state is None:
-        state = _Ingest(request.app.state.runtime)
-        request.app.state.users_ingest = state
-    return state
+def _ingest(request: Request) -> IngestState:
+    return ingest_state(request.app)
 
 
 @router.get("/users/status", response_model=UsersStatus)
@@ -84,36 +62,9 @@ async def status(principal: Reader, session: SessionDep, request: Request) -> Us
     return await service.status(session, request.app.state.runtime, principal.tenant)
 
 
-# -- WeCom callbacks ----------------------------------------------------------------------
-
-
-class WeComRejected(ScrmError):
-    status_code = 400
-    code = "wecom_rejected"
-
-
-def _check_skew(timestamp: str, max_skew: int, header: str) -> None:
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        raise WeComRejected(f"{header} must be a unix timestamp", code="bad_timestamp") from None
-    if max_skew and abs(time.time() - sent) > max_skew:
-        raise WeComRejected(
-            f"{header} is more than {max_skew} s away from now", code="stale_timestamp"
-        )
-
-
-def _crypto_error(exc: WeComCryptoError) -> ScrmError:
-    if exc.reason == "invalid_signature":
-        return Unauthorized("msg_signature does not match", code="invalid_signature")
-    return WeComRejected(f"callback rejected: {exc.reason}", code=exc.reason)
-
-
-async def _wecom_config(request: Request, slug: str) -> IngestConfig:
-    config = await _ingest(request).directory.get(slug)
-    if config.wecom is None:
-        raise NotFound(f"WeCom is not configured for {slug!r}", code="wecom_not_configured")
-    return config
+# -- WeCom callbacks, signed webhooks and the event API ---------------------------------
+# These routes document the contract; under load the same functions answer
+# through IngestFastPath (services/users/ingest_http.py), which skips routing.
 
 
 @router.get("/wecom/{tenant_slug}/callback", response_class=PlainTextResponse)
@@ -126,13 +77,8 @@ async def wecom_verify_url(
     echostr: str,
 ) -> PlainTextResponse:
     """WeCom's URL verification: answer the decrypted echostr."""
-    config = await _wecom_config(request, tenant_slug)
-    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
-    assert config.wecom is not None
-    try:
-        plain = config.wecom.verify_url(msg_signature, timestamp, nonce, echostr)
-    except WeComCryptoError as exc:
-        raise _crypto_error(exc) from None
+    query = {"msg_signature": msg_signature, "timestamp": timestamp, "nonce": nonce}
+    plain = await verify_wecom_url(_ingest(request), tenant_slug, {**query, "echostr": echostr})
     return PlainTextResponse(plain)
 
 
@@ -141,112 +87,25 @@ async def wecom_callback(
     tenant_slug: str, request: Request, msg_signature: str, timestamp: str, nonce: str
 ) -> PlainTextResponse:
     """Verify, decrypt, store with a dedupe key, answer `success`; workers do the rest."""
-    config = await _wecom_config(request, tenant_slug)
-    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
-    assert config.wecom is not None
-    body = await request.body()
-    try:
-        plaintext = config.wecom.decrypt_callback(msg_signature, timestamp, nonce, body)
-        msg = parse_xml(plaintext)
-    except WeComCryptoError as exc:
-        raise _crypto_error(exc) from None
-    item = Inbound(
-        config.tenant_id,
-        "wecom",
-        dedupe_key(msg, plaintext),
-        event_type(msg),
-        {"msg": msg, "xml": plaintext},
-    )
-    await _store(request, [item])
-    return PlainTextResponse("success")
-
-
-async def _store(request: Request, items: list[Inbound]) -> list[bool]:
-    try:
-        return await _ingest(request).writer.store(items)
-    except OSError as exc:
-        raise Unavailable("could not store the events; retry", details=str(exc)) from None
-
-
-# -- signed webhooks and the event API ----------------------------------------------------
-
-
-def _verify_webhook(config: IngestConfig, request: Request, body: bytes) -> None:
-    timestamp = request.headers.get("x-scrm-timestamp")
-    signature = request.headers.get("x-scrm-signature", "")
-    if not timestamp or not signature.startswith("sha256="):
-        raise Unauthorized(
-            "send X-Scrm-Timestamp and X-Scrm-Signature: sha256=<hex>", code="invalid_signature"
-        )
-    _check_skew(timestamp, users_settings().webhook_max_skew_seconds, "X-Scrm-Timestamp")
-    if not config.webhook_secrets:
-        raise Unauthorized("no webhook secret is configured", code="invalid_signature")
-    signed = timestamp.encode() + b"." + body
-    given = signature.removeprefix("sha256=")
-    for secret in config.webhook_secrets:
-        expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
-        if hmac.compare_digest(expected, given):
-            return
-    raise Unauthorized("signature does not match", code="invalid_signature")
-
-
-async def _ingest_events(request: Request, tenant_id: uuid.UUID, body: bytes, via: str) -> Response:
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ScrmError("request body is not valid JSON", code="malformed_json") from None
-    raw = (
-        document.get("events") if isinstance(document, dict) and "events" in document else document
-    )
-    raw = raw if isinstance(raw, list) else [raw]
-    if len(raw) > MAX_BATCH:
-        raise InvalidInput(f"at most {MAX_BATCH} events per request", code="batch_too_large")
-    items: list[Inbound] = []
-    rejected: list[EventRejection] = []
-    for index, candidate in enumerate(raw):
-        try:
-            event = _EVENT.validate_python(candidate)
-        except ValidationError as exc:
-            event_id = candidate.get("event_id") if isinstance(candidate, dict) else None
-            rejected.append(
-                EventRejection(
-                    index=index,
-                    event_id=event_id if isinstance(event_id, str) else None,
-                    errors=[
-                        {"loc": [str(p) for p in e["loc"]], "message": e["msg"]}
-                        for e in exc.errors()
-                    ],
-                )
-            )
-            continue
-        payload: dict[str, Any] = event.model_dump(mode="json", exclude_none=True)
-        payload["via"] = via
-        items.append(Inbound(tenant_id, "event", event.event_id, event.type, payload))
-    if not items:
-        raise InvalidInput(
-            "no valid event in the request",
-            details=[r.model_dump() for r in rejected],
-        )
-    stored = await _store(request, items)
-    result = IngestResult(
-        accepted=sum(stored), duplicates=len(stored) - sum(stored), rejected=rejected
-    )
-    return Response(result.model_dump_json(), status_code=202, media_type="application/json")
+    query = {"msg_signature": msg_signature, "timestamp": timestamp, "nonce": nonce}
+    answer = await accept_wecom_callback(_ingest(request), tenant_slug, query, await request.body())
+    return PlainTextResponse(answer)
 
 
 @router.post("/webhooks/{tenant_slug}/events", status_code=202, response_model=IngestResult)
 async def webhook_events(tenant_slug: str, request: Request) -> Response:
     """Signed events from a shop, mini-program or live-stream tool: one or a batch."""
-    config = await _ingest(request).directory.get(tenant_slug)
-    body = await request.body()
-    _verify_webhook(config, request, body)
-    return await _ingest_events(request, config.tenant_id, body, "webhook")
+    result = await accept_signed_events(
+        _ingest(request), tenant_slug, request.headers, await request.body()
+    )
+    return Response(result.model_dump_json(), status_code=202, media_type="application/json")
 
 
 @router.post("/events", status_code=202, response_model=IngestResult)
 async def api_events(principal: Operator, request: Request) -> Response:
     """The same events as the webhook, sent with an operator API key."""
-    return await _ingest_events(request, principal.tenant, await request.body(), "api")
+    result = await accept_events(_ingest(request), principal.tenant, await request.body(), "api")
+    return Response(result.model_dump_json(), status_code=202, media_type="application/json")
 
 
 # -- integration settings -----------------------------------------------------------------

@@ -1,0 +1,293 @@
+"""The ingestion endpoints' logic, and a fast path that serves them without routing.
+
+WeCom callbacks and webhooks arrive by the thousand per second and their only
+job is to be verified and stored. `IngestFastPath`, a pure ASGI middleware
+installed by the app, recognises their two paths and answers them directly,
+skipping the framework's routing and dependency resolution (more than half of
+the cost of such a request). It sits inside the request-context middleware,
+so request ids, metrics, access logs and the error envelope are the same as
+everywhere else; the FastAPI routes in api.py call the same functions and
+document the contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.users.directory import IngestConfig, TenantDirectory
+from services.users.ingest import Inbound, InboundWriter
+from services.users.schemas import MAX_BATCH, EventIn, EventRejection, IngestResult
+from services.users.settings import users_settings
+from services.users.wecom_crypto import WeComCryptoError, parse_xml
+from services.users.wecom_events import dedupe_key, event_type
+from shared.errors import InvalidInput, NotFound, ScrmError, Unauthorized, Unavailable, error_body
+from shared.runtime import Runtime
+
+_EVENT = TypeAdapter(EventIn)
+
+
+class WeComRejected(ScrmError):
+    status_code = 400
+    code = "wecom_rejected"
+
+
+class IngestState:
+    """Per-process ingestion state: the group-commit writer and the settings cache."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = users_settings()
+        self.writer = InboundWriter(
+            runtime, batch_size=settings.ingest_batch_size, wait_ms=settings.ingest_batch_wait_ms
+        )
+        self.directory = TenantDirectory(
+            runtime.sessionmaker, runtime.cipher, settings.tenant_cache_seconds
+        )
+
+
+def ingest_state(app: Any) -> IngestState:
+    state: IngestState | None = getattr(app.state, "users_ingest", None)
+    if state is None:
+        state = IngestState(app.state.runtime)
+        app.state.users_ingest = state
+    return state
+
+
+def _check_skew(timestamp: str, max_skew: int, name: str) -> None:
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        raise WeComRejected(f"{name} must be a unix timestamp", code="bad_timestamp") from None
+    if max_skew and abs(time.time() - sent) > max_skew:
+        raise WeComRejected(
+            f"{name} is more than {max_skew} s away from now", code="stale_timestamp"
+        )
+
+
+def _crypto_error(exc: WeComCryptoError) -> ScrmError:
+    if exc.reason == "invalid_signature":
+        return Unauthorized("msg_signature does not match", code="invalid_signature")
+    return WeComRejected(f"callback rejected: {exc.reason}", code=exc.reason)
+
+
+def _require(query: Mapping[str, str], *names: str) -> list[str]:
+    missing = [n for n in names if not query.get(n)]
+    if missing:
+        raise InvalidInput(
+            f"missing query parameter(s): {', '.join(missing)}",
+            details=[{"loc": ["query", n], "message": "Field required"} for n in missing],
+        )
+    return [query[n] for n in names]
+
+
+async def _wecom_config(state: IngestState, slug: str) -> IngestConfig:
+    config = await state.directory.get(slug)
+    if config.wecom is None:
+        raise NotFound(f"WeCom is not configured for {slug!r}", code="wecom_not_configured")
+    return config
+
+
+async def verify_wecom_url(state: IngestState, slug: str, query: Mapping[str, str]) -> str:
+    signature, timestamp, nonce, echostr = _require(
+        query, "msg_signature", "timestamp", "nonce", "echostr"
+    )
+    config = await _wecom_config(state, slug)
+    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
+    assert config.wecom is not None
+    try:
+        return config.wecom.verify_url(signature, timestamp, nonce, echostr)
+    except WeComCryptoError as exc:
+        raise _crypto_error(exc) from None
+
+
+async def accept_wecom_callback(
+    state: IngestState, slug: str, query: Mapping[str, str], body: bytes
+) -> str:
+    """Verify, decrypt, store with a dedupe key; processing happens in the worker."""
+    signature, timestamp, nonce = _require(query, "msg_signature", "timestamp", "nonce")
+    config = await _wecom_config(state, slug)
+    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
+    assert config.wecom is not None
+    try:
+        plaintext = config.wecom.decrypt_callback(signature, timestamp, nonce, body)
+        msg = parse_xml(plaintext)
+    except WeComCryptoError as exc:
+        raise _crypto_error(exc) from None
+    item = Inbound(
+        config.tenant_id,
+        "wecom",
+        dedupe_key(msg, plaintext),
+        event_type(msg),
+        {"msg": msg, "xml": plaintext},
+    )
+    await _store(state, [item])
+    return "success"
+
+
+async def _store(state: IngestState, items: list[Inbound]) -> list[bool]:
+    try:
+        return await state.writer.store(items)
+    except OSError as exc:
+        raise Unavailable("could not store the events; retry", details=str(exc)) from None
+
+
+def _verify_signature(config: IngestConfig, headers: Mapping[str, str], body: bytes) -> None:
+    timestamp = headers.get("x-scrm-timestamp")
+    signature = headers.get("x-scrm-signature", "")
+    if not timestamp or not signature.startswith("sha256="):
+        raise Unauthorized(
+            "send X-Scrm-Timestamp and X-Scrm-Signature: sha256=<hex>", code="invalid_signature"
+        )
+    _check_skew(timestamp, users_settings().webhook_max_skew_seconds, "X-Scrm-Timestamp")
+    if not config.webhook_secrets:
+        raise Unauthorized("no webhook secret is configured", code="invalid_signature")
+    signed = timestamp.encode() + b"." + body
+    given = signature.removeprefix("sha256=")
+    for secret in config.webhook_secrets:
+        expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(expected, given):
+            return
+    raise Unauthorized("signature does not match", code="invalid_signature")
+
+
+async def accept_signed_events(
+    state: IngestState, slug: str, headers: Mapping[str, str], body: bytes
+) -> IngestResult:
+    config = await state.directory.get(slug)
+    _verify_signature(config, headers, body)
+    return await accept_events(state, config.tenant_id, body, "webhook")
+
+
+async def accept_events(
+    state: IngestState, tenant_id: uuid.UUID, body: bytes, via: str
+) -> IngestResult:
+    """Validate each event (rejections come back with their index) and store the valid ones."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ScrmError("request body is not valid JSON", code="malformed_json") from None
+    raw = (
+        document.get("events") if isinstance(document, dict) and "events" in document else document
+    )
+    raw = raw if isinstance(raw, list) else [raw]
+    if len(raw) > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} events per request", code="batch_too_large")
+    items: list[Inbound] = []
+    rejected: list[EventRejection] = []
+    for index, candidate in enumerate(raw):
+        try:
+            event = _EVENT.validate_python(candidate)
+        except ValidationError as exc:
+            event_id = candidate.get("event_id") if isinstance(candidate, dict) else None
+            rejected.append(
+                EventRejection(
+                    index=index,
+                    event_id=event_id if isinstance(event_id, str) else None,
+                    errors=[
+                        {"loc": [str(p) for p in e["loc"]], "message": e["msg"]}
+                        for e in exc.errors()
+                    ],
+                )
+            )
+            continue
+        payload: dict[str, Any] = event.model_dump(mode="json", exclude_none=True)
+        payload["via"] = via
+        items.append(Inbound(tenant_id, "event", event.event_id, event.type, payload))
+    if not items:
+        raise InvalidInput(
+            "no valid event in the request", details=[r.model_dump() for r in rejected]
+        )
+    stored = await _store(state, items)
+    return IngestResult(
+        accepted=sum(stored), duplicates=len(stored) - sum(stored), rejected=rejected
+    )
+
+
+# -- the fast path -------------------------------------------------------------------------
+
+_WECOM = re.compile(r"^/v1/wecom/([a-z0-9-]{1,63})/callback$")
+_WEBHOOK = re.compile(r"^/v1/webhooks/([a-z0-9-]{1,63})/events$")
+MAX_BODY = 8 * 1024 * 1024
+
+
+class _RouteLabel:
+    """What the metrics middleware reads from scope["route"]."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+_WECOM_ROUTE = _RouteLabel("/v1/wecom/{tenant_slug}/callback")
+_WEBHOOK_ROUTE = _RouteLabel("/v1/webhooks/{tenant_slug}/events")
+
+
+class IngestFastPath:
+    """Pure ASGI: POST callbacks and webhooks answered without routing (see module doc)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        wecom = _WECOM.match(path)
+        webhook = None if wecom else _WEBHOOK.match(path)
+        if wecom is None and webhook is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = _WECOM_ROUTE if wecom else _WEBHOOK_ROUTE
+        state = ingest_state(scope["app"])
+        try:
+            body = await _read_body(receive)
+            if wecom is not None:
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                answer = await accept_wecom_callback(state, wecom.group(1), query, body)
+                await _respond(send, 200, b"text/plain; charset=utf-8", answer.encode())
+            else:
+                assert webhook is not None
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                result = await accept_signed_events(state, webhook.group(1), headers, body)
+                await _respond(send, 202, b"application/json", result.model_dump_json().encode())
+        except ScrmError as exc:
+            envelope = json.dumps(error_body(exc.code, exc.message, exc.details), default=str)
+            await _respond(send, exc.status_code, b"application/json", envelope.encode())
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ScrmError("request body is too large", code="payload_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, content_type: bytes, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
