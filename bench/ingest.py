@@ -300,9 +300,7 @@ async def main(args: argparse.Namespace) -> None:
         }
         print(f"processing finished {drained:.1f} s after the last request")
         ok = True
-        print(
-            f"  merges   {row['merges']:>8}  (order events that raced their contact's add: OneID merged them)"
-        )
+        print(f"  merges   {row['merges']:>8}  (orders that raced their contact's add: merged)")
         for key, want in expected.items():
             got = row[key]
             ok &= got == want
