@@ -139,9 +139,10 @@ def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: b
 def up() -> None:
     """Migrate, then run every service's API, workers, the outbox relay and the scheduler.
 
-    The API and the workers run as two supervised child processes, so a flood of
-    processing never slows the acknowledgement of callbacks (and a crashed child
-    is restarted). Ctrl-C or SIGTERM stops them all, the embedded servers too.
+    The API and the workers (SCRM_WORKER_PROCESSES, one per core by default) run as
+    supervised child processes, so processing never slows the acknowledgement of
+    callbacks (and a crashed child is restarted). Ctrl-C or SIGTERM stops them
+    all, the embedded servers too.
     """
     settings = _settings()
     configure_logging(settings.log_level)
@@ -158,13 +159,16 @@ def up() -> None:
 
         asyncio.run(migrate_now())
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
-        supervise(
-            {
-                "api": [sys.executable, "-m", "shared.cli", "run-part", "--api"],
-                "workers": [sys.executable, "-m", "shared.cli", "run-part", "--workers"],
-            },
-            env,
-        )
+        parts = {"api": [sys.executable, "-m", "shared.cli", "run-part", "--api"]}
+        for n in range(settings.worker_processes):
+            parts[f"workers-{n + 1}"] = [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "run-part",
+                "--workers",
+            ]
+        supervise(parts, env)
 
 
 @cli.command(name="run-part", hidden=True)

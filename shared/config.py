@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     worker_poll_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
         default=0.02, validation_alias="SCRM_WORKER_POLL_SECONDS"
     )
+    worker_processes: Annotated[int, Field(ge=1, le=32)] = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        validation_alias="SCRM_WORKER_PROCESSES",
+    )
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, validation_alias="SCRM_WORKER_MAX_JOBS"
     )

@@ -78,6 +78,15 @@ class Up:
             time.sleep(0.2)
         raise AssertionError("scrm up never answered /readyz")
 
+    def port_freed(self, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return True
+            time.sleep(0.1)
+        return False
+
     def stop(self, sig: int = signal.SIGTERM) -> float:
         assert self.proc is not None
         started = time.monotonic()
@@ -120,6 +129,7 @@ def test_up_on_embedded_servers_keeps_data_across_restarts(data_dir: Path) -> No
     up.stop(signal.SIGKILL)
     postgres_before = {p.pid for p in embedded_processes(data_dir) if p.name() == "postgres"}
     assert postgres_before, "postgres stays up after scrm up is SIGKILLed"
+    assert up.port_freed(within=20), "the API process does not outlive its supervisor"
     up.start()
     assert httpx.get(
         f"{up.url}/v1/admin/tenants", headers={"Authorization": f"Bearer {key}"}
