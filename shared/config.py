@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         default=0.02, validation_alias="SCRM_WORKER_POLL_SECONDS"
     )
     worker_processes: Annotated[int, Field(ge=1, le=32)] = Field(
-        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        # One core stays with the API, so acknowledgements keep their latency.
+        default_factory=lambda: max(1, min(4, (os.cpu_count() or 1) - 1)),
         validation_alias="SCRM_WORKER_PROCESSES",
     )
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
