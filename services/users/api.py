@@ -25,7 +25,12 @@ from services.users.schemas import (
     ContactDetail,
     ContactPage,
     ContactPatch,
+    GroupDetail,
+    GroupMemberOut,
+    GroupOut,
+    GroupPage,
     IngestResult,
+    StaffOut,
     TimelinePage,
     UsersStatus,
     WebhookSecretCreated,
@@ -174,6 +179,60 @@ async def revoke_webhook_secret(
         raise NotFound("no such webhook secret")
     _ingest(request).directory.forget(principal.tenant_slug or "")
     return WebhookSecretOut.model_validate(revoked)
+
+
+# -- staff and customer groups ----------------------------------------------------------
+
+
+@router.get("/staff", response_model=list[StaffOut])
+async def list_staff(principal: ContactReader, session: SessionDep) -> list[StaffOut]:
+    """WeCom members who own contacts."""
+    return [
+        StaffOut.model_validate(s) for s in await repository.list_staff(session, principal.tenant)
+    ]
+
+
+@router.get("/groups", response_model=GroupPage)
+async def list_groups(
+    principal: Reader,
+    session: SessionDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> GroupPage:
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidInput("cursor is invalid", details={"field": "cursor"})
+    groups = await repository.list_groups(
+        session, principal.tenant, after_id=int(cursor) if cursor else None, limit=limit
+    )
+    next_cursor = str(groups[-1].id) if len(groups) == limit else None
+    return GroupPage(items=[GroupOut.model_validate(g) for g in groups], next_cursor=next_cursor)
+
+
+@router.get("/groups/{chat_id}", response_model=GroupDetail)
+async def get_group(
+    chat_id: str, principal: Reader, session: SessionDep, include_left: bool = False
+) -> GroupDetail:
+    """A customer group and its members; external members appear by contact id only."""
+    group = await repository.get_group(session, principal.tenant, chat_id)
+    if group is None:
+        raise NotFound("no such group")
+    members = await repository.group_members(
+        session, principal.tenant, chat_id, include_left=include_left
+    )
+    return GroupDetail(
+        **GroupOut.model_validate(group).model_dump(),
+        members=[
+            GroupMemberOut(
+                member_type=m.member_type,
+                staff_userid=m.member_id if m.member_type == 1 else None,
+                contact_id=m.contact_id,
+                joined_at=m.joined_at,
+                join_scene=m.join_scene,
+                left_at=m.left_at,
+            )
+            for m in members
+        ],
+    )
 
 
 # -- contacts ------------------------------------------------------------------------------

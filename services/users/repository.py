@@ -421,3 +421,41 @@ async def leave_group(
         )
     ).first()
     return False if row is None else row[0]
+
+
+async def list_staff(session: AsyncSession, tenant_id: uuid.UUID) -> Sequence[Staff]:
+    return (
+        await session.scalars(
+            select(Staff).where(Staff.tenant_id == tenant_id).order_by(Staff.userid)
+        )
+    ).all()
+
+
+async def list_groups(
+    session: AsyncSession, tenant_id: uuid.UUID, *, after_id: int | None, limit: int
+) -> Sequence[CustomerGroup]:
+    query = select(CustomerGroup).where(CustomerGroup.tenant_id == tenant_id)
+    if after_id is not None:
+        query = query.where(CustomerGroup.id > after_id)
+    return (await session.scalars(query.order_by(CustomerGroup.id).limit(limit))).all()
+
+
+async def get_group(
+    session: AsyncSession, tenant_id: uuid.UUID, chat_id: str
+) -> CustomerGroup | None:
+    return await session.scalar(
+        select(CustomerGroup).where(
+            CustomerGroup.tenant_id == tenant_id, CustomerGroup.chat_id == chat_id
+        )
+    )
+
+
+async def group_members(
+    session: AsyncSession, tenant_id: uuid.UUID, chat_id: str, *, include_left: bool
+) -> Sequence[GroupMember]:
+    query = select(GroupMember).where(
+        GroupMember.tenant_id == tenant_id, GroupMember.chat_id == chat_id
+    )
+    if not include_left:
+        query = query.where(GroupMember.left_at.is_(None))
+    return (await session.scalars(query.order_by(GroupMember.id))).all()

@@ -212,3 +212,44 @@ class ConsentIn(BaseModel):
     channel: str = Field(default="all", max_length=32)
     status: Literal["opted_in", "opted_out"]
     note: str | None = Field(default=None, max_length=500)
+
+
+class StaffOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    userid: str
+    name: str | None
+    active: bool
+
+
+class GroupOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    chat_id: str
+    name: str | None
+    owner_userid: str | None
+    status: str
+    member_count: int
+    created_at: datetime
+    dismissed_at: datetime | None
+
+
+class GroupPage(BaseModel):
+    items: list[GroupOut]
+    next_cursor: str | None
+
+
+class GroupMemberOut(BaseModel):
+    """A staff member (type 1) or an external contact (type 2, by contact id)."""
+
+    member_type: int
+    staff_userid: str | None
+    contact_id: uuid.UUID | None
+    joined_at: datetime | None
+    join_scene: int | None
+    left_at: datetime | None
+
+
+class GroupDetail(GroupOut):
+    members: list[GroupMemberOut]

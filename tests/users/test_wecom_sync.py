@@ -138,5 +138,18 @@ async def test_wecom_sync_repairs_missed_callbacks_without_duplicates(
         )
     ).json()
     assert {c["name"] for c in named["items"]} >= {"客户12", "客户120"}
+    staff = (await committed_client.get("/v1/staff", headers=bearer(corp.admin))).json()
+    assert [m["userid"] for m in staff] == ["lisi", "zhangsan"]
+    groups = (await committed_client.get("/v1/groups", headers=bearer(corp.admin))).json()
+    assert [g["chat_id"] for g in groups["items"]] == ["wrG1"] and groups["next_cursor"] is None
+    group = (await committed_client.get("/v1/groups/wrG1", headers=bearer(corp.admin))).json()
+    assert group["name"] == "VIP群" and group["member_count"] == 3
+    members = group["members"]
+    assert [m["staff_userid"] for m in members if m["member_type"] == 1] == ["zhangsan"]
+    contact_members = [m["contact_id"] for m in members if m["member_type"] == 2]
+    assert len(contact_members) == 2 and all(contact_members)
+    assert "wmS001" not in str(group), "external ids never appear in responses"
+    missing = await committed_client.get("/v1/groups/nope", headers=bearer(corp.admin))
+    assert missing.status_code == 404
     no_secret = await run_scrm(env, "wecom", "sync", "--tenant", "nope")
     assert no_secret.returncode != 0 and "no tenant" in no_secret.stderr
