@@ -179,7 +179,7 @@ def run_part(api: bool, workers: bool) -> None:
     if workers and not api:
         # Acknowledging integrations comes first: a processing backlog yields the
         # CPU to the API and catches up when the flood is over.
-        os.nice(5)
+        os.nice(10)
     _run(
         list(SERVICES) if api else [],
         list(SERVICES) if workers else [],
