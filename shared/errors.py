@@ -61,6 +61,16 @@ class Conflict(ScrmError):
     code = "conflict"
 
 
+class PayloadTooLarge(ScrmError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ScrmError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class Unavailable(ScrmError):
     status_code = 503
     code = "unavailable"

@@ -15,7 +15,7 @@ from services.users import SERVICE, importer
 from shared.audit import audit_note
 from shared.auth import Principal, require
 from shared.db import SessionDep, unit_of_work
-from shared.errors import ScrmError
+from shared.errors import PayloadTooLarge, UnsupportedMediaType
 from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
@@ -28,16 +28,6 @@ import_router = APIRouter(tags=[SERVICE])
 
 Operator = Annotated[Principal, require("admin", "operator")]
 Reader = Annotated[Principal, require("admin", "operator", "analyst")]
-
-
-class PayloadTooLarge(ScrmError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class UnsupportedMediaType(ScrmError):
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 class RejectedRow(BaseModel):

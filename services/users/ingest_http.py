@@ -26,20 +26,24 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.users.directory import IngestConfig, TenantDirectory
+from services.users.exceptions import WeComRejected
 from services.users.ingest import Inbound, InboundWriter
 from services.users.schemas import MAX_BATCH, EventIn, EventRejection, IngestResult
 from services.users.settings import users_settings
 from services.users.wecom_crypto import WeComCryptoError, parse_xml
 from services.users.wecom_events import dedupe_key, event_type
-from shared.errors import InvalidInput, NotFound, ScrmError, Unauthorized, Unavailable, error_body
+from shared.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ScrmError,
+    Unauthorized,
+    Unavailable,
+    error_body,
+)
 from shared.runtime import Runtime
 
 _EVENT = TypeAdapter(EventIn)
-
-
-class WeComRejected(ScrmError):
-    status_code = 400
-    code = "wecom_rejected"
 
 
 class IngestState:
@@ -273,7 +277,7 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
-            raise ScrmError("request body is too large", code="payload_too_large")
+            raise PayloadTooLarge(f"request body is larger than {MAX_BODY} bytes")
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)

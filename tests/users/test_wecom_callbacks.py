@@ -290,3 +290,14 @@ async def test_every_wecom_event_type(
     ]
     timeline = await scalar(committed, "SELECT count(*) FROM contact_events")
     assert timeline == 9, "7 contact changes + a join and a leave"
+
+
+async def test_oversized_callback_answers_413_and_stores_nothing(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    request = corp.callback(contact_event("add_external_contact"))
+    request["content"] = b"<xml>" + b"x" * (8 * 1024 * 1024 + 1) + b"</xml>"
+    response = await post(committed_client, request)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert await scalar(committed, "SELECT count(*) FROM inbound_events") == 0
