@@ -1,9 +1,9 @@
 """The write path of everything integrations send: store raw, dedupe, hand to workers.
 
 Requests wait only for their event to be durable: an `InboundWriter` gathers
-the events of concurrent requests for a couple of milliseconds and writes them
-in one transaction (one INSERT of the raw rows with their dedupe keys, one of
-the outbox rows that wake the users worker), then answers each request. A
+the events of concurrent requests and writes them in one transaction (one
+statement inserts the raw rows with their dedupe keys and the outbox rows that
+wake the users worker), then answers each request. A
 flood of callbacks therefore costs a few statements per hundreds of events,
 and a retried or replayed delivery is recognised by its dedupe key and not
 stored again. All processing happens later, in the users worker.
@@ -18,10 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+import asyncpg  # type: ignore[import-untyped]
 
 from shared.crypto import FieldCipher
-from shared.db import unit_of_work
 from shared.events import NOTIFY_CHANNEL
 from shared.runtime import Runtime
 
@@ -29,26 +28,24 @@ log = logging.getLogger("scrm.users.ingest")
 
 INBOUND_RECEIVED = "users.inbound_received"
 
-_STORE = text(
-    """
+_STORE = """
     WITH incoming AS (
-        SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:sources AS text[]),
-                             CAST(:keys AS text[]), CAST(:types AS text[]),
-                             CAST(:payloads AS bytea[]))
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])
                AS t(tenant_id, source, dedupe_key, type, payload)
     ), stored AS (
+        -- In key order, so that concurrent batches lock the same keys in the same order.
         INSERT INTO inbound_events (tenant_id, source, dedupe_key, type, payload_enc)
         SELECT tenant_id, source, dedupe_key, type, payload FROM incoming
+         ORDER BY tenant_id, source, dedupe_key
         ON CONFLICT ON CONSTRAINT uq_inbound_events_dedupe DO NOTHING
         RETURNING id, tenant_id, source, dedupe_key
     ), published AS (
         INSERT INTO outbox_events (event_id, tenant_id, type, payload)
-        SELECT gen_random_uuid(), tenant_id, :event_type, jsonb_build_object('inbound_id', id)
+        SELECT gen_random_uuid(), tenant_id, $6, jsonb_build_object('inbound_id', id)
           FROM stored
     )
     SELECT tenant_id, source, dedupe_key FROM stored
-    """
-)
+"""
 
 
 def payload_context(tenant_id: uuid.UUID) -> bytes:
@@ -79,15 +76,36 @@ class _Pending:
     )
 
 
-class InboundWriter:
-    """Group commit for inbound events (one per process, shared by all requests)."""
+# A batch that lost a deadlock or a serialization race is written again.
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_ATTEMPTS = 3
 
-    def __init__(self, runtime: Runtime, *, batch_size: int = 500, wait_ms: float = 2.0) -> None:
+
+class InboundWriter:
+    """Group commit for inbound events (one per process, shared by all requests).
+
+    Requests queue their items; a dispatcher hands everything queued to one of
+    `writers` concurrent transactions. While every writer is busy, arrivals
+    accumulate into the next batch, so batches grow with the load and no
+    request waits for a timer: at low load an event is written alone, at once.
+    `wait_ms` optionally lingers for more before writing.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        batch_size: int = 500,
+        wait_ms: float = 0.0,
+        writers: int = 4,
+    ) -> None:
         self.runtime = runtime
         self.batch_size = batch_size
         self.wait = wait_ms / 1000
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(writers)
         self._task: asyncio.Task[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def store(self, items: list[Inbound]) -> list[bool]:
         """Store `items` durably; for each, True if new, False if seen before."""
@@ -96,64 +114,84 @@ class InboundWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="inbound-writer")
         pending = _Pending(items)
-        await self._queue.put(pending)
+        self._queue.put_nowait(pending)
         return await pending.done
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            # While all writers are busy, more requests join this batch.
+            await self._slots.acquire()
             size = len(batch[0].items)
-            deadline = asyncio.get_running_loop().time() + self.wait
+            deadline = loop.time() + self.wait
             while size < self.batch_size:
-                remaining = deadline - asyncio.get_running_loop().time()
-                try:
-                    nxt = (
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
-                except (asyncio.QueueEmpty, TimeoutError):
+                if not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                elif self.wait and (remaining := deadline - loop.time()) > 0:
+                    try:
+                        nxt = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
                     break
                 batch.append(nxt)
                 size += len(nxt.items)
+            flush = asyncio.create_task(self._flush(batch), name="inbound-flush")
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            items = [item for p in batch for item in p.items]
             try:
-                results = await self._write([item for p in batch for item in p.items])
+                results = await self._write(items)
             except Exception as exc:
-                log.exception("storing %d inbound events failed", size)
+                log.exception("storing %d inbound events failed", len(items))
                 for pending in batch:
                     if not pending.done.done():
                         pending.done.set_exception(exc)
-                continue
+                return
             offset = 0
             for pending in batch:
                 n = len(pending.items)
                 if not pending.done.done():
                     pending.done.set_result(results[offset : offset + n])
                 offset += n
+        finally:
+            self._slots.release()
 
     async def _write(self, items: list[Inbound]) -> list[bool]:
         cipher = self.runtime.cipher
-        async with unit_of_work(self.runtime.sessionmaker) as session:
-            rows = await session.execute(
-                _STORE,
-                {
-                    "tenants": [i.tenant_id for i in items],
-                    "sources": [i.source for i in items],
-                    "keys": [i.dedupe_key for i in items],
-                    "types": [i.type for i in items],
-                    "payloads": [
-                        cipher.encrypt(
-                            json.dumps(i.payload, ensure_ascii=False),
-                            context=payload_context(i.tenant_id),
-                        )
-                        for i in items
-                    ],
-                    "event_type": INBOUND_RECEIVED,
-                },
-            )
-            stored = {(r.tenant_id, r.source, r.dedupe_key) for r in rows}
-            if stored:
-                await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        args = (
+            [i.tenant_id for i in items],
+            [i.source for i in items],
+            [i.dedupe_key for i in items],
+            [i.type for i in items],
+            [
+                cipher.encrypt(
+                    json.dumps(i.payload, ensure_ascii=False),
+                    context=payload_context(i.tenant_id),
+                )
+                for i in items
+            ],
+            INBOUND_RECEIVED,
+        )
+        # The pool's connection, driven directly: one statement and a commit per batch.
+        async with self.runtime.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    async with raw.transaction():
+                        rows = await raw.fetch(_STORE, *args)
+                        if rows:
+                            await raw.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+                    break
+                except _RETRYABLE:
+                    if attempt == _ATTEMPTS:
+                        raise
+        stored = {(r["tenant_id"], r["source"], r["dedupe_key"]) for r in rows}
         results = []
         for item in items:
             key = (item.tenant_id, item.source, item.dedupe_key)

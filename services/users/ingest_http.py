@@ -52,7 +52,10 @@ class IngestState:
     def __init__(self, runtime: Runtime) -> None:
         settings = users_settings()
         self.writer = InboundWriter(
-            runtime, batch_size=settings.ingest_batch_size, wait_ms=settings.ingest_batch_wait_ms
+            runtime,
+            batch_size=settings.ingest_batch_size,
+            wait_ms=settings.ingest_batch_wait_ms,
+            writers=settings.ingest_writers,
         )
         self.directory = TenantDirectory(
             runtime.sessionmaker, runtime.cipher, settings.tenant_cache_seconds

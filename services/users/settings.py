@@ -31,7 +31,10 @@ class UsersSettings(BaseSettings):
         default=500, validation_alias="SCRM_INGEST_BATCH_SIZE"
     )
     ingest_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
-        default=2.0, validation_alias="SCRM_INGEST_BATCH_WAIT_MS"
+        default=0.0, validation_alias="SCRM_INGEST_BATCH_WAIT_MS"
+    )
+    ingest_writers: Annotated[int, Field(ge=1, le=32)] = Field(
+        default=4, validation_alias="SCRM_INGEST_WRITERS"
     )
     tenant_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
         default=10.0, validation_alias="SCRM_TENANT_CACHE_SECONDS"
