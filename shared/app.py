@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import admin_api
 from shared.errors import error_response, install_error_handlers
@@ -43,6 +45,37 @@ _BUS_GAUGES = text(
 )
 
 
+class FrontDoor(Protocol):
+    """A service's hot endpoint, answered ahead of the framework (see ScrmApp)."""
+
+    def matches(self, scope: Scope) -> bool: ...
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+
+class ScrmApp(FastAPI):
+    """FastAPI, with front doors: HTTP requests a service's front door matches are
+    served by it directly, inside the request context (request id, metrics,
+    access log, error envelope) but ahead of FastAPI's middleware stack,
+    routing and dependency resolution, which cost more than the work of a
+    WeCom callback. Everything else takes the usual way."""
+
+    def __init__(self, *, front_doors: Sequence[FrontDoor] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._front_doors: list[tuple[FrontDoor, ASGIApp]] = [
+            (door, RequestContextMiddleware(door)) for door in front_doors
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for door, served in self._front_doors:
+                if door.matches(scope):
+                    scope["app"] = self
+                    await served(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
 def service_router(service: str) -> APIRouter:
     module = importlib.import_module(f"services.{service}.api")
     router: APIRouter = module.router
@@ -62,7 +95,12 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
             raise RuntimeError("create_app needs a Runtime (scrm serve/up provides one)")
         yield
 
-    app = FastAPI(
+    app = ScrmApp(
+        front_doors=[
+            door()
+            for name in chosen
+            for door in getattr(importlib.import_module(f"services.{name}.api"), "front_doors", [])
+        ],
         title="scrm",
         version="0.1.0",
         description="Private-domain customer operations on WeCom: "
@@ -72,13 +110,6 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
     )
     app.state.runtime = runtime
     app.state.services = chosen
-    # A service's own ASGI middleware (e.g. the users ingestion fast path) runs
-    # inside the request context, so ids, metrics and errors stay uniform.
-    for name in chosen:
-        for middleware in getattr(
-            importlib.import_module(f"services.{name}.api"), "middleware", []
-        ):
-            app.add_middleware(middleware)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 

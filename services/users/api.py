@@ -45,8 +45,8 @@ from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
-# Installed by shared.app.create_app around the routes (see ingest_http).
-middleware = [IngestFastPath]
+# Served by shared.app ahead of routing (see ingest_http).
+front_doors = [IngestFastPath]
 # First, so /v1/contacts/import and /v1/contacts/export are not taken for contact ids.
 router.include_router(import_router)
 
