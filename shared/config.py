@@ -62,17 +62,6 @@ class Settings(BaseSettings):
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, validation_alias="SCRM_WORKER_MAX_JOBS"
     )
-    flood_events_per_second: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
-        default=500,
-        validation_alias="SCRM_FLOOD_EVENTS_PER_SECOND",
-        description="Inbound events per second per API process that make workers give way "
-        "(0: never).",
-    )
-    flood_worker_share: Annotated[float, Field(gt=0, le=1)] = Field(
-        default=0.2,
-        validation_alias="SCRM_FLOOD_WORKER_SHARE",
-        description="Share of its time a worker spends processing during a flood (1: all).",
-    )
     job_timeout_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=120.0, validation_alias="SCRM_JOB_TIMEOUT_SECONDS"
     )

@@ -23,7 +23,6 @@ from shared.db import unit_of_work
 from shared.events import Event, Subscription, SubscriptionRegistry
 from shared.models import OutboxEvent, ProcessedEvent
 from shared.observability import EVENTS_HANDLED
-from shared.pressure import FloodValve, OutOfTime
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime, redis_settings
 from shared.scheduler import RUN_SCHEDULED_JOB, JobRegistry, backoff_seconds, run_scheduled_job
@@ -57,7 +56,6 @@ class EventDelivery:
         self.runtime = runtime
         self.service = service
         self.registry = registry
-        self.valve = FloodValve(runtime)
 
     async def deliver(self, event_ids: list[int], handler: str | None, attempt: int) -> None:
         pairs = await self._work_for(event_ids, handler)
@@ -70,7 +68,7 @@ class EventDelivery:
         deadline = loop.time() + budget
         if len(batchable) > 1 and attempt == 1:
             try:
-                async with self.valve.paced(deadline), asyncio.timeout(budget / 2):
+                async with asyncio.timeout(budget / 2):
                     await self._deliver_batch(batchable)
                 batchable = []
             except Exception as exc:
@@ -79,13 +77,7 @@ class EventDelivery:
                 log.info("batch of %d deliveries failed (%r); one by one", len(batchable), exc)
         remaining = [*batchable, *alone]
         while remaining:
-            event, sub = remaining[0]
-            try:
-                if loop.time() > deadline:
-                    raise OutOfTime
-                async with self.valve.paced(deadline):
-                    await self._deliver_one(event, sub, attempt)
-            except OutOfTime:
+            if loop.time() > deadline:
                 rest = sorted({event.id for event, _ in remaining})
                 await self.runtime.redis.enqueue_job(
                     DELIVER_JOB,
@@ -96,7 +88,8 @@ class EventDelivery:
                 )
                 log.info("delivery time budget used; %d event(s) continue in a new job", len(rest))
                 return
-            remaining.pop(0)
+            event, sub = remaining.pop(0)
+            await self._deliver_one(event, sub, attempt)
 
     async def _work_for(
         self, event_ids: list[int], handler: str | None

@@ -3,7 +3,7 @@
 Requests wait only for their event to be durable: an `InboundWriter` gathers
 the events of concurrent requests and writes them in one transaction (one
 statement inserts the raw rows with their dedupe keys and the outbox rows that
-wake the users worker, one per chunk of events), then answers each request. A
+wake the users worker), then answers each request. A
 flood of callbacks therefore costs a few statements per hundreds of events,
 and a retried or replayed delivery is recognised by its dedupe key and not
 stored again. All processing happens later, in the users worker.
@@ -22,15 +22,11 @@ import asyncpg  # type: ignore[import-untyped]
 
 from shared.crypto import FieldCipher
 from shared.events import NOTIFY_CHANNEL
-from shared.pressure import FloodGauge
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.users.ingest")
 
 INBOUND_RECEIVED = "users.inbound_received"
-# Stored events per wake-up event: the worker applies them one by one, each in a
-# savepoint of the delivery's transaction.
-WAKEUP_CHUNK = 50
 
 _STORE = """
     WITH incoming AS (
@@ -43,16 +39,10 @@ _STORE = """
          ORDER BY tenant_id, source, dedupe_key
         ON CONFLICT ON CONSTRAINT uq_inbound_events_dedupe DO NOTHING
         RETURNING id, tenant_id, source, dedupe_key
-    ), numbered AS (
-        SELECT id, tenant_id, row_number() OVER (PARTITION BY tenant_id ORDER BY id) - 1 AS n
-          FROM stored
     ), published AS (
-        -- One wake-up event per tenant and chunk of $7 stored events, not per event.
         INSERT INTO outbox_events (event_id, tenant_id, type, payload)
-        SELECT gen_random_uuid(), tenant_id, $6,
-               jsonb_build_object('inbound_ids', jsonb_agg(id ORDER BY id))
-          FROM numbered
-         GROUP BY tenant_id, n / $7
+        SELECT gen_random_uuid(), tenant_id, $6, jsonb_build_object('inbound_id', id)
+          FROM stored
     )
     SELECT tenant_id, source, dedupe_key FROM stored
 """
@@ -116,7 +106,6 @@ class InboundWriter:
         self._slots = asyncio.Semaphore(writers)
         self._task: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
-        self.gauge = FloodGauge(runtime)
 
     async def store(self, items: list[Inbound]) -> list[bool]:
         """Store `items` durably; for each, True if new, False if seen before."""
@@ -157,7 +146,6 @@ class InboundWriter:
             items = [item for p in batch for item in p.items]
             try:
                 results = await self._write(items)
-                self.gauge.note(len(items))
             except Exception as exc:
                 log.exception("storing %d inbound events failed", len(items))
                 for pending in batch:
@@ -188,7 +176,6 @@ class InboundWriter:
                 for i in items
             ],
             INBOUND_RECEIVED,
-            WAKEUP_CHUNK,
         )
         # The pool's connection, driven directly: one statement and a commit per batch.
         async with self.runtime.engine.connect() as conn:

@@ -11,7 +11,7 @@ from services.users import processing, sync
 from services.users.ingest import INBOUND_RECEIVED
 from services.users.settings import users_settings
 from services.users.wecom_client import WeComApiError, WeComUnavailable
-from shared.events import Event, publish, subscribe
+from shared.events import Event, subscribe
 from shared.scheduler import RetryLater, ScheduledWork, deferral_seconds, scheduled_job
 
 GIVE_UP_AFTER_SECONDS = 7 * 86400
@@ -21,25 +21,8 @@ log = logging.getLogger("scrm.users.tasks")
 
 @subscribe("users", INBOUND_RECEIVED, name="users.process_inbound", batch=False)
 async def process_inbound_event(session: AsyncSession, event: Event) -> None:
-    """Apply stored callbacks and business events (each once: its row is locked and
-    marked in the same transaction as its effects).
-
-    A wake-up names a chunk of stored events. Each is applied in a savepoint; one
-    that fails is rolled back alone and handed on as a wake-up of its own, which
-    then has the retries and the dead-letter queue of any delivery.
-    """
-    if "inbound_id" in event.payload:
-        await processing.process_inbound(session, int(event.payload["inbound_id"]))
-        return
-    for inbound_id in event.payload["inbound_ids"]:
-        try:
-            async with session.begin_nested():
-                await processing.process_inbound(session, int(inbound_id))
-        except Exception as exc:
-            log.warning("inbound event %s failed in a chunk (%r); retried alone", inbound_id, exc)
-            await publish(
-                session, INBOUND_RECEIVED, {"inbound_id": inbound_id}, tenant_id=event.tenant_id
-            )
+    """Apply a stored callback or business event (once: the row is locked and marked)."""
+    await processing.process_inbound(session, int(event.payload["inbound_id"]))
 
 
 @scheduled_job("users", "enrich_contact")

@@ -236,34 +236,3 @@ async def test_consent_events_change_consent(
         await committed_client.get(f"/v1/contacts/{contact_id}/consent", headers=bearer(corp.admin))
     ).json()
     assert consent["may_message"]["sms"] is True and len(consent["history"]) == 2
-
-
-async def test_a_failing_event_does_not_hold_back_its_chunk(
-    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
-) -> None:
-    batch = {"events": [order(f"c{i}", **{"phone": f"1381234{i:04d}"}) for i in range(5)]}
-    assert (await post(committed_client, corp.signed(batch))).status_code == 202
-    [(chunk,)] = await rows(
-        committed,
-        "SELECT payload->'inbound_ids' FROM outbox_events WHERE type = 'users.inbound_received'",
-    )
-    assert len(chunk) == 5  # one wake-up for the five
-    bad = chunk[2]
-    async with committed.engine.begin() as conn:  # a payload that cannot be decrypted
-        await conn.execute(
-            text("UPDATE inbound_events SET payload_enc = 'garbage'::bytea WHERE id = :id"),
-            {"id": bad},
-        )
-    await process_all(committed)
-    applied = await rows(
-        committed, "SELECT id FROM inbound_events WHERE processed_at IS NOT NULL ORDER BY id"
-    )
-    assert [a[0] for a in applied] == [i for i in chunk if i != bad]
-    assert await rows(committed, "SELECT count(*) FROM contacts") == [(4,)]
-    # The failing one was handed on alone, to be retried and dead-lettered on its own.
-    alone = await rows(
-        committed,
-        "SELECT (payload->>'inbound_id')::bigint FROM outbox_events"
-        " WHERE type = 'users.inbound_received' AND payload ? 'inbound_id'",
-    )
-    assert alone == [(bad,)]
