@@ -63,6 +63,21 @@ SCHEDULED_DUE = Gauge(
 )
 
 
+# Labelled children of the request metrics, looked up once per (method, route, status).
+_REQUEST_METRICS: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    found = _REQUEST_METRICS.get((method, route, status))
+    if found is None:
+        found = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_LATENCY.labels(method, route),
+        )
+        _REQUEST_METRICS[(method, route, status)] = found
+    return found
+
+
 def current_request_id() -> str | None:
     return _request_id.get()
 
@@ -201,8 +216,9 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_LATENCY.labels(method, template).observe(elapsed)
+            requests, latency = _request_metrics(method, template, status)
+            requests.inc()
+            latency.observe(elapsed)
             if _access_log.isEnabledFor(logging.INFO):
                 _access_log.info(
                     "%s %s %d",

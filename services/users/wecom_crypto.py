@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 from typing import Final, NoReturn
 from xml.parsers import expat
 
@@ -145,6 +146,13 @@ def parse_xml(text: str) -> dict[str, str]:
     return result
 
 
+_ENVELOPE = re.compile(
+    r"\A<xml>(?:<ToUserName><!\[CDATA\[[^<\]]*\]\]></ToUserName>)?"
+    r"<Encrypt><!\[CDATA\[([A-Za-z0-9+/=]+)\]\]></Encrypt>"
+    r"(?:<AgentID><!\[CDATA\[[0-9]*\]\]></AgentID>|<AgentID>[0-9]*</AgentID>)?</xml>\Z"
+)
+
+
 def _decrypt_failed(detail: str) -> WeComCryptoError:
     return WeComCryptoError("decrypt_failed", f"cannot decrypt message: {detail}")
 
@@ -186,7 +194,10 @@ class WeComCrypto:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WeComCryptoError("bad_xml", "callback body is not UTF-8") from exc
-        encrypt = parse_xml(text).get("Encrypt")
+        # WeCom's envelope as it always sends it, found without building a parser;
+        # anything else goes through the full parser and its refusals.
+        plain = _ENVELOPE.search(text)
+        encrypt = plain.group(1) if plain else parse_xml(text).get("Encrypt")
         if not encrypt:
             raise WeComCryptoError("bad_xml", "callback body has no <Encrypt> element")
         self._check_signature(msg_signature, timestamp, nonce, encrypt)
