@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -99,6 +99,50 @@ class JobRegistry:
 
 jobs = JobRegistry()
 scheduled_job = jobs.register
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    service: str
+    name: str
+    every_seconds: int
+
+
+RECURRING: list[Recurrence] = []
+
+
+def recurring_job(
+    service: str, name: str, *, every_seconds: int
+) -> Callable[[JobFunction], JobFunction]:
+    """A job that runs every `every_seconds` (at multiples of it since the epoch, UTC).
+
+    The scheduler keeps the next run scheduled; its dedupe key makes each run
+    exist once however many schedulers are running.
+    """
+
+    def add(fn: JobFunction) -> JobFunction:
+        jobs.register(service, name)(fn)
+        RECURRING.append(Recurrence(service, name, every_seconds))
+        return fn
+
+    return add
+
+
+async def ensure_recurring(session: AsyncSession, now: datetime | None = None) -> int:
+    """Schedule the next run of every recurring job that has none yet; how many were new."""
+    moment = (now or datetime.now(UTC)).timestamp()
+    added = 0
+    for rec in RECURRING:
+        due = (int(moment) // rec.every_seconds + 1) * rec.every_seconds
+        created = await schedule(
+            session,
+            service=rec.service,
+            job=rec.name,
+            due_at=datetime.fromtimestamp(due, UTC),
+            dedupe_key=f"recurring:{rec.service}:{rec.name}:{due}",
+        )
+        added += created is not None
+    return added
 
 
 async def schedule(
@@ -210,7 +254,15 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_purge = loop.time() + 60  # not in the middle of start-up
+        next_recurring = loop.time()
         while not stop.is_set():
+            if loop.time() >= next_recurring:
+                next_recurring += 60
+                try:
+                    async with unit_of_work(self.runtime.sessionmaker) as session:
+                        await ensure_recurring(session)
+                except Exception:
+                    log.exception("scheduler: scheduling recurring jobs failed")
             if loop.time() >= next_purge:
                 next_purge += self.purge_every_seconds
                 try:

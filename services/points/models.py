@@ -1,4 +1,173 @@
 """Tables owned by the points service, declared on shared.db.Base so the single
-Alembic history sees them. Every tenant-owned table mixes in `TenantScoped`."""
+Alembic history sees them. Every tenant-owned table mixes in `TenantScoped`.
+
+The ledger is the truth: `points_ledger` rows are only ever inserted (a trigger
+refuses UPDATE and DELETE). `points_accounts.balance` and `points_lots.remaining`
+are what the ledger adds up to, kept in the same transaction as each entry so
+that a guarded UPDATE can refuse to go below zero; `scrm points verify`
+checks that they agree.
+"""
 
 from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base, TenantScoped, utcnow_column
+
+ENTRY_KINDS = ("earn", "spend", "expire", "clawback", "adjustment", "reversal")
+
+
+class PointsAccount(TenantScoped, Base):
+    """One member's points: the balance, any debt left by a clawback, and lifetime sums."""
+
+    __tablename__ = "points_accounts"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "contact_id", name="uq_points_accounts_contact"),
+        CheckConstraint("balance >= 0", name="balance_not_negative"),
+        CheckConstraint("debt >= 0", name="debt_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    contact_id: Mapped[uuid.UUID]
+    balance: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Points a clawback could not take (the balance was short); earnings settle it first.
+    debt: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    lifetime_earned: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    lifetime_spent: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    created_at: Mapped[datetime] = utcnow_column()
+    updated_at: Mapped[datetime] = utcnow_column()
+
+
+class LedgerEntry(TenantScoped, Base):
+    """An append-only movement of points. `points` is signed; `debt_delta` is what
+    the entry added to (+) or settled of (-) the account's debt."""
+
+    __tablename__ = "points_ledger"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('earn','spend','expire','clawback','adjustment','reversal')",
+            name="kind_known",
+        ),
+        CheckConstraint("points <> 0 OR debt_delta <> 0", name="moves_something"),
+        # Exactly-once: an event, an API request or a rule occurrence books once.
+        UniqueConstraint("tenant_id", "source_key", name="uq_points_ledger_source"),
+        Index("ix_points_ledger_account", "account_id", "id"),
+        Index(
+            "ix_points_ledger_order",
+            "tenant_id",
+            "order_id",
+            postgresql_where="order_id IS NOT NULL",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    points: Mapped[int] = mapped_column(BigInteger)
+    debt_delta: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text, server_default="")
+    rule: Mapped[str | None] = mapped_column(String(64))
+    source_key: Mapped[str | None] = mapped_column(String(200))
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    # Earnings: when their lot expires. Other entries: null.
+    expires_at: Mapped[datetime | None]
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class PointsLot(TenantScoped, Base):
+    """What is left of one earning; spending takes the oldest lots first."""
+
+    __tablename__ = "points_lots"
+    __table_args__ = (
+        CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
+        Index(
+            "ix_points_lots_open",
+            "account_id",
+            "earned_at",
+            "id",
+            postgresql_where="remaining > 0",
+        ),
+        Index("ix_points_lots_expiring", "expires_at", postgresql_where="remaining > 0"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
+    entry_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_ledger.id"))
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    points: Mapped[int] = mapped_column(Integer)
+    remaining: Mapped[int] = mapped_column(Integer)
+    earned_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class LotMove(TenantScoped, Base):
+    """Points an entry took from (-) or gave back to (+) a lot."""
+
+    __tablename__ = "points_lot_moves"
+    __table_args__ = (Index("ix_points_lot_moves_lot", "lot_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_ledger.id"), index=True)
+    lot_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_lots.id"))
+    points: Mapped[int] = mapped_column(Integer)
+
+
+class ExpiryNotice(TenantScoped, Base):
+    """'N points expire on D': one per account and expiry date, for the channels."""
+
+    __tablename__ = "points_expiry_notices"
+    __table_args__ = (UniqueConstraint("account_id", "expires_on", name="uq_points_expiry_notice"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
+    contact_id: Mapped[uuid.UUID]
+    expires_on: Mapped[date] = mapped_column(Date)
+    points: Mapped[int] = mapped_column(BigInteger)
+    channels: Mapped[list[str]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class OrderRefund(TenantScoped, Base):
+    """Refunds seen per order, so partial refunds claw back in proportion, in total."""
+
+    __tablename__ = "points_order_refunds"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "source_key", name="uq_points_order_refunds_source"),
+        Index("ix_points_order_refunds_order", "tenant_id", "order_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(128))
+    source_key: Mapped[str] = mapped_column(String(200))
+    refund_fen: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class PointsConfig(Base):
+    """A tenant's points rules (defaults from SPEC §4; see services.points.rules)."""
+
+    __tablename__ = "points_config"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = utcnow_column()

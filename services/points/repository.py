@@ -1,3 +1,326 @@
-"""Every SQL statement of the points service lives here (none of its own tables yet)."""
+"""Every SQL statement of the points service.
+
+Lock order, everywhere: the account row first (`lock_account`), then its lots.
+All changes to an account's balance, debt and lots happen while its row is
+locked, so concurrent requests on one account take turns and none can see a
+balance another is about to spend.
+"""
 
 from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True)
+class LockedAccount:
+    id: int
+    tenant_id: uuid.UUID
+    contact_id: uuid.UUID
+    balance: int
+    debt: int
+    lifetime_earned: int
+
+
+_LOCK_ACCOUNT = text(
+    """
+    INSERT INTO points_accounts (tenant_id, contact_id) VALUES (:tenant, :contact)
+    ON CONFLICT ON CONSTRAINT uq_points_accounts_contact
+    DO UPDATE SET updated_at = now()
+    RETURNING id, balance, debt, lifetime_earned
+    """
+)
+
+
+async def lock_account(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> LockedAccount:
+    """The member's account, created if new, locked until the transaction ends."""
+    row = (await session.execute(_LOCK_ACCOUNT, {"tenant": tenant_id, "contact": contact_id})).one()
+    return LockedAccount(row.id, tenant_id, contact_id, row.balance, row.debt, row.lifetime_earned)
+
+
+_INSERT_ENTRY = text(
+    """
+    INSERT INTO points_ledger (tenant_id, account_id, kind, points, debt_delta, balance_after,
+                               reason, rule, source_key, order_id, expires_at, details,
+                               created_by)
+    VALUES (:tenant, :account, :kind, :points, :debt_delta, :balance_after, :reason, :rule,
+            :source_key, :order_id, :expires_at, CAST(:details AS jsonb), :created_by)
+    ON CONFLICT ON CONSTRAINT uq_points_ledger_source DO NOTHING
+    RETURNING id, created_at
+    """
+)
+
+
+async def insert_entry(
+    session: AsyncSession, values: dict[str, Any]
+) -> tuple[int, datetime] | None:
+    """Append an entry; None when its source_key was booked before."""
+    row = (await session.execute(_INSERT_ENTRY, values)).first()
+    return None if row is None else (row.id, row.created_at)
+
+
+async def entry_by_source(
+    session: AsyncSession, tenant_id: uuid.UUID, source_key: str
+) -> dict[str, Any] | None:
+    row = (
+        (
+            await session.execute(
+                text(
+                    "SELECT l.*, a.contact_id FROM points_ledger l"
+                    " JOIN points_accounts a ON a.id = l.account_id"
+                    " WHERE l.tenant_id = :tenant AND l.source_key = :key"
+                ),
+                {"tenant": tenant_id, "key": source_key},
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def insert_lot(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    account_id: int,
+    entry_id: int,
+    points: int,
+    order_id: str | None,
+    earned_at: datetime,
+    expires_at: datetime,
+) -> int:
+    lot_id = await session.scalar(
+        text(
+            """
+            INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, points,
+                                     remaining, earned_at, expires_at)
+            VALUES (:tenant, :account, :entry, :order_id, :points, :points, :earned_at,
+                    :expires_at)
+            RETURNING id
+            """
+        ),
+        {
+            "tenant": tenant_id,
+            "account": account_id,
+            "entry": entry_id,
+            "order_id": order_id,
+            "points": points,
+            "earned_at": earned_at,
+            "expires_at": expires_at,
+        },
+    )
+    assert lot_id is not None
+    return int(lot_id)
+
+
+# Take `n` points from the account's open lots: the lots of `first_order` (a
+# refunded order's own points) first, then the oldest. Set-based: one statement.
+_CONSUME = text(
+    """
+    WITH ordered AS (
+        SELECT id, remaining,
+               sum(remaining) OVER (
+                   ORDER BY (order_id IS NOT DISTINCT FROM :first_order) DESC, earned_at, id
+               ) - remaining AS before
+          FROM points_lots
+         WHERE account_id = :account AND remaining > 0
+    ), take AS (
+        SELECT id, least(remaining, :n - before) AS n FROM ordered WHERE before < :n
+    )
+    UPDATE points_lots l SET remaining = l.remaining - take.n
+      FROM take WHERE l.id = take.id
+    RETURNING l.id, take.n
+    """
+)
+
+
+async def consume_lots(
+    session: AsyncSession, account_id: int, points: int, first_order: str | None = None
+) -> list[tuple[int, int]]:
+    """(lot id, points taken) for `points` taken from the account's lots."""
+    if points <= 0:
+        return []
+    rows = await session.execute(
+        _CONSUME, {"account": account_id, "n": points, "first_order": first_order}
+    )
+    taken = sorted((int(r.id), int(r.n)) for r in rows)
+    assert sum(n for _, n in taken) == points, "lots do not cover the balance"
+    return taken
+
+
+_MOVES = text(
+    """
+    INSERT INTO points_lot_moves (tenant_id, entry_id, lot_id, points)
+    SELECT :tenant, :entry, lot_id, n
+      FROM unnest(CAST(:lots AS bigint[]), CAST(:ns AS int[])) AS t(lot_id, n)
+    """
+)
+
+
+async def record_consumption(
+    session: AsyncSession, account: LockedAccount, entry_id: int, taken: list[tuple[int, int]]
+) -> None:
+    """Which lots an entry took its points from (the trail of every lot's remaining)."""
+    if taken:
+        await session.execute(
+            _MOVES,
+            {
+                "tenant": account.tenant_id,
+                "entry": entry_id,
+                "lots": [lot for lot, _ in taken],
+                "ns": [-n for _, n in taken],
+            },
+        )
+
+
+async def consumption_of(session: AsyncSession, entry_id: int) -> list[tuple[int, int]]:
+    rows = await session.execute(
+        text(
+            "SELECT lot_id, -points AS n FROM points_lot_moves WHERE entry_id = :e AND points < 0"
+        ),
+        {"e": entry_id},
+    )
+    return [(int(r.lot_id), int(r.n)) for r in rows]
+
+
+async def restore_lots(
+    session: AsyncSession, account: LockedAccount, entry_id: int, taken: list[tuple[int, int]]
+) -> None:
+    """Give back what `consume_lots` took (a reversal, entry `entry_id`), to the same lots."""
+    if not taken:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE points_lots l SET remaining = l.remaining + t.n
+              FROM unnest(CAST(:ids AS bigint[]), CAST(:ns AS int[])) AS t(id, n)
+             WHERE l.id = t.id
+            """
+        ),
+        {"ids": [i for i, _ in taken], "ns": [n for _, n in taken]},
+    )
+    await session.execute(
+        _MOVES,
+        {
+            "tenant": account.tenant_id,
+            "entry": entry_id,
+            "lots": [lot for lot, _ in taken],
+            "ns": [n for _, n in taken],
+        },
+    )
+
+
+async def update_account(
+    session: AsyncSession,
+    account_id: int,
+    *,
+    balance: int,
+    debt: int,
+    earned: int = 0,
+    spent: int = 0,
+) -> None:
+    await session.execute(
+        text(
+            """
+            UPDATE points_accounts
+               SET balance = :balance, debt = :debt,
+                   lifetime_earned = lifetime_earned + :earned,
+                   lifetime_spent = lifetime_spent + :spent, updated_at = now()
+             WHERE id = :id
+            """
+        ),
+        {"id": account_id, "balance": balance, "debt": debt, "earned": earned, "spent": spent},
+    )
+
+
+async def order_points(session: AsyncSession, tenant_id: uuid.UUID, order_id: str) -> int:
+    """Points an order has earned so far, net of what its refunds already clawed back."""
+    value = await session.scalar(
+        text(
+            """
+            SELECT COALESCE(sum(points - debt_delta), 0) FROM points_ledger
+             WHERE tenant_id = :tenant AND order_id = :order_id
+               AND kind IN ('earn', 'clawback')
+            """
+        ),
+        {"tenant": tenant_id, "order_id": order_id},
+    )
+    return int(value or 0)
+
+
+async def count_today(
+    session: AsyncSession, account_id: int, rule: str, since: datetime
+) -> tuple[int, int]:
+    """(entries, points) booked by `rule` for the account since `since`."""
+    row = (
+        await session.execute(
+            text(
+                "SELECT count(*) AS n, COALESCE(sum(points), 0) AS p FROM points_ledger"
+                " WHERE account_id = :account AND rule = :rule AND created_at >= :since"
+                " AND kind = 'earn'"
+            ),
+            {"account": account_id, "rule": rule, "since": since},
+        )
+    ).one()
+    return int(row.n), int(row.p)
+
+
+async def record_refund(
+    session: AsyncSession, tenant_id: uuid.UUID, order_id: str, source_key: str, refund_fen: int
+) -> bool:
+    """False when this refund (its source_key) was recorded before."""
+    recorded = await session.scalar(
+        text(
+            "INSERT INTO points_order_refunds (tenant_id, order_id, source_key, refund_fen)"
+            " VALUES (:t, :o, :k, :f)"
+            " ON CONFLICT ON CONSTRAINT uq_points_order_refunds_source DO NOTHING RETURNING id"
+        ),
+        {"t": tenant_id, "o": order_id, "k": source_key, "f": refund_fen},
+    )
+    return recorded is not None
+
+
+async def order_earning(
+    session: AsyncSession, tenant_id: uuid.UUID, order_id: str
+) -> tuple[int, int]:
+    """(points the order earned, its amount in fen)."""
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT COALESCE(sum(points), 0) AS points,
+                       COALESCE(max((details->>'amount_fen')::bigint), 0) AS amount
+                  FROM points_ledger
+                 WHERE tenant_id = :t AND order_id = :o AND kind = 'earn'
+                """
+            ),
+            {"t": tenant_id, "o": order_id},
+        )
+    ).one()
+    return int(row.points), int(row.amount)
+
+
+async def order_refunded(session: AsyncSession, tenant_id: uuid.UUID, order_id: str) -> int:
+    value = await session.scalar(
+        text(
+            "SELECT COALESCE(sum(refund_fen), 0) FROM points_order_refunds"
+            " WHERE tenant_id = :t AND order_id = :o"
+        ),
+        {"t": tenant_id, "o": order_id},
+    )
+    return int(value or 0)
+
+
+async def balance_of(session: AsyncSession, account_id: int) -> int:
+    value = await session.scalar(
+        text("SELECT balance FROM points_accounts WHERE id = :a"), {"a": account_id}
+    )
+    return int(value or 0)

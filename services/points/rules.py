@@ -1,0 +1,159 @@
+"""A tenant's points rules: what earns how much, caps, promotions, expiry.
+
+Every number of SPEC §4 is a default here and tenant configuration through
+GET/PUT /v1/points/config. Amounts are integers (points, fen); multipliers
+are decimals applied to the base and rounded down.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.points.models import PointsConfig
+from shared.models import Tenant
+
+Points = Annotated[int, Field(ge=0, le=1_000_000)]
+Multiplier = Annotated[Decimal, Field(gt=0, le=100, max_digits=6, decimal_places=3)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CheckinRule(_Strict):
+    points: Points = 5
+
+
+class CommentRule(_Strict):
+    points: Points = 10
+    daily_cap: Annotated[int, Field(ge=0, le=1000)] = 3
+
+
+class OrderRule(_Strict):
+    points_per_yuan: Points = 1
+
+
+class InviteRule(_Strict):
+    points: Points = 200
+
+
+class EarningRules(_Strict):
+    checkin: CheckinRule = CheckinRule()
+    comment: CommentRule = CommentRule()
+    order_paid: OrderRule = OrderRule()
+    invite: InviteRule = InviteRule()
+
+
+RULE_NAMES = ("checkin", "comment", "order_paid", "invite")
+
+
+class Promotion(_Strict):
+    """A time-boxed multiplier (e.g. double points) on some rules (all when empty)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    multiplier: Multiplier
+    starts_at: datetime
+    ends_at: datetime
+    rules: list[str] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> Promotion:
+        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
+            raise ValueError("starts_at and ends_at need a timezone")
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        unknown = set(self.rules) - set(RULE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown rule(s): {', '.join(sorted(unknown))}")
+        return self
+
+
+class PointsRules(_Strict):
+    earning: EarningRules = EarningRules()
+    promotions: Annotated[list[Promotion], Field(max_length=100)] = []
+    # Tier name -> multiplier on every earning of a member in that tier.
+    tier_multipliers: dict[str, Multiplier] = {}
+    expiry_months: Annotated[int, Field(ge=1, le=120)] = 24
+    expiry_warning_days: Annotated[int, Field(ge=1, le=365)] = 30
+    expiry_channels: list[str] = ["in_app", "sms", "wecom_template"]
+    # The points-mall exchange rate: this many points take ¥1 off.
+    points_per_yuan_off: Annotated[int, Field(ge=1, le=100_000)] = 50
+
+    def multiplier(self, rule: str, at: datetime, tier: str | None = None) -> Decimal:
+        value = Decimal(1)
+        for promo in self.promotions:
+            if promo.starts_at <= at < promo.ends_at and (not promo.rules or rule in promo.rules):
+                value *= promo.multiplier
+        if tier is not None and tier in self.tier_multipliers:
+            value *= self.tier_multipliers[tier]
+        return value
+
+
+def apply_multiplier(points: int, multiplier: Decimal) -> int:
+    return int((Decimal(points) * multiplier).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def add_months(at: datetime, months: int) -> datetime:
+    """Same day `months` later (the last day of a shorter month)."""
+    month0 = at.month - 1 + months
+    year, month = at.year + month0 // 12, month0 % 12 + 1
+    for day in (at.day, 30, 29, 28):
+        try:
+            return at.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+class TenantRules:
+    """A tenant's rules with its timezone: what the ledger's callers need."""
+
+    def __init__(self, rules: PointsRules, timezone: str) -> None:
+        self.rules = rules
+        self.zone = ZoneInfo(timezone)
+
+    def local_day(self, at: datetime) -> date:
+        return at.astimezone(self.zone).date()
+
+    def day_start(self, at: datetime) -> datetime:
+        return datetime.combine(self.local_day(at), time(0), self.zone)
+
+    def expires_at(self, earned_at: datetime) -> datetime:
+        return add_months(earned_at, self.rules.expiry_months)
+
+    def warning_window(self) -> timedelta:
+        return timedelta(days=self.rules.expiry_warning_days)
+
+
+async def load_rules(session: AsyncSession, tenant_id: uuid.UUID) -> TenantRules:
+    row = (
+        await session.execute(
+            select(PointsConfig.config, Tenant.timezone)
+            .select_from(Tenant)
+            .outerjoin(PointsConfig, PointsConfig.tenant_id == Tenant.id)
+            .where(Tenant.id == tenant_id)
+        )
+    ).one()
+    rules = PointsRules.model_validate(row.config) if row.config else PointsRules()
+    return TenantRules(rules, row.timezone)
+
+
+async def save_rules(session: AsyncSession, tenant_id: uuid.UUID, rules: PointsRules) -> None:
+    config: dict[str, Any] = rules.model_dump(mode="json")
+    await session.execute(
+        insert(PointsConfig)
+        .values(tenant_id=tenant_id, config=config)
+        .on_conflict_do_update(
+            index_elements=[PointsConfig.tenant_id],
+            set_={"config": config, "updated_at": text("now()")},
+        )
+    )
