@@ -256,18 +256,18 @@ async def order_points(session: AsyncSession, tenant_id: uuid.UUID, order_id: st
     return int(value or 0)
 
 
-async def count_today(
-    session: AsyncSession, account_id: int, rule: str, since: datetime
+async def count_on_day(
+    session: AsyncSession, account_id: int, rule: str, day: str
 ) -> tuple[int, int]:
-    """(entries, points) booked by `rule` for the account since `since`."""
+    """(entries, points) `rule` earned the account for events of local day `day`."""
     row = (
         await session.execute(
             text(
                 "SELECT count(*) AS n, COALESCE(sum(points), 0) AS p FROM points_ledger"
-                " WHERE account_id = :account AND rule = :rule AND created_at >= :since"
-                " AND kind = 'earn'"
+                " WHERE account_id = :account AND rule = :rule AND kind = 'earn'"
+                " AND details->>'day' = :day"
             ),
-            {"account": account_id, "rule": rule, "since": since},
+            {"account": account_id, "rule": rule, "day": day},
         )
     ).one()
     return int(row.n), int(row.p)

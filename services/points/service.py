@@ -207,12 +207,11 @@ async def earn_by_rule(
     if points <= 0:
         return None
     account = await repository.lock_account(session, tenant_id, contact_id)
+    day = rules.local_day(occurred_at).isoformat()
     if daily_cap is not None:
         # Counted under the account's lock: concurrent events cannot both pass the cap.
-        booked_today, _ = await repository.count_today(
-            session, account.id, rule, rules.day_start(occurred_at)
-        )
-        if booked_today >= daily_cap:
+        booked_that_day, _ = await repository.count_on_day(session, account.id, rule, day)
+        if booked_that_day >= daily_cap:
             return None
     booked = await ledger.earn(
         session,
@@ -224,7 +223,12 @@ async def earn_by_rule(
         rule=rule,
         reason=reason,
         order_id=order_id,
-        details={**(details or {}), "multiplier": str(multiplier), "base_points": base_points},
+        details={
+            **(details or {}),
+            "day": day,
+            "multiplier": str(multiplier),
+            "base_points": base_points,
+        },
     )
     await ledger.announce(session, booked, tenant_id)
     return booked
