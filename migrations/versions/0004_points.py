@@ -1,8 +1,8 @@
-"""points service: ledger, lots, expiry notices, refunds, rules
+"""points service: ledger, lots, tiers, expiry notices, refunds, rules
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-11-23 04:43:20.171853
+Create Date: 2026-11-23 04:47:14.412527
 """
 
 from collections.abc import Sequence
@@ -25,6 +25,8 @@ def upgrade() -> None:
     sa.Column('debt', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('lifetime_earned', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('lifetime_spent', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('tier', sa.String(length=32), nullable=True),
+    sa.Column('tier_since', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('tenant_id', sa.UUID(), nullable=False),
@@ -46,6 +48,16 @@ def upgrade() -> None:
     )
     op.create_index('ix_points_order_refunds_order', 'points_order_refunds', ['tenant_id', 'order_id'], unique=False)
     op.create_index(op.f('ix_points_order_refunds_tenant_id'), 'points_order_refunds', ['tenant_id'], unique=False)
+    op.create_table('points_tier_reviews',
+    sa.Column('id', sa.BigInteger(), nullable=False),
+    sa.Column('period_start', sa.Date(), nullable=False),
+    sa.Column('downgraded', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('tenant_id', sa.UUID(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_points_tier_reviews')),
+    sa.UniqueConstraint('tenant_id', 'period_start', name='uq_points_tier_review_period')
+    )
+    op.create_index(op.f('ix_points_tier_reviews_tenant_id'), 'points_tier_reviews', ['tenant_id'], unique=False)
     op.create_table('points_config',
     sa.Column('tenant_id', sa.UUID(), nullable=False),
     sa.Column('config', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
@@ -92,6 +104,20 @@ def upgrade() -> None:
     op.create_index('ix_points_ledger_account', 'points_ledger', ['account_id', 'id'], unique=False)
     op.create_index('ix_points_ledger_order', 'points_ledger', ['tenant_id', 'order_id'], unique=False, postgresql_where='order_id IS NOT NULL')
     op.create_index(op.f('ix_points_ledger_tenant_id'), 'points_ledger', ['tenant_id'], unique=False)
+    op.create_table('points_tier_changes',
+    sa.Column('id', sa.BigInteger(), nullable=False),
+    sa.Column('account_id', sa.BigInteger(), nullable=False),
+    sa.Column('from_tier', sa.String(length=32), nullable=True),
+    sa.Column('to_tier', sa.String(length=32), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('details', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('tenant_id', sa.UUID(), nullable=False),
+    sa.ForeignKeyConstraint(['account_id'], ['points_accounts.id'], name=op.f('fk_points_tier_changes_account_id_points_accounts')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_points_tier_changes'))
+    )
+    op.create_index('ix_points_tier_changes_account', 'points_tier_changes', ['account_id', 'id'], unique=False)
+    op.create_index(op.f('ix_points_tier_changes_tenant_id'), 'points_tier_changes', ['tenant_id'], unique=False)
     op.create_table('points_lots',
     sa.Column('id', sa.BigInteger(), nullable=False),
     sa.Column('account_id', sa.BigInteger(), nullable=False),
@@ -107,6 +133,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['entry_id'], ['points_ledger.id'], name=op.f('fk_points_lots_entry_id_points_ledger')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_points_lots'))
     )
+    op.create_index('ix_points_lots_account_earned', 'points_lots', ['account_id', 'earned_at'], unique=False)
     op.create_index('ix_points_lots_expiring', 'points_lots', ['expires_at'], unique=False, postgresql_where='remaining > 0')
     op.create_index('ix_points_lots_open', 'points_lots', ['account_id', 'earned_at', 'id'], unique=False, postgresql_where='remaining > 0')
     op.create_index(op.f('ix_points_lots_tenant_id'), 'points_lots', ['tenant_id'], unique=False)
@@ -150,7 +177,11 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_points_lots_tenant_id'), table_name='points_lots')
     op.drop_index('ix_points_lots_open', table_name='points_lots', postgresql_where='remaining > 0')
     op.drop_index('ix_points_lots_expiring', table_name='points_lots', postgresql_where='remaining > 0')
+    op.drop_index('ix_points_lots_account_earned', table_name='points_lots')
     op.drop_table('points_lots')
+    op.drop_index(op.f('ix_points_tier_changes_tenant_id'), table_name='points_tier_changes')
+    op.drop_index('ix_points_tier_changes_account', table_name='points_tier_changes')
+    op.drop_table('points_tier_changes')
     op.drop_index(op.f('ix_points_ledger_tenant_id'), table_name='points_ledger')
     op.drop_index('ix_points_ledger_order', table_name='points_ledger', postgresql_where='order_id IS NOT NULL')
     op.drop_index('ix_points_ledger_account', table_name='points_ledger')
@@ -158,6 +189,8 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_points_expiry_notices_tenant_id'), table_name='points_expiry_notices')
     op.drop_table('points_expiry_notices')
     op.drop_table('points_config')
+    op.drop_index(op.f('ix_points_tier_reviews_tenant_id'), table_name='points_tier_reviews')
+    op.drop_table('points_tier_reviews')
     op.drop_index(op.f('ix_points_order_refunds_tenant_id'), table_name='points_order_refunds')
     op.drop_index('ix_points_order_refunds_order', table_name='points_order_refunds')
     op.drop_table('points_order_refunds')

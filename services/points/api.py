@@ -20,6 +20,7 @@ from services.points.schemas import (
     LedgerPage,
     PointsStatus,
     RedemptionIn,
+    TierStatus,
 )
 from shared.auth import Principal, require
 from shared.db import SessionDep
@@ -68,6 +69,12 @@ async def put_config(body: PointsRules, principal: Admin, session: SessionDep) -
 async def get_account(contact_id: uuid.UUID, principal: Reader, session: SessionDep) -> Account:
     """Balance, debt, lifetime sums and the points expiring within the warning window."""
     return Account.model_validate(await service.account_view(session, principal.tenant, contact_id))
+
+
+@router.get("/points/accounts/{contact_id}/tier", response_model=TierStatus)
+async def get_tier(contact_id: uuid.UUID, principal: Reader, session: SessionDep) -> TierStatus:
+    """The member's tier, the next one and what is missing, and the retention status."""
+    return TierStatus.model_validate(await service.tier_view(session, principal.tenant, contact_id))
 
 
 @router.get("/points/accounts/{contact_id}/ledger", response_model=LedgerPage)

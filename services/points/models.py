@@ -51,6 +51,9 @@ class PointsAccount(TenantScoped, Base):
     debt: Mapped[int] = mapped_column(BigInteger, server_default="0")
     lifetime_earned: Mapped[int] = mapped_column(BigInteger, server_default="0")
     lifetime_spent: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The membership tier (a name from the tenant's tier list) and since when.
+    tier: Mapped[str | None] = mapped_column(String(32))
+    tier_since: Mapped[datetime | None]
     created_at: Mapped[datetime] = utcnow_column()
     updated_at: Mapped[datetime] = utcnow_column()
 
@@ -108,6 +111,7 @@ class PointsLot(TenantScoped, Base):
             postgresql_where="remaining > 0",
         ),
         Index("ix_points_lots_expiring", "expires_at", postgresql_where="remaining > 0"),
+        Index("ix_points_lots_account_earned", "account_id", "earned_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -160,6 +164,35 @@ class OrderRefund(TenantScoped, Base):
     order_id: Mapped[str] = mapped_column(String(128))
     source_key: Mapped[str] = mapped_column(String(200))
     refund_fen: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class TierChange(TenantScoped, Base):
+    """A member's move between tiers, with why (upgrade, retention review...)."""
+
+    __tablename__ = "points_tier_changes"
+    __table_args__ = (Index("ix_points_tier_changes_account", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
+    from_tier: Mapped[str | None] = mapped_column(String(32))
+    to_tier: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class TierReview(TenantScoped, Base):
+    """A retention review that ran: one per tenant and review period."""
+
+    __tablename__ = "points_tier_reviews"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "period_start", name="uq_points_tier_review_period"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date)
+    downgraded: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = utcnow_column()
 
 

@@ -25,6 +25,7 @@ class LockedAccount:
     balance: int
     debt: int
     lifetime_earned: int
+    tier: str | None
 
 
 _LOCK_ACCOUNT = text(
@@ -32,7 +33,7 @@ _LOCK_ACCOUNT = text(
     INSERT INTO points_accounts (tenant_id, contact_id) VALUES (:tenant, :contact)
     ON CONFLICT ON CONSTRAINT uq_points_accounts_contact
     DO UPDATE SET updated_at = now()
-    RETURNING id, balance, debt, lifetime_earned
+    RETURNING id, balance, debt, lifetime_earned, tier
     """
 )
 
@@ -42,7 +43,9 @@ async def lock_account(
 ) -> LockedAccount:
     """The member's account, created if new, locked until the transaction ends."""
     row = (await session.execute(_LOCK_ACCOUNT, {"tenant": tenant_id, "contact": contact_id})).one()
-    return LockedAccount(row.id, tenant_id, contact_id, row.balance, row.debt, row.lifetime_earned)
+    return LockedAccount(
+        row.id, tenant_id, contact_id, row.balance, row.debt, row.lifetime_earned, row.tier
+    )
 
 
 _INSERT_ENTRY = text(
@@ -324,3 +327,26 @@ async def balance_of(session: AsyncSession, account_id: int) -> int:
         text("SELECT balance FROM points_accounts WHERE id = :a"), {"a": account_id}
     )
     return int(value or 0)
+
+
+async def account_row(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> dict[str, Any] | None:
+    row = (
+        (
+            await session.execute(
+                text(
+                    "SELECT id, balance, debt, lifetime_earned, lifetime_spent, tier, tier_since,"
+                    " updated_at FROM points_accounts WHERE tenant_id = :t AND contact_id = :c"
+                ),
+                {"t": tenant_id, "c": contact_id},
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+async def tenant_ids(session: AsyncSession) -> list[uuid.UUID]:
+    return list((await session.execute(text("SELECT id FROM tenants ORDER BY id"))).scalars())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -77,25 +77,89 @@ class Promotion(_Strict):
         return self
 
 
+class Retention(_Strict):
+    """What keeps a tier at a review: any one of the set minimums (none set: kept)."""
+
+    orders_per_quarter: Annotated[int | None, Field(ge=1, le=10_000)] = None
+    points_per_year: Annotated[int | None, Field(ge=1, le=100_000_000)] = None
+
+
+class Tier(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_-]+$")]
+    # Reached when the growth measure over the growth window is at least this.
+    threshold: Annotated[int, Field(ge=0, le=10_000_000_000)]
+    retention: Retention = Retention()
+    multiplier: Multiplier = Decimal(1)
+
+
+DEFAULT_TIERS = [
+    Tier(name="bronze", threshold=0),
+    Tier(name="silver", threshold=1_000, retention=Retention(points_per_year=500)),
+    Tier(
+        name="gold",
+        threshold=5_000,
+        retention=Retention(orders_per_quarter=1, points_per_year=2_000),
+    ),
+    Tier(
+        name="platinum",
+        threshold=20_000,
+        retention=Retention(orders_per_quarter=2, points_per_year=3_000),
+        multiplier=Decimal("1.2"),
+    ),
+    Tier(
+        name="diamond",
+        threshold=50_000,
+        retention=Retention(orders_per_quarter=3, points_per_year=5_000),
+        multiplier=Decimal("1.5"),
+    ),
+]
+
+
 class PointsRules(_Strict):
     earning: EarningRules = EarningRules()
+    # 5 to 7 tiers, lowest first, thresholds rising; the first starts at 0.
+    tiers: Annotated[list[Tier], Field(min_length=5, max_length=7)] = DEFAULT_TIERS
+    # What moves members up: points earned, or spend (fen), over the trailing window.
+    growth_measure: Literal["points_earned", "spend_fen"] = "points_earned"
+    growth_window_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    # Retention reviews: every quarter or every year (tenant-local calendar).
+    review_every: Literal["quarter", "year"] = "quarter"
     promotions: Annotated[list[Promotion], Field(max_length=100)] = []
     # Tier name -> multiplier on every earning of a member in that tier.
-    tier_multipliers: dict[str, Multiplier] = {}
     expiry_months: Annotated[int, Field(ge=1, le=120)] = 24
     expiry_warning_days: Annotated[int, Field(ge=1, le=365)] = 30
     expiry_channels: list[str] = ["in_app", "sms", "wecom_template"]
     # The points-mall exchange rate: this many points take ¥1 off.
     points_per_yuan_off: Annotated[int, Field(ge=1, le=100_000)] = 50
 
+    @model_validator(mode="after")
+    def _check_tiers(self) -> PointsRules:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError("tier names must be unique")
+        if self.tiers[0].threshold != 0:
+            raise ValueError("the first tier starts at threshold 0")
+        if any(
+            a.threshold >= b.threshold for a, b in zip(self.tiers, self.tiers[1:], strict=False)
+        ):
+            raise ValueError("tier thresholds must rise strictly")
+        return self
+
+    def tier(self, name: str | None) -> Tier:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        return self.tiers[0]
+
+    def rank(self, name: str | None) -> int:
+        return self.tiers.index(self.tier(name))
+
     def multiplier(self, rule: str, at: datetime, tier: str | None = None) -> Decimal:
         value = Decimal(1)
         for promo in self.promotions:
             if promo.starts_at <= at < promo.ends_at and (not promo.rules or rule in promo.rules):
                 value *= promo.multiplier
-        if tier is not None and tier in self.tier_multipliers:
-            value *= self.tier_multipliers[tier]
-        return value
+        return value * self.tier(tier).multiplier
 
 
 def apply_multiplier(points: int, multiplier: Decimal) -> int:

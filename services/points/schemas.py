@@ -88,3 +88,21 @@ class Booking(BaseModel):
     points: int
     balance: int
     created_at: datetime
+
+
+class RetentionStatus(BaseModel):
+    required: dict[str, int]
+    orders_this_quarter: int
+    points_this_year: int
+    met: bool
+    next_review: date
+
+
+class TierStatus(BaseModel):
+    tier: str
+    since: datetime | None
+    growth_measure: str
+    growth: int
+    next_tier: str | None
+    missing: int = Field(description="Growth still needed for the next tier")
+    retention: RetentionStatus

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import SERVICE, ledger, repository
+from services.points import SERVICE, ledger, repository, tiers
 from services.points.exceptions import InsufficientPoints, UnknownContact
 from services.points.ledger import Booked
 from services.points.repository import LockedAccount
@@ -202,11 +202,11 @@ async def earn_by_rule(
     daily_cap: int | None = None,
 ) -> Booked | None:
     """Credit what a rule gives for an event (None when it gives nothing now)."""
-    multiplier = rules.rules.multiplier(rule, occurred_at)
+    account = await repository.lock_account(session, tenant_id, contact_id)
+    multiplier = rules.rules.multiplier(rule, occurred_at, account.tier)
     points = apply_multiplier(base_points, multiplier)
     if points <= 0:
         return None
-    account = await repository.lock_account(session, tenant_id, contact_id)
     day = rules.local_day(occurred_at).isoformat()
     if daily_cap is not None:
         # Counted under the account's lock: concurrent events cannot both pass the cap.
@@ -231,6 +231,8 @@ async def earn_by_rule(
         },
     )
     await ledger.announce(session, booked, tenant_id)
+    if not booked.replayed:
+        await tiers.upgrade_if_reached(session, account, rules, occurred_at)
     return booked
 
 
@@ -284,3 +286,13 @@ def insufficient(exc: InsufficientPoints) -> dict[str, Any]:
 
 async def balance_of(session: AsyncSession, account_id: int) -> int:
     return await repository.balance_of(session, account_id)
+
+
+async def tier_view(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
+) -> dict[str, Any]:
+    rules = await load_rules(session, tenant_id)
+    account = await repository.account_row(session, tenant_id, contact_id)
+    if account is None:
+        await _member(session, tenant_id, contact_id)
+    return await tiers.tier_view(session, account, rules, ledger.now())

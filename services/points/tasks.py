@@ -167,3 +167,16 @@ async def expire_points(session: AsyncSession, work: ScheduledWork) -> None:
     expired = await expiry.expire_due(session)
     warned = await expiry.warn_expiring(session)
     log.info("points expiry run", extra={"expired_lots": expired, "notices": warned})
+
+
+@recurring_job("points", "review_tiers", every_seconds=3600)
+async def review_tiers(session: AsyncSession, work: ScheduledWork) -> None:
+    """At the start of each review period (tenant-local), the retention review, once."""
+    from services.points import tiers
+    from services.points.ledger import now
+
+    for tenant_id in await repository.tenant_ids(session):
+        rules = await load_rules(session, tenant_id)
+        dropped = await tiers.review(session, tenant_id, rules, now())
+        if dropped:
+            log.info("tier review", extra={"tenant_id": str(tenant_id), "downgraded": dropped})
