@@ -204,3 +204,175 @@ class PointsConfig(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = utcnow_column()
+
+
+# -- catalog: what points buy ---------------------------------------------------------
+
+
+class CatalogItem(TenantScoped, Base):
+    """Something members spend points on: a coupon, a lottery draw, or points + cash."""
+
+    __tablename__ = "points_items"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "sku", name="uq_points_items_sku"),
+        CheckConstraint("kind IN ('coupon','lottery','points_cash')", name="kind_known"),
+        CheckConstraint("points_cost > 0", name="costs_points"),
+        CheckConstraint("stock IS NULL OR stock >= 0", name="stock_not_negative"),
+        CheckConstraint("cash_fen >= 0", name="cash_not_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    sku: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    points_cost: Mapped[int] = mapped_column(Integer)
+    # points_cash: the cash part of the price; coupon: the value off (fen).
+    cash_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    coupon_value_fen: Mapped[int | None] = mapped_column(BigInteger)
+    # NULL: unlimited.
+    stock: Mapped[int | None] = mapped_column(Integer)
+    per_member_limit: Mapped[int | None] = mapped_column(Integer)
+    # points_cash: how long points stay held waiting for the order to be paid.
+    hold_minutes: Mapped[int] = mapped_column(Integer, server_default="30")
+    active: Mapped[bool] = mapped_column(server_default=text("true"))
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class LotteryPrize(TenantScoped, Base):
+    """One line of a lottery item's prize table: its weight (odds) and stock."""
+
+    __tablename__ = "points_lottery_prizes"
+    __table_args__ = (
+        CheckConstraint("weight > 0", name="weight_positive"),
+        CheckConstraint("stock IS NULL OR stock >= 0", name="stock_not_negative"),
+        Index("ix_points_lottery_prizes_item", "item_id", "position"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    item_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("points_items.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    weight: Mapped[int] = mapped_column(Integer)
+    stock: Mapped[int | None] = mapped_column(Integer)
+    # A "no prize" line (thanks for playing) never runs out.
+    is_blank: Mapped[bool] = mapped_column(server_default=text("false"))
+
+
+class Redemption(TenantScoped, Base):
+    """A member's redemption of a catalog item (and for points + cash, its hold)."""
+
+    __tablename__ = "points_redemptions"
+    __table_args__ = (
+        CheckConstraint("status IN ('completed','held','spent','released')", name="status_known"),
+        Index("ix_points_redemptions_member", "item_id", "account_id"),
+        Index("ix_points_redemptions_held", "expires_at", postgresql_where="status = 'held'"),
+        UniqueConstraint("tenant_id", "order_id", name="uq_points_redemptions_order"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    item_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("points_items.id"))
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
+    contact_id: Mapped[uuid.UUID]
+    status: Mapped[str] = mapped_column(String(16))
+    points: Mapped[int] = mapped_column(Integer)
+    cash_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # The spend entry, and for a released hold the reversal entry.
+    entry_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_ledger.id"))
+    reversal_entry_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("points_ledger.id")
+    )
+    # points_cash: the shop order that must be paid before expires_at.
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None]
+    # lottery: the seed the outcome is drawn from, and the outcome.
+    seed: Mapped[str | None] = mapped_column(String(64))
+    prize_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("points_lottery_prizes.id"))
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = utcnow_column()
+    updated_at: Mapped[datetime] = utcnow_column()
+
+
+# -- benefits -------------------------------------------------------------------------
+
+
+class Benefit(TenantScoped, Base):
+    """A tier benefit with quotas: per member per period, and/or tenant-wide per period."""
+
+    __tablename__ = "points_benefits"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "code", name="uq_points_benefits_code"),
+        CheckConstraint(
+            "member_period IN ('week','month','quarter','year')", name="member_period_known"
+        ),
+        CheckConstraint(
+            "total_period IN ('week','month','quarter','year')", name="total_period_known"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    code: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    # Tier names that may claim it; empty: every member.
+    tiers: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    member_quota: Mapped[int | None] = mapped_column(Integer)
+    member_period: Mapped[str] = mapped_column(String(8), server_default="month")
+    total_quota: Mapped[int | None] = mapped_column(Integer)
+    total_period: Mapped[str] = mapped_column(String(8), server_default="week")
+    active: Mapped[bool] = mapped_column(server_default=text("true"))
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+class BenefitUsage(TenantScoped, Base):
+    """Claims of a benefit in one tenant-wide period: the guarded counter of the quota."""
+
+    __tablename__ = "points_benefit_usage"
+    __table_args__ = (
+        UniqueConstraint("benefit_id", "period_start", name="uq_points_benefit_usage_period"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    benefit_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("points_benefits.id"))
+    period_start: Mapped[date] = mapped_column(Date)
+    used: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class BenefitClaim(TenantScoped, Base):
+    """One claim of a benefit by a member."""
+
+    __tablename__ = "points_benefit_claims"
+    __table_args__ = (
+        Index("ix_points_benefit_claims_member", "benefit_id", "account_id", "member_period_start"),
+        Index("ix_points_benefit_claims_month", "tenant_id", "claimed_on"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    benefit_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("points_benefits.id"))
+    account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
+    contact_id: Mapped[uuid.UUID]
+    tier: Mapped[str | None] = mapped_column(String(32))
+    member_period_start: Mapped[date] = mapped_column(Date)
+    claimed_on: Mapped[date] = mapped_column(Date)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = utcnow_column()
+
+
+# -- health ---------------------------------------------------------------------------
+
+
+class HealthAlert(TenantScoped, Base):
+    """An inflation alert: a week when spending fell below the threshold share of earning."""
+
+    __tablename__ = "points_health_alerts"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "kind", "week_start", name="uq_points_health_alert_week"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    week_start: Mapped[date] = mapped_column(Date)
+    earned: Mapped[int] = mapped_column(BigInteger)
+    spent: Mapped[int] = mapped_column(BigInteger)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    delivered_at: Mapped[datetime | None]
+    delivery_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = utcnow_column()
