@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from services.points import SERVICE, service
+from services.points.benefits_api import router as benefits_router
 from services.points.exceptions import InsufficientPoints
 from services.points.ledger import Booked
 from services.points.rules import PointsRules, load_rules, save_rules
@@ -28,6 +29,8 @@ from shared.errors import InvalidInput, NotFound
 from shared.idempotency import IdempotencyDep
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
+# Benefits and health: declared first, so /points/benefits/report is not a benefit code.
+router.include_router(benefits_router)
 
 Reader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
 Operator = Annotated[Principal, require("admin", "operator")]

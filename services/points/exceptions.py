@@ -31,3 +31,11 @@ class UnknownContact(NotFound):
             "erased": "this contact was erased",
         }.get(status, f"this contact was merged into {status.removeprefix('merged:')}")
         super().__init__(message, code="contact_not_found", details={"status": status})
+
+
+class BenefitRefused(Conflict):
+    """A benefit claim that cannot be granted (tier, member quota, tenant-wide quota)."""
+
+    def __init__(self, code: str, message: str, *, status: int = 409) -> None:
+        super().__init__(message, code=code)
+        self.status_code = status

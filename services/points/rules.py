@@ -13,7 +13,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -131,6 +131,10 @@ class PointsRules(_Strict):
     expiry_channels: list[str] = ["in_app", "sms", "wecom_template"]
     # The points-mall exchange rate: this many points take ¥1 off.
     points_per_yuan_off: Annotated[int, Field(ge=1, le=100_000)] = 50
+    # Health: alert when a week's spending is below this share of its earning.
+    inflation_alert_ratio: Annotated[Decimal, Field(gt=0, le=10, decimal_places=3)] = Decimal("0.7")
+    # Where alerts are posted (JSON), if anywhere.
+    alert_webhook_url: HttpUrl | None = None
 
     @model_validator(mode="after")
     def _check_tiers(self) -> PointsRules:

@@ -180,3 +180,17 @@ async def review_tiers(session: AsyncSession, work: ScheduledWork) -> None:
         dropped = await tiers.review(session, tenant_id, rules, now())
         if dropped:
             log.info("tier review", extra={"tenant_id": str(tenant_id), "downgraded": dropped})
+
+
+@recurring_job("points", "check_points_health", every_seconds=3600)
+async def check_points_health(session: AsyncSession, work: ScheduledWork) -> None:
+    """Last week's spent/earned per tenant: record and post an alert when too low."""
+    import httpx
+
+    from services.points import health
+    from services.points.ledger import now
+
+    async with httpx.AsyncClient() as client:
+        for tenant_id in await repository.tenant_ids(session):
+            await health.check_last_week(session, tenant_id, now())
+            await health.deliver_pending(session, tenant_id, client)
