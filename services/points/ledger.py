@@ -39,7 +39,7 @@ class Booked:
     settled: list[int] = field(default_factory=list)
 
 
-def _values(
+def entry_values(
     account: LockedAccount,
     kind: str,
     points: int,
@@ -108,7 +108,7 @@ async def earn(
     balance = earned_balance = account.balance + points
     written = await repository.insert_entry(
         session,
-        _values(
+        entry_values(
             account,
             kind,
             points,
@@ -143,7 +143,7 @@ async def earn(
         debt -= settle
         written = await repository.insert_entry(
             session,
-            _values(
+            entry_values(
                 account,
                 "clawback",
                 -settle,
@@ -195,7 +195,7 @@ async def spend(
     balance = account.balance - points
     written = await repository.insert_entry(
         session,
-        _values(
+        entry_values(
             account,
             kind,
             -points,
@@ -242,7 +242,7 @@ async def clawback(
     debt = account.debt + owed
     written = await repository.insert_entry(
         session,
-        _values(
+        entry_values(
             account,
             "clawback",
             -taken_now,
