@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.points import benefits, health
+from services.points import benefits, expiry, health
 from services.points.ledger import now
 from services.points.rules import load_rules
 from shared.auth import Principal, require
@@ -115,3 +115,19 @@ async def points_health(
 async def health_alerts(principal: Reader, session: SessionDep) -> list[dict[str, Any]]:
     """Inflation alerts recorded, with their delivery to the alert webhook."""
     return await health.list_alerts(session, principal.tenant)
+
+
+@router.get("/points/expiry-notices")
+async def expiry_notices(
+    principal: Reader,
+    session: SessionDep,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """'N points expire on D' notices (one per member and date), newest first, kept for
+    the notification channels until campaigns deliver them."""
+    items = await expiry.list_notices(session, principal.tenant, before=cursor, limit=limit)
+    return {
+        "items": items,
+        "next_cursor": str(items[-1]["id"]) if len(items) == limit else None,
+    }

@@ -6,7 +6,9 @@ rows. Accounts are locked first (in id order, as everywhere), then their lots.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -135,3 +137,18 @@ async def expire_account(session: AsyncSession, account_id: int) -> int:
         await session.execute(_EXPIRE_BATCH, {"now": datetime.now(UTC), "accounts": [account_id]})
     ).one()
     return int(row.points)
+
+
+async def list_notices(
+    session: AsyncSession, tenant_id: uuid.UUID, *, before: int | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            "SELECT id, contact_id, expires_on, points, channels, created_at"
+            " FROM points_expiry_notices WHERE tenant_id = :t"
+            " AND (CAST(:before AS bigint) IS NULL OR id < :before)"
+            " ORDER BY id DESC LIMIT :limit"
+        ),
+        {"t": tenant_id, "before": before, "limit": limit},
+    )
+    return [dict(r) for r in rows.mappings()]

@@ -93,6 +93,11 @@ async def test_expired_lots_go_and_members_are_warned_once(
         await committed_client.get(f"/v1/points/accounts/{alice}", headers=brand.headers())
     ).json()
     assert account["expiring_soon_total"] == 25
+    listed = (
+        await committed_client.get("/v1/points/expiry-notices", headers=brand.headers())
+    ).json()
+    assert sorted(n["points"] for n in listed["items"]) == [25, 30]
+    assert {n["contact_id"] for n in listed["items"]} == {str(alice), str(bob)}
     expired = await rows(committed, "SELECT kind, points FROM points_ledger WHERE kind = 'expire'")
     assert expired == [("expire", -40)]
     assert await verify(committed, brand) == []
