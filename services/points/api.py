@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from services.points import SERVICE, service
+from services.points import SERVICE, catalog, service
 from services.points.benefits_api import router as benefits_router
+from services.points.catalog_api import router as catalog_router
+from services.points.catalog_schemas import RedemptionOut
 from services.points.exceptions import InsufficientPoints
 from services.points.ledger import Booked
 from services.points.rules import PointsRules, load_rules, save_rules
@@ -25,14 +27,16 @@ from services.points.schemas import (
 )
 from shared.auth import Principal, require
 from shared.db import SessionDep
-from shared.errors import InvalidInput, NotFound
+from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
+router.include_router(catalog_router)
 # Benefits and health: declared first, so /points/benefits/report is not a benefit code.
 router.include_router(benefits_router)
 
 Reader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
+StatusReader = Annotated[Principal, require("admin", "operator", "analyst")]
 Operator = Annotated[Principal, require("admin", "operator")]
 Redeemer = Annotated[Principal, require("admin", "operator", "staff")]
 Admin = Annotated[Principal, require("admin")]
@@ -50,7 +54,7 @@ def _booking(booked: Booked, balance: int) -> Booking:
 
 
 @router.get("/points/status", response_model=PointsStatus)
-async def status(principal: Reader, session: SessionDep, request: Request) -> PointsStatus:
+async def status(principal: StatusReader, session: SessionDep, request: Request) -> PointsStatus:
     """The event types this service consumes and the caller's tenant backlog in it."""
     return await service.status(session, request.app.state.runtime, principal.tenant)
 
@@ -126,7 +130,11 @@ async def adjust(
     return idem.respond(_booking(booked, balance), status_code=201)
 
 
-@router.post("/points/accounts/{contact_id}/redemptions", status_code=201, response_model=Booking)
+@router.post(
+    "/points/accounts/{contact_id}/redemptions",
+    status_code=201,
+    response_model=Booking | RedemptionOut,
+)
 async def redeem(
     contact_id: uuid.UUID,
     body: RedemptionIn,
@@ -134,9 +142,23 @@ async def redeem(
     idem: IdempotencyDep,
     session: SessionDep,
 ) -> JSONResponse:
-    """Spend points (oldest first): 201, or 409 `insufficient_points` with nothing changed."""
+    """Spend points (oldest first), or redeem a catalog item (`item_id`; points + cash
+    items hold the points for `order_id`): 201, or 409 (`insufficient_points`,
+    `out_of_stock`, `limit_reached`) with nothing changed."""
     if body.item_id is not None:
-        raise NotFound(f"no catalog item {body.item_id!r}", code="item_not_found")
+        try:
+            redeemed = await catalog.redeem_item(
+                session,
+                principal.tenant,
+                contact_id,
+                body.item_id,
+                order_id=body.order_id,
+                reason=body.reason,
+                actor=principal.actor,
+            )
+        except InsufficientPoints as exc:
+            return idem.respond(service.insufficient(exc), status_code=409)
+        return idem.respond(RedemptionOut.model_validate(redeemed), status_code=201)
     assert body.points is not None
     try:
         booked = await service.redeem_points(

@@ -131,7 +131,8 @@ _CONSUME = text(
     WITH ordered AS (
         SELECT id, remaining,
                sum(remaining) OVER (
-                   ORDER BY (order_id IS NOT DISTINCT FROM :first_order) DESC, earned_at, id
+                   ORDER BY COALESCE(order_id = CAST(:first_order AS text), false) DESC,
+                            earned_at, id
                ) - remaining AS before
           FROM points_lots
          WHERE account_id = :account AND remaining > 0

@@ -71,6 +71,8 @@ class RedemptionIn(BaseModel):
     points: Annotated[int | None, Field(gt=0, le=MAX_POINTS)] = None
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "redemption"
     item_id: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    # A points + cash item: the shop order its points are held for.
+    order_id: Annotated[str | None, Field(min_length=1, max_length=128)] = None
 
     @model_validator(mode="after")
     def _one_of(self) -> RedemptionIn:

@@ -15,13 +15,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import expiry, repository, service
+from services.points import expiry, merge, repository, service
 from services.points.rules import load_rules
 from services.users import contact_status
 from shared.events import Event, subscribe
 from shared.scheduler import ScheduledWork, recurring_job
 
 log = logging.getLogger("scrm.points.tasks")
+# Handlers defined beside their rules register when their module is imported.
+HANDLER_MODULES = (merge,)
 
 
 def _occurred(event: Event) -> datetime:
@@ -194,3 +196,24 @@ async def check_points_health(session: AsyncSession, work: ScheduledWork) -> Non
         for tenant_id in await repository.tenant_ids(session):
             await health.check_last_week(session, tenant_id, now())
             await health.deliver_pending(session, tenant_id, client)
+
+
+@subscribe("points", "order.paid", name="points.spend_held_points")
+async def spend_held_points(session: AsyncSession, event: Event) -> None:
+    """A paid order spends the points held for it by a points + cash redemption."""
+    from services.points import catalog
+
+    order_id = _properties(event).get("order_id")
+    if event.tenant_id is None or not order_id:
+        return
+    await catalog.spend_hold(session, event.tenant_id, str(order_id))
+
+
+@recurring_job("points", "release_expired_holds", every_seconds=60)
+async def release_expired_holds(session: AsyncSession, work: ScheduledWork) -> None:
+    """Give back the points of points + cash holds whose order was not paid in time."""
+    from services.points import catalog
+
+    released = await catalog.release_expired_holds(session)
+    if released:
+        log.info("points holds released", extra={"released": released})
