@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.points import catalog
+from services.points import catalog, holds
 from services.points.catalog_schemas import (
     DrawCheck,
     ItemIn,
@@ -103,5 +103,5 @@ async def cancel_hold(
 ) -> JSONResponse:
     """Release a held points + cash redemption now: the points go back to the member
     and the unit to stock. 409 `not_held` when it is spent or released already."""
-    view = await catalog.cancel_hold(session, principal.tenant, redemption_id, principal.actor)
+    view = await holds.cancel_hold(session, principal.tenant, redemption_id, principal.actor)
     return idem.respond(RedemptionOut.model_validate(view))

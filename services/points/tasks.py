@@ -201,19 +201,19 @@ async def check_points_health(session: AsyncSession, work: ScheduledWork) -> Non
 @subscribe("points", "order.paid", name="points.spend_held_points")
 async def spend_held_points(session: AsyncSession, event: Event) -> None:
     """A paid order spends the points held for it by a points + cash redemption."""
-    from services.points import catalog
+    from services.points import holds
 
     order_id = _properties(event).get("order_id")
     if event.tenant_id is None or not order_id:
         return
-    await catalog.spend_hold(session, event.tenant_id, str(order_id))
+    await holds.spend_hold(session, event.tenant_id, str(order_id))
 
 
 @recurring_job("points", "release_expired_holds", every_seconds=60)
 async def release_expired_holds(session: AsyncSession, work: ScheduledWork) -> None:
     """Give back the points of points + cash holds whose order was not paid in time."""
-    from services.points import catalog
+    from services.points import holds
 
-    released = await catalog.release_expired_holds(session)
+    released = await holds.release_expired_holds(session)
     if released:
         log.info("points holds released", extra={"released": released})

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 import services.points.tasks  # noqa: F401  (registers the handlers and jobs)
-from services.points import catalog
+from services.points import catalog, holds
 from services.points.expiry import expire_due
 from shared.db import unit_of_work
 from shared.events import publish
@@ -111,7 +111,7 @@ async def send_paid(runtime: Runtime, brand: Brand, contact: uuid.UUID, **proper
 
 async def release_at(runtime: Runtime, at: datetime) -> int:
     async with unit_of_work(runtime.sessionmaker) as session:
-        return await catalog.release_expired_holds(session, at)
+        return await holds.release_expired_holds(session, at)
 
 
 # -- items ----------------------------------------------------------------------------
