@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint types pytest bench-bus clean
+.PHONY: run test lint types pytest bench-bus bench-points clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scrm needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -39,6 +39,9 @@ pytest: $(VENV)/.installed-test
 
 bench-bus: $(VENV)/.installed-test
 	$(BIN)/python bench/bus.py
+
+bench-points: $(VENV)/.installed-test
+	$(BIN)/python bench/points.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -213,6 +213,34 @@ async def earn_by_rule(
         booked_that_day, _ = await repository.count_on_day(session, account.id, rule, day)
         if booked_that_day >= daily_cap:
             return None
+    entry_details = {
+        **(details or {}),
+        "day": day,
+        "multiplier": str(multiplier),
+        "base_points": base_points,
+    }
+    if account.debt == 0 and rules.rules.growth_measure == "points_earned":
+        # The common case, in one round trip; the tier check needs no query unless
+        # this earning reaches the next threshold (or the member has no tier yet).
+        booked, growth_before = await ledger.earn_at_once(
+            session,
+            account,
+            points,
+            expires_at=rules.expires_at(occurred_at),
+            earned_at=occurred_at,
+            source_key=source_key,
+            growth_since=occurred_at - timedelta(days=rules.rules.growth_window_days),
+            rule=rule,
+            reason=reason,
+            order_id=order_id,
+            details=entry_details,
+        )
+        if booked.replayed:
+            return booked
+        reached = tiers.reached(rules.rules, growth_before + points)
+        if account.tier is None or rules.rules.rank(reached.name) > rules.rules.rank(account.tier):
+            await tiers.upgrade_if_reached(session, account, rules, occurred_at)
+        return booked
     booked = await ledger.earn(
         session,
         account,
@@ -223,12 +251,7 @@ async def earn_by_rule(
         rule=rule,
         reason=reason,
         order_id=order_id,
-        details={
-            **(details or {}),
-            "day": day,
-            "multiplier": str(multiplier),
-            "base_points": base_points,
-        },
+        details=entry_details,
     )
     await ledger.announce(session, booked, tenant_id)
     if not booked.replayed:
