@@ -7,7 +7,11 @@
    `--seconds`: one transaction (shared.db.unit_of_work) calling
    services.points.service.earn_by_rule for a random member among `--members`
    pre-created contacts, with a unique source_key, then commit. Prints tx/s and
-   p50/p99 latency of the whole transaction (checkout to commit).
+   p50/p99 latency of the whole transaction (checkout to commit). Before the
+   measured run every member earns once (accounts exist, tiers set) and the
+   database is VACUUM ANALYZEd, as `pgbench -i` does for its tables: plans cached
+   while the tables were empty would otherwise be measured (see the autovacuum
+   setting printed at the top).
 2. Baseline: pgbench's TPC-B-like script on the same PostgreSQL server with the
    same client count (`-c <clients> -j 2 -T <seconds>`), in a database of its own
    initialised with `pgbench -i -s <scale>`; run after (never beside) phase 1.
@@ -127,6 +131,7 @@ async def earn_run(
     """`clients` loops of one earning per transaction for `seconds`; tx/s and latency."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     rng = random.Random(42)
+    cpu_before = time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     finished = [start] * clients
@@ -145,6 +150,7 @@ async def earn_run(
 
     await asyncio.gather(*(client(c) for c in range(clients)))
     elapsed = max(finished) - start
+    cpu = time.process_time() - cpu_before
     flat = [x for lat in latencies for x in lat]
     p50, p99 = quantiles(flat)
     return {
@@ -153,6 +159,10 @@ async def earn_run(
         "tps": len(flat) / elapsed,
         "p50_ms": p50,
         "p99_ms": p99,
+        # This process runs every client on one core: how busy it was, and its CPU per
+        # transaction (Python, SQLAlchemy, asyncpg), tells whether the client is the limit.
+        "client_cpu_share": cpu / elapsed,
+        "client_cpu_us_per_tx": cpu / max(1, len(flat)) * 1e6,
     }
 
 
@@ -386,6 +396,18 @@ async def main(args: argparse.Namespace) -> int:
             "  load average before the runs: {:.2f} {:.2f} {:.2f} (other work on these cores "
             "skews both sides)".format(*os.getloadavg())
         )
+        async with runtime.engine.connect() as conn:
+            found = ", ".join(
+                f"{r.name}={r.setting}"
+                for r in await conn.execute(
+                    text(
+                        "SELECT name, setting FROM pg_settings WHERE name IN ('autovacuum',"
+                        " 'fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')"
+                        " ORDER BY name"
+                    )
+                )
+            )
+        print(f"  server: {found}")
 
         # 1. earnings through the service layer
         await warm_up(runtime, tenant_id, rules, members, args.clients)
@@ -402,6 +424,11 @@ async def main(args: argparse.Namespace) -> int:
             f"     {ours['tps']:8.0f} tx/s   p50 {ours['p50_ms']:6.2f} ms   p99 "
             f"{ours['p99_ms']:6.2f} ms   ({ours['transactions']} transactions in "
             f"{ours['seconds']:.1f} s; {booked} ledger entries counted back)"
+        )
+        print(
+            f"     this process (all {args.clients} clients, one event loop): "
+            f"{ours['client_cpu_share']:.0%} of a core, "
+            f"{ours['client_cpu_us_per_tx']:.0f} us of CPU per transaction"
         )
         total = sum(statements.values())
         print(

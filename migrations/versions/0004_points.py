@@ -123,6 +123,8 @@ def upgrade() -> None:
     sa.Column('account_id', sa.BigInteger(), nullable=False),
     sa.Column('entry_id', sa.BigInteger(), nullable=False),
     sa.Column('order_id', sa.String(length=128), nullable=True),
+    sa.Column('kind', sa.String(length=16), server_default='earn', nullable=False),
+    sa.Column('rule', sa.String(length=64), nullable=True),
     sa.Column('points', sa.Integer(), nullable=False),
     sa.Column('remaining', sa.Integer(), nullable=False),
     sa.Column('earned_at', sa.DateTime(timezone=True), nullable=False),

@@ -135,6 +135,8 @@ async def earn(
         order_id=order_id,
         earned_at=earned_at or created_at,
         expires_at=expires_at,
+        kind=kind,
+        rule=rule,
     )
     debt = account.debt
     settled: list[int] = []
@@ -316,9 +318,9 @@ _EARN_AT_ONCE = text(
         ON CONFLICT ON CONSTRAINT uq_points_ledger_source DO NOTHING
         RETURNING id, created_at
     ), lot AS (
-        INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, points, remaining,
-                                 earned_at, expires_at)
-        SELECT :tenant, :account, id, :order_id, :points, :points,
+        INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, kind, rule, points,
+                                 remaining, earned_at, expires_at)
+        SELECT :tenant, :account, id, :order_id, 'earn', :rule, :points, :points,
                COALESCE(CAST(:earned_at AS timestamptz), created_at), :expires_at
           FROM entry
     ), balance AS (
@@ -335,9 +337,9 @@ _EARN_AT_ONCE = text(
           FROM entry
     )
     SELECT entry.id, entry.created_at, pg_notify(:channel, '') AS woke,
-           (SELECT COALESCE(sum(l.points), 0) FROM points_lots l
-              JOIN points_ledger e ON e.id = l.entry_id AND e.kind = 'earn'
-             WHERE l.account_id = :account AND l.earned_at > :growth_since) AS growth_before
+           (SELECT COALESCE(sum(points), 0) FROM points_lots
+             WHERE account_id = :account AND kind = 'earn'
+               AND earned_at > :growth_since) AS growth_before
       FROM entry
     """
 )

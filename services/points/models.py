@@ -118,6 +118,9 @@ class PointsLot(TenantScoped, Base):
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
     entry_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_ledger.id"))
     order_id: Mapped[str | None] = mapped_column(String(128))
+    # The kind and rule of the entry that made it: what tier growth and retention count.
+    kind: Mapped[str] = mapped_column(String(16), server_default="earn")
+    rule: Mapped[str | None] = mapped_column(String(64))
     points: Mapped[int] = mapped_column(Integer)
     remaining: Mapped[int] = mapped_column(Integer)
     earned_at: Mapped[datetime]

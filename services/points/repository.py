@@ -99,14 +99,16 @@ async def insert_lot(
     order_id: str | None,
     earned_at: datetime,
     expires_at: datetime,
+    kind: str = "earn",
+    rule: str | None = None,
 ) -> int:
     lot_id = await session.scalar(
         text(
             """
-            INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, points,
-                                     remaining, earned_at, expires_at)
-            VALUES (:tenant, :account, :entry, :order_id, :points, :points, :earned_at,
-                    :expires_at)
+            INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, kind, rule,
+                                     points, remaining, earned_at, expires_at)
+            VALUES (:tenant, :account, :entry, :order_id, :kind, :rule, :points, :points,
+                    :earned_at, :expires_at)
             RETURNING id
             """
         ),
@@ -118,6 +120,8 @@ async def insert_lot(
             "points": points,
             "earned_at": earned_at,
             "expires_at": expires_at,
+            "kind": kind,
+            "rule": rule,
         },
     )
     assert lot_id is not None

@@ -27,10 +27,9 @@ from shared.events import publish
 _GROWTH = {
     "points_earned": text(
         """
-        SELECT COALESCE((SELECT sum(l.points) FROM points_lots l
-                           JOIN points_ledger e ON e.id = l.entry_id AND e.kind = 'earn'
-                          WHERE l.account_id = :a AND l.earned_at > :since AND l.earned_at <= :now),
-                        0)
+        SELECT COALESCE((SELECT sum(points) FROM points_lots
+                          WHERE account_id = :a AND kind = 'earn'
+                            AND earned_at > :since AND earned_at <= :now), 0)
              + COALESCE((SELECT sum(points - debt_delta) FROM points_ledger
                           WHERE account_id = :a AND kind = 'clawback' AND order_id IS NOT NULL
                             AND created_at > :since), 0)
@@ -53,12 +52,12 @@ _GROWTH = {
 
 _RETENTION_PROGRESS = text(
     """
-    SELECT count(*) FILTER (WHERE e.rule = 'order_paid' AND l.earned_at >= :quarter_start
-                              AND l.earned_at < :until) AS orders,
-           COALESCE(sum(l.points) FILTER (WHERE l.earned_at >= :year_start
-                                            AND l.earned_at < :until), 0) AS points
-      FROM points_lots l JOIN points_ledger e ON e.id = l.entry_id AND e.kind = 'earn'
-     WHERE l.account_id = :a
+    SELECT count(*) FILTER (WHERE rule = 'order_paid' AND earned_at >= :quarter_start
+                              AND earned_at < :until) AS orders,
+           COALESCE(sum(points) FILTER (WHERE earned_at >= :year_start
+                                          AND earned_at < :until), 0) AS points
+      FROM points_lots
+     WHERE account_id = :a AND kind = 'earn' AND earned_at >= :year_start
     """
 )
 
