@@ -11,6 +11,7 @@ months, quarters or years.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -74,15 +75,9 @@ async def ensure_defaults(session: AsyncSession, tenant_id: uuid.UUID) -> None:
                 **benefit,
                 "id": uuid.uuid4(),
                 "t": tenant_id,
-                "tiers": _json(benefit["tiers"]),
+                "tiers": json.dumps(benefit["tiers"]),
             },
         )
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 async def list_benefits(session: AsyncSession, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -113,7 +108,12 @@ async def upsert_benefit(
                     " total_quota = EXCLUDED.total_quota, total_period = EXCLUDED.total_period,"
                     f" active = EXCLUDED.active RETURNING {_COLUMNS}"
                 ),
-                {**values, "id": uuid.uuid4(), "t": tenant_id, "tiers": _json(values["tiers"])},
+                {
+                    **values,
+                    "id": uuid.uuid4(),
+                    "t": tenant_id,
+                    "tiers": json.dumps(values["tiers"]),
+                },
             )
         )
         .mappings()

@@ -10,10 +10,10 @@ later runs for a week).
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -108,7 +108,7 @@ async def check_last_week(session: AsyncSession, tenant_id: uuid.UUID, now: date
             "w": monday,
             "e": measured["earned"],
             "s": measured["spent"],
-            "d": _json(
+            "d": json.dumps(
                 {
                     "spent_to_earned": measured["spent_to_earned"],
                     "threshold": float(rules.rules.inflation_alert_ratio),
@@ -182,9 +182,3 @@ async def list_alerts(session: AsyncSession, tenant_id: uuid.UUID) -> list[dict[
         {"t": tenant_id},
     )
     return [dict(r) for r in rows.mappings()]
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, default=lambda v: float(v) if isinstance(v, Decimal) else str(v))

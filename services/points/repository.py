@@ -355,3 +355,41 @@ async def account_row(
 
 async def tenant_ids(session: AsyncSession) -> list[uuid.UUID]:
     return list((await session.execute(text("SELECT id FROM tenants ORDER BY id"))).scalars())
+
+
+async def lots_expiring_by(
+    session: AsyncSession, account_id: int, horizon: datetime
+) -> list[tuple[datetime, int]]:
+    """(expires_at, remaining) of the account's open lots expiring by `horizon`."""
+    rows = await session.execute(
+        text(
+            "SELECT expires_at, remaining FROM points_lots"
+            " WHERE account_id = :a AND remaining > 0 AND expires_at <= :h ORDER BY expires_at"
+        ),
+        {"a": account_id, "h": horizon},
+    )
+    return [(r.expires_at, int(r.remaining)) for r in rows]
+
+
+async def ledger_entries(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    before: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A member's entries, newest first, below entry id `before`."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT l.id, l.kind, l.points, l.debt_delta, l.balance_after, l.reason,
+                   l.rule, l.order_id, l.expires_at, l.details, l.created_by, l.created_at
+              FROM points_ledger l JOIN points_accounts a ON a.id = l.account_id
+             WHERE a.tenant_id = :t AND a.contact_id = :c
+               AND (CAST(:before AS bigint) IS NULL OR l.id < :before)
+             ORDER BY l.id DESC LIMIT :limit
+            """
+        ),
+        {"t": tenant_id, "c": contact_id, "before": before, "limit": limit},
+    )
+    return [dict(r) for r in rows.mappings()]

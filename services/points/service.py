@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points import SERVICE, ledger, repository, tiers
@@ -103,19 +102,7 @@ async def account_view(
 ) -> dict[str, Any]:
     """Balance, debt, lifetime sums and what expires soon (by local expiry date)."""
     rules = await load_rules(session, tenant_id)
-    row = (
-        (
-            await session.execute(
-                text(
-                    "SELECT id, balance, debt, lifetime_earned, lifetime_spent, updated_at"
-                    " FROM points_accounts WHERE tenant_id = :t AND contact_id = :c"
-                ),
-                {"t": tenant_id, "c": contact_id},
-            )
-        )
-        .mappings()
-        .first()
-    )
+    row = await repository.account_row(session, tenant_id, contact_id)
     if row is None:
         await _member(session, tenant_id, contact_id)
         return {
@@ -128,17 +115,11 @@ async def account_view(
             "expiring_soon_total": 0,
         }
     horizon = ledger.now() + rules.warning_window()
-    lots = await session.execute(
-        text(
-            "SELECT expires_at, remaining FROM points_lots"
-            " WHERE account_id = :a AND remaining > 0 AND expires_at <= :h ORDER BY expires_at"
-        ),
-        {"a": row["id"], "h": horizon},
-    )
+    lots = await repository.lots_expiring_by(session, row["id"], horizon)
     by_day: dict[str, int] = {}
-    for lot in lots:
-        day = rules.local_day(lot.expires_at).isoformat()
-        by_day[day] = by_day.get(day, 0) + int(lot.remaining)
+    for expires_at, remaining in lots:
+        day = rules.local_day(expires_at).isoformat()
+        by_day[day] = by_day.get(day, 0) + remaining
     return {
         "contact_id": contact_id,
         "balance": row["balance"],
@@ -159,27 +140,8 @@ async def ledger_page(
     limit: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Entries newest first; the cursor is the last id shown."""
-    rows = (
-        (
-            await session.execute(
-                text(
-                    """
-                    SELECT l.id, l.kind, l.points, l.debt_delta, l.balance_after, l.reason,
-                           l.rule, l.order_id, l.expires_at, l.details, l.created_by,
-                           l.created_at
-                      FROM points_ledger l JOIN points_accounts a ON a.id = l.account_id
-                     WHERE a.tenant_id = :t AND a.contact_id = :c
-                       AND (CAST(:before AS bigint) IS NULL OR l.id < :before)
-                     ORDER BY l.id DESC LIMIT :limit
-                    """
-                ),
-                {"t": tenant_id, "c": contact_id, "before": before, "limit": limit + 1},
-            )
-        )
-        .mappings()
-        .all()
-    )
-    items = [dict(r) for r in rows[:limit]]
+    rows = await repository.ledger_entries(session, tenant_id, contact_id, before, limit + 1)
+    items = rows[:limit]
     return items, (items[-1]["id"] if len(rows) > limit else None)
 
 
