@@ -4,18 +4,20 @@
                            [--pgbench-mode prepared] [--race 200] [--covered 37]
 
 1. Earnings: `--clients` concurrent clients in this process, each looping for
-   `--seconds`: one transaction (shared.db.unit_of_work) calling
-   services.points.service.earn_by_rule for a random member among `--members`
-   pre-created contacts, with a unique source_key, then commit. Prints tx/s and
-   p50/p99 latency of the whole transaction (checkout to commit). Before the
-   measured run every member earns once (accounts exist, tiers set) and the
+   `--seconds`: services.points.service.earn_by_rule for a random member among
+   `--members` pre-created contacts, with a unique source_key, on the engine: each
+   earning is a transaction of its own (one statement, autocommit). Prints tx/s,
+   p50/p99 latency (pool checkout to commit) and the write transactions the
+   server counted per earning. For comparison, the same for earn_by_rule(session, ...) as the only
+   work of a shared.db.unit_of_work (BEGIN, the earning, COMMIT). Before the
+   measured runs every member earns once (accounts exist, tiers set) and the
    database is VACUUM ANALYZEd, as `pgbench -i` does for its tables: plans cached
    while the tables were empty would otherwise be measured (see the autovacuum
    setting printed at the top).
 2. Baseline: pgbench's TPC-B-like script on the same PostgreSQL server with the
    same client count (`-c <clients> -j 2 -T <seconds>`), in a database of its own
    initialised with `pgbench -i -s <scale>`; run after (never beside) phase 1.
-   Prints its tps and ours / pgbench (target >= 50%).
+   Prints its tps and ours (the first figure of 1) / pgbench (target >= 50%).
 3. The race: one member whose balance covers exactly `--covered` redemptions of
    50 points, then `--race` simultaneous POST .../redemptions through the real
    HTTP API (`scrm serve --service points` in a subprocess). OK only when exactly
@@ -51,12 +53,14 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
-from sqlalchemy import event, text
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.points import service  # noqa: E402
+from services.points.ledger import Booked  # noqa: E402
 from services.points.rules import TenantRules, load_rules  # noqa: E402
 from shared import auth, migrate, tenancy  # noqa: E402
 from shared.config import Settings, plain_postgres_url  # noqa: E402
@@ -103,20 +107,36 @@ async def earn_once(
     rules: TenantRules,
     contact: uuid.UUID,
     source_key: str,
+    in_session: bool = False,
 ) -> None:
-    async with unit_of_work(runtime.sessionmaker) as session:
-        booked = await service.earn_by_rule(
-            session,
-            tenant_id,
-            contact,
-            rule="checkin",
-            base_points=rules.rules.earning.checkin.points,
-            occurred_at=datetime.now(UTC),
-            source_key=source_key,
-            rules=rules,
-            reason="bench check-in",
-        )
-        assert booked is not None and not booked.replayed
+    """One earning: a transaction of its own (on the engine), or the only work of a
+    caller's unit of work (in a session: BEGIN, the earning, COMMIT)."""
+    if in_session:
+        async with unit_of_work(runtime.sessionmaker) as session:
+            booked = await _earn(session, tenant_id, rules, contact, source_key)
+    else:
+        booked = await _earn(runtime.engine, tenant_id, rules, contact, source_key)
+    assert booked is not None and not booked.replayed
+
+
+async def _earn(
+    db: AsyncSession | AsyncEngine,
+    tenant_id: uuid.UUID,
+    rules: TenantRules,
+    contact: uuid.UUID,
+    source_key: str,
+) -> Booked | None:
+    return await service.earn_by_rule(
+        db,
+        tenant_id,
+        contact,
+        rule="checkin",
+        base_points=rules.rules.earning.checkin.points,
+        occurred_at=datetime.now(UTC),
+        source_key=source_key,
+        rules=rules,
+        reason="bench check-in",
+    )
 
 
 async def earn_run(
@@ -127,8 +147,11 @@ async def earn_run(
     clients: int,
     seconds: float,
     tag: str,
+    in_session: bool = False,
 ) -> dict[str, float]:
-    """`clients` loops of one earning per transaction for `seconds`; tx/s and latency."""
+    """`clients` loops of one earning per transaction for `seconds`; tx/s and latency,
+    and the write transactions the server counted per earning."""
+    transactions_before = await server_transactions(runtime)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     rng = random.Random(42)
     cpu_before = time.process_time()
@@ -143,7 +166,9 @@ async def earn_run(
             began = time.perf_counter()
             if began >= deadline:
                 break
-            await earn_once(runtime, tenant_id, rules, rng.choice(members), f"bench:{tag}:{c}:{i}")
+            await earn_once(
+                runtime, tenant_id, rules, rng.choice(members), f"bench:{tag}:{c}:{i}", in_session
+            )
             mine.append(time.perf_counter() - began)
             i += 1
         finished[c] = time.perf_counter()
@@ -153,7 +178,9 @@ async def earn_run(
     cpu = time.process_time() - cpu_before
     flat = [x for lat in latencies for x in lat]
     p50, p99 = quantiles(flat)
+    transactions = await server_transactions(runtime) - transactions_before
     return {
+        "server_transactions_per_earning": transactions / max(1, len(flat)),
         "transactions": len(flat),
         "seconds": elapsed,
         "tps": len(flat) / elapsed,
@@ -185,23 +212,13 @@ async def warm_up(
     await asyncio.gather(*(client() for _ in range(clients)))
 
 
-async def statements_per_earn(
-    runtime: Runtime, tenant_id: uuid.UUID, rules: TenantRules, members: list[uuid.UUID]
-) -> collections.Counter[str]:
-    """The SQL statements SQLAlchemy sends for one earning (BEGIN, COMMIT and the pool's
-    pre-ping are not cursor executions and are not in this count)."""
-    seen: collections.Counter[str] = collections.Counter()
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen[" ".join(statement.split())[:60]] += 1
-
-    sync_engine = runtime.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", count)
-    try:
-        await earn_once(runtime, tenant_id, rules, members[0], f"bench:count:{uuid.uuid4()}")
-    finally:
-        event.remove(sync_engine, "before_cursor_execute", count)
-    return seen
+async def server_transactions(runtime: Runtime) -> int:
+    """The server's next transaction id: every transaction that writes takes one, so
+    the difference over a run counts the write transactions of the whole server
+    (nothing else writes while the benchmark runs). Reading it takes none."""
+    async with runtime.engine.connect() as conn:
+        found = await conn.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+    return int(found or 0)
 
 
 # ---------------------------------------------------------------- 2. pgbench
@@ -411,32 +428,43 @@ async def main(args: argparse.Namespace) -> int:
 
         # 1. earnings through the service layer
         await warm_up(runtime, tenant_id, rules, members, args.clients)
-        statements = await statements_per_earn(runtime, tenant_id, rules, members)
         await admin_execute(database_url, "VACUUM ANALYZE", "CHECKPOINT")
         ours = await earn_run(runtime, tenant_id, rules, members, args.clients, args.seconds, "run")
+        await admin_execute(database_url, "CHECKPOINT")
+        in_session = await earn_run(
+            runtime, tenant_id, rules, members, args.clients, args.seconds, "uow", in_session=True
+        )
         async with runtime.engine.connect() as conn:
-            booked = await conn.scalar(
-                text("SELECT count(*) FROM points_ledger WHERE source_key LIKE 'bench:run:%'")
+            counted = {
+                tag: await conn.scalar(
+                    text("SELECT count(*) FROM points_ledger WHERE source_key LIKE :p"),
+                    {"p": f"bench:{tag}:%"},
+                )
+                for tag in ("run", "uow")
+            }
+        assert counted["run"] == ours["transactions"], (counted, ours["transactions"])
+        assert counted["uow"] == in_session["transactions"], (counted, in_session)
+        for label, figures, tag in (
+            ("1. earn_by_rule(engine, ...): each earning a transaction of its own", ours, "run"),
+            (
+                "   for comparison, earn_by_rule(session, ...) as the only work of a "
+                "unit_of_work (BEGIN, the earning, COMMIT)",
+                in_session,
+                "uow",
+            ),
+        ):
+            print(f"  {label}:")
+            print(
+                f"     {figures['tps']:8.0f} tx/s   p50 {figures['p50_ms']:6.2f} ms   p99 "
+                f"{figures['p99_ms']:6.2f} ms   ({figures['transactions']} earnings in "
+                f"{figures['seconds']:.1f} s; {counted[tag]} ledger entries counted back; "
+                f"{figures['server_transactions_per_earning']:.2f} write transactions per earning)"
             )
-        assert booked == ours["transactions"], (booked, ours["transactions"])
-        print("  1. earn_by_rule, one earning per transaction (unit_of_work ... commit):")
-        print(
-            f"     {ours['tps']:8.0f} tx/s   p50 {ours['p50_ms']:6.2f} ms   p99 "
-            f"{ours['p99_ms']:6.2f} ms   ({ours['transactions']} transactions in "
-            f"{ours['seconds']:.1f} s; {booked} ledger entries counted back)"
-        )
-        print(
-            f"     this process (all {args.clients} clients, one event loop): "
-            f"{ours['client_cpu_share']:.0%} of a core, "
-            f"{ours['client_cpu_us_per_tx']:.0f} us of CPU per transaction"
-        )
-        total = sum(statements.values())
-        print(
-            f"     SQL statements per steady-state earning: {total} (+ BEGIN, COMMIT and "
-            "the pool's pre-ping), namely:"
-        )
-        for statement, n in statements.items():
-            print(f"       {n} x {statement}")
+            print(
+                f"     this process (all {args.clients} clients, one event loop): "
+                f"{figures['client_cpu_share']:.0%} of a core, "
+                f"{figures['client_cpu_us_per_tx']:.0f} us of CPU per earning"
+            )
 
         # 2. pgbench on the same server, same clients, after phase 1
         await admin_execute(admin_url, f'CREATE DATABASE "{pgb_name}"')
@@ -496,7 +524,7 @@ async def main(args: argparse.Namespace) -> int:
             "seconds": args.seconds,
             "members": len(members),
             "earn": ours,
-            "statements_per_earn": total,
+            "earn_in_session": in_session,
             "pgbench": {**pgb, "scale": args.scale, "mode": args.pgbench_mode},
             "ours_over_pgbench": round(share, 3),
             "race": result,

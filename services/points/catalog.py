@@ -329,7 +329,6 @@ async def _redeem_locked(
             code="order_already_held",
             details={"order_id": order_id},
         )
-    await ledger.announce(session, booked, account.tenant_id)
     return redemption_id
 
 

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.points import catalog_repository as catalog_sql
 from services.points import ledger, repository
 from services.points.catalog import RELEASE_BATCH, RedemptionNotFound, redemption_view
-from services.points.ledger import Booked
 from services.points.repository import LockedAccount
 from shared.errors import Conflict
 
@@ -164,7 +163,7 @@ async def _reverse(
     balance = account.balance + points
     written = await repository.insert_entry(session, entry("reversal", points, balance))
     assert written is not None, f"{source_key} was booked before"
-    reversal_id, created_at = written
+    reversal_id = written[0]
     await repository.restore_lots(session, account, reversal_id, lots)
     debt = account.debt
     if debt:
@@ -187,14 +186,4 @@ async def _reverse(
         taken = await repository.consume_lots(session, account.id, settle)
         await repository.record_consumption(session, account, settled[0], taken)
     await repository.update_account(session, account.id, balance=balance, debt=debt, spent=-points)
-    booked = Booked(
-        reversal_id,
-        account.id,
-        account.contact_id,
-        "reversal",
-        points,
-        account.balance + points,
-        created_at,
-    )
-    await ledger.announce(session, booked, account.tenant_id)
     return reversal_id

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points import expiry, repository
 from services.points.exceptions import InsufficientPoints
 from services.points.repository import LockedAccount
-from shared.events import NOTIFY_CHANNEL, publish
 
 
 @dataclass(frozen=True)
@@ -282,114 +280,5 @@ def _moved(account: LockedAccount, balance: int, debt: int) -> None:
     object.__setattr__(account, "debt", debt)
 
 
-async def announce(session: AsyncSession, booked: Booked, tenant_id: uuid.UUID) -> None:
-    """points.changed for the other services (tiers, campaigns)."""
-    if booked.replayed:
-        return
-    await publish(
-        session,
-        "points.changed",
-        {
-            "contact_id": str(booked.contact_id),
-            "entry_id": booked.entry_id,
-            "kind": booked.kind,
-            "points": booked.points,
-            "balance": booked.balance_after,
-        },
-        tenant_id=tenant_id,
-    )
-
-
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-# The common earning in one statement: no debt to settle. Entry, lot, balance,
-# the points.changed event with the relay's wake-up, and (for the tier check) the
-# member's points earned since `growth_since` before this earning.
-_EARN_AT_ONCE = text(
-    """
-    WITH entry AS (
-        INSERT INTO points_ledger (tenant_id, account_id, kind, points, debt_delta,
-                                   balance_after, reason, rule, source_key, order_id,
-                                   expires_at, details, created_by)
-        VALUES (:tenant, :account, :kind, :points, 0, :balance_after, :reason, :rule,
-                :source_key, :order_id, :expires_at, CAST(:details AS jsonb), :created_by)
-        ON CONFLICT ON CONSTRAINT uq_points_ledger_source DO NOTHING
-        RETURNING id, created_at
-    ), lot AS (
-        INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, kind, rule, points,
-                                 remaining, earned_at, expires_at)
-        SELECT :tenant, :account, id, :order_id, 'earn', :rule, :points, :points,
-               COALESCE(CAST(:earned_at AS timestamptz), created_at), :expires_at
-          FROM entry
-    ), balance AS (
-        UPDATE points_accounts
-           SET balance = :balance_after, lifetime_earned = lifetime_earned + :earned,
-               updated_at = now()
-         WHERE id = :account AND EXISTS (SELECT 1 FROM entry)
-    ), announced AS (
-        INSERT INTO outbox_events (event_id, tenant_id, type, payload)
-        SELECT gen_random_uuid(), :tenant, 'points.changed',
-               jsonb_build_object('contact_id', CAST(:contact AS text), 'entry_id', id,
-                                  'kind', CAST(:kind AS text), 'points', :points,
-                                  'balance', :balance_after)
-          FROM entry
-    )
-    SELECT entry.id, entry.created_at, pg_notify(:channel, '') AS woke,
-           (SELECT COALESCE(sum(points), 0) FROM points_lots
-             WHERE account_id = :account AND kind = 'earn'
-               AND earned_at > :growth_since) AS growth_before
-      FROM entry
-    """
-)
-
-
-async def earn_at_once(
-    session: AsyncSession,
-    account: LockedAccount,
-    points: int,
-    *,
-    expires_at: datetime,
-    earned_at: datetime,
-    source_key: str,
-    growth_since: datetime,
-    rule: str | None = None,
-    reason: str = "",
-    order_id: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> tuple[Booked, int]:
-    """`earn` + `announce` for an account without debt, in one round trip; also the
-    points it earned since `growth_since` before this (0 when replayed)."""
-    assert account.debt == 0 and points > 0
-    balance = account.balance + points
-    values = entry_values(
-        account,
-        "earn",
-        points,
-        balance,
-        reason=reason,
-        rule=rule,
-        source_key=source_key,
-        order_id=order_id,
-        expires_at=expires_at,
-        details=details,
-    )
-    row = (
-        await session.execute(
-            _EARN_AT_ONCE,
-            {
-                **values,
-                "earned_at": earned_at,
-                "earned": points,
-                "contact": str(account.contact_id),
-                "channel": NOTIFY_CHANNEL,
-                "growth_since": growth_since,
-            },
-        )
-    ).first()
-    if row is None:
-        return await _replay(session, account, source_key), 0
-    _moved(account, balance, 0)
-    booked = Booked(row.id, account.id, account.contact_id, "earn", points, balance, row.created_at)
-    return booked, int(row.growth_before)

@@ -81,6 +81,8 @@ class LedgerEntry(TenantScoped, Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # No index of its own: uq_points_ledger_source leads with it.
+    tenant_id: Mapped[uuid.UUID] = mapped_column()
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
     kind: Mapped[str] = mapped_column(String(16))
     points: Mapped[int] = mapped_column(BigInteger)
@@ -115,6 +117,9 @@ class PointsLot(TenantScoped, Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # No index of its own: lots are read by account or by expiry date, never by tenant
+    # alone, and every earning writes one.
+    tenant_id: Mapped[uuid.UUID] = mapped_column()
     account_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_accounts.id"))
     entry_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("points_ledger.id"))
     order_id: Mapped[str | None] = mapped_column(String(128))

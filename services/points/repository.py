@@ -8,13 +8,14 @@ balance another is about to spend.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,86 @@ async def insert_lot(
     )
     assert lot_id is not None
     return int(lot_id)
+
+
+# migrations/versions/0006_points_earn_function.py: lock, multiplier, daily cap,
+# entry, lot and balance in one statement.
+_POINTS_EARN = (
+    "SELECT * FROM points_earn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+
+
+@dataclass(frozen=True)
+class RuleEarning:
+    """What `points_earn` did: booked, replayed, nothing, capped or debt (see there)."""
+
+    outcome: str
+    account_id: int
+    contact_id: uuid.UUID
+    tier: str | None
+    entry_id: int | None
+    points: int | None
+    balance_after: int | None
+    created_at: datetime | None
+    growth: int | None
+
+
+async def earn_by_rule(
+    db: AsyncSession | AsyncEngine,
+    *,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    rule: str,
+    base_points: int,
+    multipliers: dict[str, str],
+    day: str,
+    daily_cap: int | None,
+    source_key: str,
+    reason: str,
+    order_id: str | None,
+    details: dict[str, Any],
+    earned_at: datetime,
+    expires_at: datetime,
+    growth_since: datetime | None,
+) -> RuleEarning:
+    """Book a rule's earning. With a session it joins the session's transaction; with
+    the engine it is a transaction of its own: one statement, one round trip."""
+    args = (
+        tenant_id,
+        contact_id,
+        rule,
+        base_points,
+        json.dumps(multipliers),
+        day,
+        daily_cap,
+        source_key,
+        reason,
+        order_id,
+        json.dumps(details, ensure_ascii=False),
+        earned_at,
+        expires_at,
+        growth_since,
+    )
+    if isinstance(db, AsyncSession):
+        conn = await db.connection()
+        row: Any = (await conn.exec_driver_sql(_POINTS_EARN, args)).mappings().one()
+    else:
+        async with db.connect() as conn:
+            # The driver's own call: autocommit, with no BEGIN or COMMIT round trips.
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            row = await driver.fetchrow(_POINTS_EARN, *args)
+    return RuleEarning(
+        row["outcome"],
+        row["account_id"],
+        row["contact_id"],
+        row["tier"],
+        row["entry_id"],
+        row["points"],
+        row["balance_after"],
+        row["created_at"],
+        row["growth"],
+    )
 
 
 # Take `n` points from the account's open lots: the lots of `first_order` (a

@@ -1,12 +1,14 @@
-"""Business rules of the points service. Functions take a session and plain values."""
+"""Business rules of the points service. Functions take a session and plain values
+(earn_by_rule also takes the engine, to book an earning as a transaction of its own)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from services.points import SERVICE, ledger, repository, tiers
 from services.points.exceptions import InsufficientPoints, UnknownContact
@@ -17,6 +19,8 @@ from services.points.schemas import PointsStatus
 from services.users import contact_status
 from shared.runtime import Runtime
 from shared.service_status import service_status
+
+T = TypeVar("T")
 
 
 async def status(session: AsyncSession, runtime: Runtime, tenant_id: uuid.UUID) -> PointsStatus:
@@ -68,7 +72,6 @@ async def adjust(
             reason=reason,
             created_by=actor,
         )
-    await ledger.announce(session, booked, tenant_id)
     return booked
 
 
@@ -93,7 +96,6 @@ async def redeem_points(
         details=details,
         created_by=actor,
     )
-    await ledger.announce(session, booked, tenant_id)
     return booked
 
 
@@ -149,7 +151,7 @@ async def ledger_page(
 
 
 async def earn_by_rule(
-    session: AsyncSession,
+    db: AsyncSession | AsyncEngine,
     tenant_id: uuid.UUID,
     contact_id: uuid.UUID,
     *,
@@ -163,7 +165,120 @@ async def earn_by_rule(
     details: dict[str, Any] | None = None,
     daily_cap: int | None = None,
 ) -> Booked | None:
-    """Credit what a rule gives for an event (None when it gives nothing now)."""
+    """Credit what a rule gives for an event (None when it gives nothing now).
+
+    With a session the earning joins the caller's transaction (event handlers);
+    with the engine it is a transaction of its own, one round trip to the database.
+    A member who owes points from a clawback, or whose earning reaches a higher tier,
+    takes a second step (in the session's transaction, or in one more of its own).
+    """
+    day = rules.local_day(occurred_at).isoformat()
+    by_growth = rules.rules.growth_measure == "points_earned"
+    multipliers = {
+        t.name: str(rules.rules.multiplier(rule, occurred_at, t.name)) for t in rules.rules.tiers
+    }
+    multipliers[""] = str(rules.rules.multiplier(rule, occurred_at, None))
+    found = await repository.earn_by_rule(
+        db,
+        tenant_id=tenant_id,
+        contact_id=contact_id,
+        rule=rule,
+        base_points=base_points,
+        multipliers=multipliers,
+        day=day,
+        daily_cap=daily_cap,
+        source_key=source_key,
+        reason=reason,
+        order_id=order_id,
+        details={**(details or {}), "day": day, "base_points": base_points},
+        earned_at=occurred_at,
+        expires_at=rules.expires_at(occurred_at),
+        growth_since=(
+            occurred_at - timedelta(days=rules.rules.growth_window_days) if by_growth else None
+        ),
+    )
+    if found.outcome in ("nothing", "capped"):
+        return None
+    if found.outcome == "debt":
+        return await _in_transaction(
+            db,
+            lambda session: _earn_settling_debt(
+                session,
+                tenant_id,
+                contact_id,
+                rule=rule,
+                base_points=base_points,
+                occurred_at=occurred_at,
+                source_key=source_key,
+                rules=rules,
+                reason=reason,
+                order_id=order_id,
+                details=details,
+                daily_cap=daily_cap,
+            ),
+        )
+    assert found.entry_id is not None and found.points is not None
+    assert found.balance_after is not None and found.created_at is not None
+    booked = Booked(
+        found.entry_id,
+        found.account_id,
+        found.contact_id,
+        "earn",
+        found.points,
+        found.balance_after,
+        found.created_at,
+        replayed=found.outcome == "replayed",
+    )
+    # Also when replayed: a retry after a failure between the two steps upgrades.
+    if found.tier is None or (
+        by_growth
+        and found.growth is not None
+        and rules.rules.rank(tiers.reached(rules.rules, found.growth).name)
+        > rules.rules.rank(found.tier)
+    ):
+        await _in_transaction(
+            db, lambda session: _upgrade(session, tenant_id, found.contact_id, rules, occurred_at)
+        )
+    return booked
+
+
+async def _in_transaction(
+    db: AsyncSession | AsyncEngine, work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """`work` in the session's transaction, or in a new one on the engine."""
+    if isinstance(db, AsyncSession):
+        return await work(db)
+    async with AsyncSession(db, expire_on_commit=False) as session, session.begin():
+        return await work(session)
+
+
+async def _upgrade(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    rules: TenantRules,
+    at: datetime,
+) -> None:
+    account = await repository.lock_account(session, tenant_id, contact_id)
+    await tiers.upgrade_if_reached(session, account, rules, at)
+
+
+async def _earn_settling_debt(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    *,
+    rule: str,
+    base_points: int,
+    occurred_at: datetime,
+    source_key: str,
+    rules: TenantRules,
+    reason: str,
+    order_id: str | None,
+    details: dict[str, Any] | None,
+    daily_cap: int | None,
+) -> Booked | None:
+    """An earning for a member with a debt: the debt is settled from it first."""
     account = await repository.lock_account(session, tenant_id, contact_id)
     multiplier = rules.rules.multiplier(rule, occurred_at, account.tier)
     points = apply_multiplier(base_points, multiplier)
@@ -175,34 +290,6 @@ async def earn_by_rule(
         booked_that_day, _ = await repository.count_on_day(session, account.id, rule, day)
         if booked_that_day >= daily_cap:
             return None
-    entry_details = {
-        **(details or {}),
-        "day": day,
-        "multiplier": str(multiplier),
-        "base_points": base_points,
-    }
-    if account.debt == 0 and rules.rules.growth_measure == "points_earned":
-        # The common case, in one round trip; the tier check needs no query unless
-        # this earning reaches the next threshold (or the member has no tier yet).
-        booked, growth_before = await ledger.earn_at_once(
-            session,
-            account,
-            points,
-            expires_at=rules.expires_at(occurred_at),
-            earned_at=occurred_at,
-            source_key=source_key,
-            growth_since=occurred_at - timedelta(days=rules.rules.growth_window_days),
-            rule=rule,
-            reason=reason,
-            order_id=order_id,
-            details=entry_details,
-        )
-        if booked.replayed:
-            return booked
-        reached = tiers.reached(rules.rules, growth_before + points)
-        if account.tier is None or rules.rules.rank(reached.name) > rules.rules.rank(account.tier):
-            await tiers.upgrade_if_reached(session, account, rules, occurred_at)
-        return booked
     booked = await ledger.earn(
         session,
         account,
@@ -213,9 +300,13 @@ async def earn_by_rule(
         rule=rule,
         reason=reason,
         order_id=order_id,
-        details=entry_details,
+        details={
+            **(details or {}),
+            "day": day,
+            "base_points": base_points,
+            "multiplier": str(multiplier),
+        },
     )
-    await ledger.announce(session, booked, tenant_id)
     if not booked.replayed:
         await tiers.upgrade_if_reached(session, account, rules, occurred_at)
     return booked
@@ -261,7 +352,6 @@ async def reconcile_order(
         order_id=order_id,
         details={"refunded_fen": refunded, "order_fen": amount},
     )
-    await ledger.announce(session, booked, account.tenant_id)
     return booked
 
 

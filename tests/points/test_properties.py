@@ -357,7 +357,6 @@ class Member:
                 order_id=order_id,
                 details={"amount_fen": op.amount_fen},
             )
-            await ledger.announce(session, booked, self.tenant_id)
             clawed = await service.reconcile_order(
                 session, account, order_id, source_key=f"clawback:paid:{order_id}"
             )
@@ -406,7 +405,6 @@ class Member:
                 source_key=self.name("redemption:"),
                 reason="coupon",
             )
-            await ledger.announce(session, booked, self.tenant_id)
             return booked
 
     async def debit(self, points: int, *, operator: bool) -> None:

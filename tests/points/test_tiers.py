@@ -23,12 +23,21 @@ async def brand(committed: Runtime) -> Brand:
     return await make_brand(committed)
 
 
-async def order(runtime: Runtime, brand: Brand, member: uuid.UUID, yuan: int, at: datetime) -> None:
-    """An order paid at `at` (the simulated clock), as the order.paid handler books it."""
+async def order(
+    runtime: Runtime,
+    brand: Brand,
+    member: uuid.UUID,
+    yuan: int,
+    at: datetime,
+    *,
+    own_transaction: bool = False,
+) -> None:
+    """An order paid at `at` (the simulated clock), as the order.paid handler books it
+    (in its session), or as a transaction of its own (on the engine)."""
     async with unit_of_work(runtime.sessionmaker) as session:
         rules = await load_rules(session, brand.tenant_id)
         await service.earn_by_rule(
-            session,
+            runtime.engine if own_transaction else session,
             brand.tenant_id,
             member,
             rule="order_paid",
@@ -55,15 +64,16 @@ async def tier_of(client: httpx.AsyncClient, brand: Brand, member: uuid.UUID) ->
     return body
 
 
+@pytest.mark.parametrize("own_transaction", [False, True], ids=["in-session", "on-engine"])
 async def test_upgrade_is_immediate_and_shows_what_is_missing(
-    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand
+    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand, own_transaction: bool
 ) -> None:
     member = await make_member(committed, brand)
     fresh = await tier_of(committed_client, brand, member)
     assert (fresh["tier"], fresh["next_tier"], fresh["missing"]) == ("bronze", "silver", 1000)
     now = datetime.now(UTC)
-    await order(committed, brand, member, 600, now)
-    await order(committed, brand, member, 500, now)
+    await order(committed, brand, member, 600, now, own_transaction=own_transaction)
+    await order(committed, brand, member, 500, now, own_transaction=own_transaction)
     status = await tier_of(committed_client, brand, member)
     assert (status["tier"], status["growth"], status["next_tier"], status["missing"]) == (
         "silver",
@@ -83,16 +93,17 @@ async def test_upgrade_is_immediate_and_shows_what_is_missing(
     assert events == [(None, "bronze"), ("bronze", "silver")]
 
 
+@pytest.mark.parametrize("own_transaction", [False, True], ids=["in-session", "on-engine"])
 async def test_diamond_earns_with_its_multiplier(
-    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand
+    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand, own_transaction: bool
 ) -> None:
     member = await make_member(committed, brand)
     now = datetime.now(UTC)
-    await order(committed, brand, member, 50_000, now)
+    await order(committed, brand, member, 50_000, now, own_transaction=own_transaction)
     assert (await tier_of(committed_client, brand, member))["tier"] == "diamond"
-    await order(committed, brand, member, 100, now)
+    await order(committed, brand, member, 101, now, own_transaction=own_transaction)
     last = await rows(committed, "SELECT points FROM points_ledger ORDER BY id DESC LIMIT 1")
-    assert last == [(150,)]  # diamond earns 1.5x
+    assert last == [(151,)]  # diamond earns 1.5x, rounded down
 
 
 async def test_quarterly_review_keeps_the_active_and_drops_the_rest(
