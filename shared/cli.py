@@ -120,6 +120,9 @@ def _use_uvloop() -> None:
 def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: bool) -> None:
     settings = _settings()
     configure_logging(settings.log_level)
+    if workers and not api and settings.worker_nice:
+        # Acknowledging integrations comes first (SCRM_WORKER_NICE).
+        os.nice(settings.worker_nice)
     _use_uvloop()
     with servers(settings) as (database_url, redis_url):
         asyncio.run(
@@ -176,10 +179,6 @@ def up() -> None:
 @click.option("--workers", "workers", is_flag=True, help="Run every worker, relay, scheduler.")
 def run_part(api: bool, workers: bool) -> None:
     """One part of `scrm up` (started by it; stops when its parent dies)."""
-    if workers and not api:
-        # Acknowledging integrations comes first: a processing backlog yields the
-        # CPU to the API and catches up when the flood is over.
-        os.nice(10)
     _run(
         list(SERVICES) if api else [],
         list(SERVICES) if workers else [],

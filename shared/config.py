@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=20, validation_alias="SCRM_WORKER_MAX_JOBS"
     )
+    # Scheduling priority of worker processes (Unix nice, added to the current one):
+    # where workers share cores with an API, a processing backlog yields the CPU to
+    # acknowledging integrations and catches up when the flood is over.
+    worker_nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=10, validation_alias="SCRM_WORKER_NICE"
+    )
     job_timeout_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=120.0, validation_alias="SCRM_JOB_TIMEOUT_SECONDS"
     )
