@@ -27,6 +27,7 @@ from shared.observability import (
     QUEUE_DEPTH,
     REGISTRY,
     SCHEDULED_DUE,
+    AccessSummary,
     RequestContextMiddleware,
 )
 from shared.runtime import Runtime
@@ -62,8 +63,11 @@ class ScrmApp(FastAPI):
 
     def __init__(self, *, front_doors: Sequence[FrontDoor] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Front doors take floods: their successes are logged as a summary line per
+        # route every 10 s; anything else they answer is logged request by request.
+        self.access_summary = AccessSummary()
         self._front_doors: list[tuple[FrontDoor, ASGIApp]] = [
-            (door, RequestContextMiddleware(door)) for door in front_doors
+            (door, RequestContextMiddleware(door, self.access_summary)) for door in front_doors
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +98,8 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
         if getattr(app.state, "runtime", None) is None:
             raise RuntimeError("create_app needs a Runtime (scrm serve/up provides one)")
         yield
+        if isinstance(app, ScrmApp):
+            app.access_summary.flush()  # the last interval's summary lines
 
     app = ScrmApp(
         front_doors=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -151,11 +152,58 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("arq.jobs").setLevel(logging.WARNING)
 
 
-class RequestContextMiddleware:
-    """Pure ASGI: request id in and out (X-Request-ID), request metrics per route."""
+class AccessSummary:
+    """Successful requests of a high-volume route, logged as one line per route and
+    status every `seconds` instead of one line each (the rest are logged each)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._counts: dict[tuple[str, str, int], list[float]] = {}
+        self._flush_scheduled = False
+
+    def record(self, method: str, route: str, status: int, elapsed: float) -> None:
+        entry = self._counts.get((method, route, status))
+        if entry is None:
+            self._counts[(method, route, status)] = [1, elapsed, elapsed]
+        else:
+            entry[0] += 1
+            entry[1] += elapsed
+            if elapsed > entry[2]:
+                entry[2] = elapsed
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self.seconds, self.flush)
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        self._flush_scheduled = False
+        for (method, route, status), (n, total, slowest) in counts.items():
+            _access_log.info(
+                "%s %s %d x%d in %gs",
+                method,
+                route,
+                status,
+                n,
+                self.seconds,
+                extra={
+                    "route": route,
+                    "status": status,
+                    "count": int(n),
+                    "seconds": self.seconds,
+                    "avg_ms": round(total / n * 1000, 2),
+                    "max_ms": round(slowest * 1000, 2),
+                },
+            )
+
+
+class RequestContextMiddleware:
+    """Pure ASGI: request id in and out (X-Request-ID), request metrics per route, and
+    an access log line per request (per route and interval for `summary` ones that
+    succeed)."""
+
+    def __init__(self, app: ASGIApp, summary: AccessSummary | None = None) -> None:
         self.app = app
+        self.summary = summary
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -219,7 +267,9 @@ class RequestContextMiddleware:
             requests, latency = _request_metrics(method, template, status)
             requests.inc()
             latency.observe(elapsed)
-            if _access_log.isEnabledFor(logging.INFO):
+            if self.summary is not None and 200 <= status < 300:
+                self.summary.record(method, template, status, elapsed)
+            elif _access_log.isEnabledFor(logging.INFO):
                 _access_log.info(
                     "%s %s %d",
                     method,

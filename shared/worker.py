@@ -29,6 +29,9 @@ from shared.scheduler import RUN_SCHEDULED_JOB, JobRegistry, backoff_seconds, ru
 
 log = logging.getLogger("scrm.worker")
 
+# Batchable deliveries per transaction.
+BATCH_SIZE = 25
+
 _CLAIM_MANY = text(
     """
     INSERT INTO processed_events (event_id, handler)
@@ -66,18 +69,33 @@ class EventDelivery:
         loop = asyncio.get_running_loop()
         budget = self.runtime.settings.job_timeout_seconds / 2
         deadline = loop.time() + budget
-        if len(batchable) > 1 and attempt == 1:
-            try:
-                async with asyncio.timeout(budget / 2):
-                    await self._deliver_batch(batchable)
-                batchable = []
-            except Exception as exc:
-                # A handler failed (or the batch was too slow): it rolled back as a
-                # whole; deliver each event alone so only a failing one is retried.
-                log.info("batch of %d deliveries failed (%r); one by one", len(batchable), exc)
-        remaining = [*batchable, *alone]
+        remaining: list[tuple[Event, Subscription]] = []
+        if attempt == 1:
+            # Batchable deliveries go in transactions of BATCH_SIZE: few commits, and a
+            # failed or slow batch throws away little work before its events go alone.
+            while batchable:
+                chunk, batchable = batchable[:BATCH_SIZE], batchable[BATCH_SIZE:]
+                left = deadline - loop.time()
+                if len(chunk) == 1 or left <= 0:
+                    remaining += chunk
+                    continue
+                try:
+                    # Half of what is left: deliveries one by one always get their turn.
+                    async with asyncio.timeout(left / 2):
+                        await self._deliver_batch(chunk)
+                except Exception as exc:
+                    # A handler failed (or the batch was too slow): it rolled back as
+                    # a whole; each of its events goes alone, so only a failing one
+                    # is retried.
+                    log.info("batch of %d deliveries failed (%r); one by one", len(chunk), exc)
+                    remaining += chunk
+        else:
+            remaining += batchable
+        remaining += alone
+        delivered_alone = 0
         while remaining:
-            if loop.time() > deadline:
+            # At least one delivery per job, so a slow one still makes progress.
+            if loop.time() > deadline and delivered_alone:
                 rest = sorted({event.id for event, _ in remaining})
                 await self.runtime.redis.enqueue_job(
                     DELIVER_JOB,
@@ -90,6 +108,7 @@ class EventDelivery:
                 return
             event, sub = remaining.pop(0)
             await self._deliver_one(event, sub, attempt)
+            delivered_alone += 1
 
     async def _work_for(
         self, event_ids: list[int], handler: str | None

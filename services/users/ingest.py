@@ -44,7 +44,8 @@ _STORE = """
         SELECT gen_random_uuid(), tenant_id, $6, jsonb_build_object('inbound_id', id)
           FROM stored
     )
-    SELECT tenant_id, source, dedupe_key FROM stored
+    -- The relay's wake-up, once (an uncorrelated subquery), and only if something is new.
+    SELECT tenant_id, source, dedupe_key, (SELECT pg_notify($7, '')) AS woke FROM stored
 """
 
 
@@ -176,17 +177,16 @@ class InboundWriter:
                 for i in items
             ],
             INBOUND_RECEIVED,
+            NOTIFY_CHANNEL,
         )
-        # The pool's connection, driven directly: one statement and a commit per batch.
+        # The pool's connection, driven directly: one statement per batch, which is a
+        # transaction of its own (autocommit): one round trip, no BEGIN or COMMIT.
         async with self.runtime.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    async with raw.transaction():
-                        rows = await raw.fetch(_STORE, *args)
-                        if rows:
-                            await raw.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+                    rows = await raw.fetch(_STORE, *args)
                     break
                 except _RETRYABLE:
                     if attempt == _ATTEMPTS:

@@ -168,6 +168,8 @@ class WeComCrypto:
         self._token = token
         self._key = key
         self._iv = key[:_AES_BLOCK]
+        # One cipher per key; each message gets its own encryptor or decryptor context.
+        self._cipher = Cipher(algorithms.AES(key), modes.CBC(self._iv))
         self._receive_id = receive_id
         self._receive_id_bytes = receive_id.encode("utf-8")
 
@@ -210,7 +212,7 @@ class WeComCrypto:
             raise _decrypt_failed("invalid base64") from exc
         if not ciphertext or len(ciphertext) % _AES_BLOCK:
             raise _decrypt_failed("ciphertext is not a whole number of AES blocks")
-        decryptor = Cipher(algorithms.AES(self._key), modes.CBC(self._iv)).decryptor()
+        decryptor = self._cipher.decryptor()
         plain = memoryview(decryptor.update(ciphertext) + decryptor.finalize())
 
         pad = plain[-1]
@@ -249,7 +251,7 @@ class WeComCrypto:
                 bytes((pad,)) * pad,
             )
         )
-        encryptor = Cipher(algorithms.AES(self._key), modes.CBC(self._iv)).encryptor()
+        encryptor = self._cipher.encryptor()
         return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode("ascii")
 
     def build_callback(

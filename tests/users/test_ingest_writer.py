@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from services.users.ingest import Inbound, InboundWriter
 from shared.db import unit_of_work
+from shared.events import NOTIFY_CHANNEL
 from shared.runtime import Runtime
 from tests.helpers import make_tenant
 
@@ -58,3 +59,31 @@ async def test_a_lone_event_is_written_without_waiting_for_company(committed: Ru
     finally:
         await writer.close()
     assert (first, again) == ([True], [False])
+
+
+async def test_a_batch_with_new_events_wakes_the_relay_once(committed: Runtime) -> None:
+    """The stored batch notifies the relay's channel; a batch of repeats does not."""
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = (await make_tenant(session)).id
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    async with committed.engine.connect() as conn:
+        listener = (await conn.get_raw_connection()).driver_connection
+        assert listener is not None
+
+        def hear(*args: object) -> None:
+            heard.put_nowait(str(args[1]))
+
+        await listener.add_listener(NOTIFY_CHANNEL, hear)
+        writer = InboundWriter(committed, batch_size=500, writers=1)
+        try:
+            items = [Inbound(tenant, "event", f"w{i}", "checkin", {}) for i in range(3)]
+            assert await writer.store(items) == [True] * 3
+            await asyncio.wait_for(heard.get(), timeout=5)
+            await asyncio.sleep(0.3)
+            assert heard.empty(), "one notification per batch"
+            assert await writer.store(items) == [False] * 3
+            await asyncio.sleep(0.5)
+            assert heard.empty(), "nothing new, nobody woken"
+        finally:
+            await writer.close()
+            await listener.remove_listener(NOTIFY_CHANNEL, hear)

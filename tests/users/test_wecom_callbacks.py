@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import httpx
 import pytest
 from sqlalchemy import text
 
+from shared.app import create_app
+from shared.events import SERVICES
 from shared.runtime import Runtime
 from tests.users.support import (
     WeComTenant,
@@ -301,3 +304,28 @@ async def test_oversized_callback_answers_413_and_stores_nothing(
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
     assert await scalar(committed, "SELECT count(*) FROM inbound_events") == 0
+
+
+async def test_accepted_callbacks_are_logged_as_a_summary(
+    committed: Runtime, corp: WeComTenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of accepted callbacks is one access-log line per interval; a rejected
+    callback still has a line of its own."""
+    app = create_app(SERVICES, committed)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    with caplog.at_level(logging.INFO, logger="scrm.access"):
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for n in range(3):
+                xml = contact_event("add_external_contact", ExternalUserID=f"wmLog{n}")
+                assert (await post(client, corp.callback(xml))).status_code == 200
+            forged = corp.callback(contact_event("add_external_contact"))
+            forged["params"]["msg_signature"] = "0" * 40
+            assert (await post(client, forged)).status_code == 401
+        lines = [r for r in caplog.records if r.name == "scrm.access"]
+        assert [(r.status, r.getMessage()) for r in lines] == [  # type: ignore[attr-defined]
+            (401, f"POST /v1/wecom/{corp.slug}/callback 401")
+        ]
+        app.access_summary.flush()
+    summary = [r for r in caplog.records if r.name == "scrm.access"][-1]
+    assert summary.getMessage() == "POST /v1/wecom/{tenant_slug}/callback 200 x3 in 10s"
+    assert summary.count == 3 and summary.max_ms >= summary.avg_ms > 0  # type: ignore[attr-defined]
