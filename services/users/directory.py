@@ -8,6 +8,7 @@ within that time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,20 +40,39 @@ class TenantDirectory:
         self.cipher = cipher
         self.ttl = ttl
         self._entries: dict[str, tuple[float, IngestConfig]] = {}
+        self._loading: dict[str, asyncio.Future[IngestConfig]] = {}
+        self._changes: dict[str, int] = {}
 
     async def get(self, slug: str) -> IngestConfig:
         """The tenant's ingestion settings; NotFound for an unknown slug."""
-        now = time.monotonic()
         cached = self._entries.get(slug)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        # One load per slug at a time: when an entry expires under a flood, the
+        # requests in flight wait for that one query instead of each running it.
+        loading = self._loading.get(slug)
+        if loading is None:
+            loading = asyncio.ensure_future(self._refresh(slug))
+            self._loading[slug] = loading
+            loading.add_done_callback(
+                lambda done: (
+                    self._loading.pop(slug, None) if self._loading.get(slug) is done else None
+                )
+            )
+        return await asyncio.shield(loading)
+
+    async def _refresh(self, slug: str) -> IngestConfig:
+        changes = self._changes.get(slug, 0)
         async with self.sessionmaker() as session:
             config = await self._load(session, slug)
-        self._entries[slug] = (now + self.ttl, config)
+        if self._changes.get(slug, 0) == changes:  # not read before a change: keep it
+            self._entries[slug] = (time.monotonic() + self.ttl, config)
         return config
 
     def forget(self, slug: str) -> None:
         self._entries.pop(slug, None)
+        self._loading.pop(slug, None)
+        self._changes[slug] = self._changes.get(slug, 0) + 1
 
     async def _load(self, session: AsyncSession, slug: str) -> IngestConfig:
         tenant = await session.scalar(select(Tenant).where(Tenant.slug == slug))

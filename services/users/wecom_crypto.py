@@ -99,6 +99,22 @@ def _refuse_declaration(*_args: object) -> NoReturn:
     raise WeComCryptoError("bad_xml", "XML with a DOCTYPE or ENTITY declaration is refused")
 
 
+# What WeCom sends: <xml> around flat children, each one CDATA section or plain text
+# without markup or references. Such a document is read with two regular
+# expressions; anything else (and any character XML refuses or normalises) goes
+# to the XML parser, so both ways give the same answer.
+_FLAT_CHILD = (
+    r"<(?P<tag>[A-Za-z_][A-Za-z0-9_.-]*)>"
+    r"(?:<!\[CDATA\[([^\]]*(?:\](?!\]>)[^\]]*)*)\]\]>|([^<&]*))"  # CDATA holds no "]]>"
+    r"</(?P=tag)>"
+)
+_FLAT_DOCUMENT = re.compile(
+    rf"[ \t\n]*<xml>((?:[ \t\n]*{_FLAT_CHILD})*)[ \t\n]*</xml>[ \t\n]*", re.S
+)
+_FLAT_CHILDREN = re.compile(_FLAT_CHILD, re.S)
+_NOT_PLAIN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\r\ud800-\udfff\ufffe\uffff]")
+
+
 def parse_xml(text: str) -> dict[str, str]:
     """The root's child elements as ``{tag: text}`` (CDATA unwrapped, nothing stripped).
 
@@ -106,6 +122,20 @@ def parse_xml(text: str) -> dict[str, str]:
     ignored, and a repeated tag keeps its last value. Any DOCTYPE or ENTITY
     declaration, and any malformed document, raises ``WeComCryptoError("bad_xml")``.
     """
+    document = _FLAT_DOCUMENT.fullmatch(text)
+    if document is not None and not _NOT_PLAIN.search(text):
+        flat: dict[str, str] = {}
+        for tag, cdata, plain in _FLAT_CHILDREN.findall(document.group(1)):
+            value = cdata or plain  # (an empty CDATA section leaves both empty)
+            if "]]>" in value:
+                break  # not well-formed: the parser below says why
+            flat[tag] = value
+        else:
+            return flat
+    return _parse_xml_document(text)
+
+
+def _parse_xml_document(text: str) -> dict[str, str]:
     parser = expat.ParserCreate("UTF-8")
     parser.StartDoctypeDeclHandler = _refuse_declaration
     parser.EntityDeclHandler = _refuse_declaration

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.users.wecom_crypto import (
     WeComCrypto,
     WeComCryptoError,
+    _parse_xml_document,
     check_encoding_aes_key,
     parse_xml,
 )
@@ -339,3 +344,57 @@ def test_callback_without_encrypt_or_with_bad_body(crypto: WeComCrypto) -> None:
         with pytest.raises(WeComCryptoError) as exc_info:
             crypto.decrypt_callback("sig", "1", "2", body)
         assert reason(exc_info) == "bad_xml"
+
+
+# The flat documents WeCom sends are read without the XML parser: the answer (or
+# the refusal) must be the parser's, whatever the text.
+_TAGS = st.sampled_from(["A", "Event", "ChangeType", "x.y", "_z", "xml", "a-1", "1bad", "B:c"])
+_TEXTS = st.lists(
+    st.sampled_from([*"ab <>&;]![CDATA/x\t\n\r", "]]>", "<![CDATA[", "\x01", "\ufffe", "é", "𝄞"]),
+    max_size=8,
+).map("".join)
+_CHILDREN = st.lists(
+    st.tuples(_TAGS, _TEXTS, st.sampled_from(["cdata", "plain", "raw"])), max_size=5
+)
+
+
+def _outcome(parse: Callable[[str], dict[str, str]], text: str) -> object:
+    try:
+        return parse(text)
+    except WeComCryptoError as exc:
+        return exc.reason
+
+
+@given(children=_CHILDREN, spacing=st.sampled_from(["", " ", "\n", "\t \n", "\r\n"]))
+@settings(max_examples=400, deadline=None)
+def test_flat_reading_agrees_with_the_xml_parser(
+    children: list[tuple[str, str, str]], spacing: str
+) -> None:
+    inner = spacing.join(
+        f"<{tag}><![CDATA[{text}]]></{tag}>"
+        if how == "cdata"
+        else f"<{tag}>{html.escape(text, quote=False)}</{tag}>"
+        if how == "plain"
+        else f"<{tag}>{text}</{tag}>"
+        for tag, text, how in children
+    )
+    text = f"{spacing}<xml>{spacing}{inner}{spacing}</xml>{spacing}"
+    assert _outcome(parse_xml, text) == _outcome(_parse_xml_document, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<xml></xml>",
+        "<xml><A><![CDATA[a]]>b]]></A></xml>",
+        "<xml><A>a]]>b</A></xml>",
+        "<xml><A>1</A><A>2</A></xml>",
+        "<xml><A>x\r\ny</A></xml>",
+        "<xml><A><![CDATA[x\r\ny]]></A></xml>",
+        "<xml><A>&amp;</A></xml>",
+        "<xml><A><B>deeper</B></A><C>1</C></xml>",
+        "\n<xml>\n<A>1</A>\n</xml>\n",
+    ],
+)
+def test_flat_reading_agrees_on_edge_cases(text: str) -> None:
+    assert _outcome(parse_xml, text) == _outcome(_parse_xml_document, text)
