@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -107,6 +108,11 @@ async def run_process(
                 asyncio.create_task(OutboxRelay(runtime, registry).run(stop), name="relay")
             )
             tasks.append(asyncio.create_task(Scheduler(runtime).run(stop), name="scheduler"))
+        # Everything loaded so far (modules, the app, its routes and models) lives as
+        # long as the process: keep it out of the collector's full passes, whose
+        # pauses would otherwise stall every request in flight now and then.
+        gc.collect()
+        gc.freeze()
         log.info(
             "scrm running",
             extra={

@@ -28,7 +28,7 @@ class UsersSettings(BaseSettings):
         default=1800.0, validation_alias="SCRM_WECOM_RETRY_MAX_SECONDS"
     )
     ingest_batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(
-        default=500, validation_alias="SCRM_INGEST_BATCH_SIZE"
+        default=100, validation_alias="SCRM_INGEST_BATCH_SIZE"
     )
     ingest_batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
         default=0.0, validation_alias="SCRM_INGEST_BATCH_WAIT_MS"
