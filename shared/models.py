@@ -94,7 +94,12 @@ class OutboxEvent(Base):
             "id",
             postgresql_where=text("published_at IS NULL"),
         ),
-        Index("ix_outbox_events_published_at", "published_at"),
+        # For the retention purge; unpublished rows (NULL) stay out of it.
+        Index(
+            "ix_outbox_events_published_at",
+            "published_at",
+            postgresql_where=text("published_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

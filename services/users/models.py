@@ -75,15 +75,24 @@ class InboundEvent(Base, TenantScoped):
     __table_args__ = (
         UniqueConstraint("tenant_id", "source", "dedupe_key", name="uq_inbound_events_dedupe"),
         CheckConstraint("source IN ('wecom','event','import')", name="source_known"),
+        # Set by processing: rows are written without an entry here.
+        Index(
+            "ix_inbound_events_contact_id",
+            "contact_id",
+            postgresql_where=text("contact_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # No index of its own: the dedupe key leads with it (every stored event writes
+    # each index, on the acknowledgement's path).
+    tenant_id: Mapped[uuid.UUID] = mapped_column()
     source: Mapped[str] = mapped_column(String(16))
     dedupe_key: Mapped[str] = mapped_column(String(300))
     type: Mapped[str] = mapped_column(String(100))
     # The raw event, encrypted (it names people); NULL once erased.
     payload_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
-    contact_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    contact_id: Mapped[uuid.UUID | None] = mapped_column()
     received_at: Mapped[datetime] = utcnow_column()
     processed_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(String(100))
