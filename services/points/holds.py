@@ -7,7 +7,6 @@ the item's stock. Locks: the member's account first, then the redemption.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from datetime import datetime
@@ -142,48 +141,25 @@ async def _reverse(
 ) -> int:
     """Book a reversal of `points` back into `lots`; a debt left by clawbacks is settled
     from it first, as an earning would. The reversal's entry id."""
-
-    def entry(kind: str, moved: int, balance_after: int, **extra: Any) -> dict[str, Any]:
-        return {
-            "tenant": account.tenant_id,
-            "account": account.id,
-            "kind": kind,
-            "points": moved,
-            "debt_delta": extra.get("debt_delta", 0),
-            "balance_after": balance_after,
-            "reason": extra.get("reason", reason),
-            "rule": None,
-            "source_key": extra.get("source_key", source_key),
-            "order_id": None,
-            "expires_at": None,
-            "details": json.dumps(extra.get("details", details), ensure_ascii=False),
-            "created_by": actor,
-        }
-
     balance = account.balance + points
-    written = await repository.insert_entry(session, entry("reversal", points, balance))
+    written = await repository.insert_entry(
+        session,
+        ledger.entry_values(
+            account,
+            "reversal",
+            points,
+            balance,
+            reason=reason,
+            source_key=source_key,
+            details=details,
+            created_by=actor,
+        ),
+    )
     assert written is not None, f"{source_key} was booked before"
     reversal_id = written[0]
     await repository.restore_lots(session, account, reversal_id, lots)
-    debt = account.debt
-    if debt:
-        settle = min(debt, points)
-        balance -= settle
-        debt -= settle
-        settled = await repository.insert_entry(
-            session,
-            entry(
-                "clawback",
-                -settle,
-                balance,
-                debt_delta=-settle,
-                reason="settles points owed from an earlier clawback",
-                source_key=f"settle:{reversal_id}",
-                details={"settles_for": reversal_id},
-            ),
-        )
-        assert settled is not None
-        taken = await repository.consume_lots(session, account.id, settle)
-        await repository.record_consumption(session, account, settled[0], taken)
+    balance, debt, _ = await ledger.settle_debt(
+        session, account, balance, points, credited_by=reversal_id, created_by=actor
+    )
     await repository.update_account(session, account.id, balance=balance, debt=debt, spent=-points)
     return reversal_id

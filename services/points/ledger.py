@@ -136,30 +136,10 @@ async def earn(
         kind=kind,
         rule=rule,
     )
-    debt = account.debt
-    settled: list[int] = []
-    if debt:
-        settle = min(debt, points)
-        balance -= settle
-        debt -= settle
-        written = await repository.insert_entry(
-            session,
-            entry_values(
-                account,
-                "clawback",
-                -settle,
-                balance,
-                debt_delta=-settle,
-                reason="settles points owed from an earlier clawback",
-                source_key=f"settle:{entry_id}",
-                details={"settles_for": entry_id},
-                created_by=created_by,
-            ),
-        )
-        assert written is not None
-        settled.append(written[0])
-        taken = await repository.consume_lots(session, account.id, settle)
-        await repository.record_consumption(session, account, written[0], taken)
+    balance, debt, settling = await settle_debt(
+        session, account, balance, points, credited_by=entry_id, created_by=created_by
+    )
+    settled = [] if settling is None else [settling]
     await repository.update_account(
         session, account.id, balance=balance, debt=debt, earned=points if kind == "earn" else 0
     )
@@ -174,6 +154,42 @@ async def earn(
         created_at,
         settled=settled,
     )
+
+
+async def settle_debt(
+    session: AsyncSession,
+    account: LockedAccount,
+    balance: int,
+    credited: int,
+    *,
+    credited_by: int,
+    created_by: str | None = None,
+) -> tuple[int, int, int | None]:
+    """Settle what the account owes from earlier clawbacks out of `credited` points just
+    booked (entry `credited_by`, which brought the balance to `balance`): the balance
+    and debt after, and the settling entry's id (None when nothing was owed)."""
+    if not account.debt:
+        return balance, 0, None
+    settle = min(account.debt, credited)
+    balance -= settle
+    written = await repository.insert_entry(
+        session,
+        entry_values(
+            account,
+            "clawback",
+            -settle,
+            balance,
+            debt_delta=-settle,
+            reason="settles points owed from an earlier clawback",
+            source_key=f"settle:{credited_by}",
+            details={"settles_for": credited_by},
+            created_by=created_by,
+        ),
+    )
+    assert written is not None
+    taken = await repository.consume_lots(session, account.id, settle)
+    await repository.record_consumption(session, account, written[0], taken)
+    return balance, account.debt - settle, written[0]
 
 
 async def spend(
