@@ -22,6 +22,8 @@ from shared.events import SERVICES
 from shared.idempotency import ReplayedResponse
 from shared.observability import (
     DLQ_SIZE,
+    INBOUND_LAG,
+    INBOUND_PENDING,
     OUTBOX_LAG,
     OUTBOX_PENDING,
     QUEUE_DEPTH,
@@ -41,7 +43,12 @@ _BUS_GAUGES = text(
               FROM outbox_events WHERE published_at IS NULL),
            (SELECT count(*) FROM dead_letters WHERE status = 'dead'),
            (SELECT count(*) FROM scheduled_jobs
-             WHERE status IN ('pending','enqueued') AND due_at < now())
+             WHERE status IN ('pending','enqueued') AND due_at < now()),
+           i.pending, i.lag
+      FROM (SELECT count(*) AS pending,
+                   COALESCE(EXTRACT(EPOCH FROM now() - min(received_at)), 0) AS lag
+              FROM inbound_events
+             WHERE processed_at IS NULL AND retry_at IS DISTINCT FROM 'infinity') i
     """
 )
 
@@ -164,15 +171,19 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
 
 
 async def _refresh_bus_gauges(rt: Runtime) -> None:
-    """Queue depth, outbox lag and DLQ size are read at scrape time, not tracked."""
+    """Queue depth, outbox and inbound lag, DLQ size are read at scrape time, not tracked."""
     try:
         async with asyncio.timeout(3):
             async with rt.engine.connect() as conn:
-                pending, lag, dead, overdue = (await conn.execute(_BUS_GAUGES)).one()
+                pending, lag, dead, overdue, inbound, inbound_lag = (
+                    await conn.execute(_BUS_GAUGES)
+                ).one()
             OUTBOX_PENDING.set(pending)
             OUTBOX_LAG.set(float(lag))
             DLQ_SIZE.set(dead)
             SCHEDULED_DUE.set(overdue)
+            INBOUND_PENDING.set(inbound)
+            INBOUND_LAG.set(float(inbound_lag))
             for service in SERVICES:
                 QUEUE_DEPTH.labels(service).set(await rt.redis.zcard(rt.queue_name(service)))
     except Exception as exc:

@@ -9,6 +9,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import Conflict, NotFound
+from shared.events import INBOUND_CHANNEL
 from shared.models import DeadLetter
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
@@ -69,6 +70,16 @@ async def replay_dead_letter(
             attempt=1,
             _queue_name=runtime.queue_name(letter.service),
         )
+    elif letter.inbound_event_id is not None:
+        # Due again for the users worker, which this wakes at commit.
+        await session.execute(
+            text(
+                "UPDATE inbound_events SET attempts = 0, retry_at = NULL, outcome = NULL "
+                "WHERE id = :id AND processed_at IS NULL"
+            ),
+            {"id": letter.inbound_event_id},
+        )
+        await session.execute(text(f"NOTIFY {INBOUND_CHANNEL}"))
     elif letter.scheduled_job_id is not None:
         await session.execute(
             text(

@@ -28,6 +28,8 @@ from shared.models import OutboxEvent
 
 SERVICES = ("users", "tagging", "campaigns", "points")
 NOTIFY_CHANNEL = "scrm_outbox"
+# Integrations' events stored for the users worker (services/users/ingest.py, consumer.py).
+INBOUND_CHANNEL = "scrm_inbound"
 
 
 @dataclass(frozen=True)

@@ -122,12 +122,13 @@ class ProcessedEvent(Base):
 
 
 class DeadLetter(Base):
-    """Work that kept failing: an event for one handler, or a scheduled job."""
+    """Work that kept failing: an event for one handler, a scheduled job, or an inbound event."""
 
     __tablename__ = "dead_letters"
     __table_args__ = (
         UniqueConstraint("event_id", "handler", name="uq_dead_letters_event_handler"),
         UniqueConstraint("scheduled_job_id", name="uq_dead_letters_scheduled_job"),
+        UniqueConstraint("inbound_event_id", name="uq_dead_letters_inbound_event"),
         CheckConstraint("status IN ('dead','replayed','resolved')", name="status_known"),
         Index("ix_dead_letters_tenant_id_id", "tenant_id", "id"),
     )
@@ -141,6 +142,10 @@ class DeadLetter(Base):
     )
     scheduled_job_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("scheduled_jobs.id", ondelete="CASCADE")
+    )
+    # An integration's event the users worker could not apply (services/users/consumer.py).
+    inbound_event_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("inbound_events.id", ondelete="CASCADE")
     )
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text)

@@ -56,6 +56,16 @@ OUTBOX_LAG = Gauge(
     "Age of the oldest committed event not yet published",
     registry=REGISTRY,
 )
+INBOUND_PENDING = Gauge(
+    "scrm_inbound_pending",
+    "Stored callbacks and webhook events not yet applied (dead letters aside)",
+    registry=REGISTRY,
+)
+INBOUND_LAG = Gauge(
+    "scrm_inbound_lag_seconds",
+    "Age of the oldest stored callback or webhook event not yet applied",
+    registry=REGISTRY,
+)
 DLQ_SIZE = Gauge("scrm_dlq_size", "Dead letters awaiting replay", registry=REGISTRY)
 SCHEDULED_DUE = Gauge(
     "scrm_scheduled_jobs_overdue",

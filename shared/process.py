@@ -25,7 +25,7 @@ from shared.events import load_subscriptions
 from shared.relay import OutboxRelay
 from shared.runtime import Runtime
 from shared.scheduler import Scheduler, jobs
-from shared.worker import build_worker
+from shared.worker import build_worker, worker_loops
 
 log = logging.getLogger("scrm.process")
 
@@ -103,6 +103,9 @@ async def run_process(
             for worker, service in zip(workers, worker_services, strict=True)
         ]
         tasks.extend(worker_tasks)
+        for service in worker_services:
+            for n, loop in enumerate(worker_loops(runtime, service)):
+                tasks.append(asyncio.create_task(loop.run(stop), name=f"loop:{service}:{n}"))
         if with_dispatch:
             tasks.append(
                 asyncio.create_task(OutboxRelay(runtime, registry).run(stop), name="relay")

@@ -157,13 +157,13 @@ class OutboxRelay:
                 except Exception:
                     log.exception("relay: publishing failed; retrying in 1 s")
                     handled = 0
-                    await _wait_any(stop, None, 1.0)
+                    await wait_any(stop, None, 1.0)
                     if listener is None or listener.is_closed():
                         listener = await self._listen()
                     continue
                 if handled >= self.batch_size:
                     continue
-                await _wait_any(stop, self._wake, self.idle_poll_seconds)
+                await wait_any(stop, self._wake, self.idle_poll_seconds)
         finally:
             if listener is not None and not listener.is_closed():
                 await listener.close()
@@ -178,7 +178,8 @@ class OutboxRelay:
         return conn
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+async def wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    """Wait until `stop` or `wake` is set, or `seconds` have passed."""
     waiters = [asyncio.ensure_future(stop.wait())]
     if wake is not None:
         waiters.append(asyncio.ensure_future(wake.wait()))

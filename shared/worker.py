@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from arq import Retry
 from arq.worker import Worker, func
@@ -50,6 +51,34 @@ _RECORD_DEAD = text(
            last_error = EXCLUDED.last_error, status = 'dead', updated_at = now()
     """
 )
+
+
+class WorkerLoop(Protocol):
+    """Work a service's worker process does besides its queue's jobs."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set."""
+
+    async def drain(self) -> int:
+        """Do everything due now, then return how many items it handled."""
+
+
+LoopFactory = Callable[[Runtime], WorkerLoop]
+_LOOPS: dict[str, dict[str, LoopFactory]] = {}
+
+
+def worker_loop(service: str) -> Callable[[LoopFactory], LoopFactory]:
+    """Register a loop that every worker process of `service` runs beside its jobs."""
+
+    def register(factory: LoopFactory) -> LoopFactory:
+        _LOOPS.setdefault(service, {})[f"{factory.__module__}.{factory.__qualname__}"] = factory
+        return factory
+
+    return register
+
+
+def worker_loops(runtime: Runtime, service: str) -> list[WorkerLoop]:
+    return [factory(runtime) for factory in _LOOPS.get(service, {}).values()]
 
 
 class EventDelivery:

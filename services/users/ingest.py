@@ -1,12 +1,12 @@
 """The write path of everything integrations send: store raw, dedupe, hand to workers.
 
 Requests wait only for their event to be durable: an `InboundWriter` gathers
-the events of concurrent requests and writes them in one transaction (one
-statement inserts the raw rows with their dedupe keys and the outbox rows that
-wake the users worker), then answers each request. A
-flood of callbacks therefore costs a few statements per hundreds of events,
-and a retried or replayed delivery is recognised by its dedupe key and not
-stored again. All processing happens later, in the users worker.
+the events of concurrent requests and writes them with one statement (the raw
+rows with their dedupe keys, and a NOTIFY that wakes the users worker), then
+answers each request. A flood of callbacks therefore costs one statement per
+up to a hundred events, and a retried or replayed delivery is recognised by
+its dedupe key and not stored again. All processing happens later, in the
+users worker, which claims the stored rows itself (consumer.py).
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from shared.crypto import FieldCipher
-from shared.events import NOTIFY_CHANNEL
+from shared.events import INBOUND_CHANNEL
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.users.ingest")
-
-INBOUND_RECEIVED = "users.inbound_received"
 
 _STORE = """
     WITH incoming AS (
@@ -38,14 +36,10 @@ _STORE = """
         SELECT tenant_id, source, dedupe_key, type, payload FROM incoming
          ORDER BY tenant_id, source, dedupe_key
         ON CONFLICT ON CONSTRAINT uq_inbound_events_dedupe DO NOTHING
-        RETURNING id, tenant_id, source, dedupe_key
-    ), published AS (
-        INSERT INTO outbox_events (event_id, tenant_id, type, payload)
-        SELECT gen_random_uuid(), tenant_id, $6, jsonb_build_object('inbound_id', id)
-          FROM stored
+        RETURNING tenant_id, source, dedupe_key
     )
-    -- The relay's wake-up, once (an uncorrelated subquery), and only if something is new.
-    SELECT tenant_id, source, dedupe_key, (SELECT pg_notify($7, '')) AS woke FROM stored
+    -- The users worker's wake-up, once (an uncorrelated subquery), only if something is new.
+    SELECT tenant_id, source, dedupe_key, (SELECT pg_notify($6, '')) AS woke FROM stored
 """
 
 
@@ -176,8 +170,7 @@ class InboundWriter:
                 )
                 for i in items
             ],
-            INBOUND_RECEIVED,
-            NOTIFY_CHANNEL,
+            INBOUND_CHANNEL,
         )
         # The pool's connection, driven directly: one statement per batch, which is a
         # transaction of its own (autocommit): one round trip, no BEGIN or COMMIT.

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -81,6 +82,8 @@ class InboundEvent(Base, TenantScoped):
             "contact_id",
             postgresql_where=text("contact_id IS NOT NULL"),
         ),
+        # What the users worker claims: only rows still to be applied.
+        Index("ix_inbound_events_unprocessed", "id", postgresql_where=text("processed_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -96,6 +99,10 @@ class InboundEvent(Base, TenantScoped):
     received_at: Mapped[datetime] = utcnow_column()
     processed_at: Mapped[datetime | None] = mapped_column()
     outcome: Mapped[str | None] = mapped_column(String(100))
+    # Failed applications: how many, when to try again ('infinity' once a dead letter).
+    attempts: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    retry_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Contact(Base, TenantScoped):

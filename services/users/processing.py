@@ -1,8 +1,9 @@
 """Applying what integrations sent (run by the users worker, never on the request path).
 
-Each inbound row is applied once: it is locked and marked processed in the
-same transaction as its effects. Every effect other services care about goes
-out as a domain event (contact.added, contact.lost, group.joined, order.paid...).
+Each inbound row is applied once: it is locked (consumer.py claims it) and
+marked processed in the same transaction as its effects. Every effect other
+services care about goes out as a domain event (contact.added, contact.lost,
+group.joined, order.paid...).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ def _ts(value: str | None) -> datetime:
         return datetime.now(UTC)
 
 
-async def process_inbound(session: AsyncSession, inbound_id: int) -> str | None:
-    """Apply one inbound event; returns its outcome (None when already applied)."""
-    row = await repository.lock_inbound(session, inbound_id)
-    if row is None or row.processed_at is not None:
+async def apply_inbound(session: AsyncSession, row: InboundEvent) -> str | None:
+    """Apply one inbound event the caller locked; returns its outcome (None when
+    it was already applied)."""
+    if row.processed_at is not None:
         return None
     if row.payload_enc is None:  # erased before it was applied
         outcome = "erased"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Select, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from services.users.models import (
     WebhookSecret,
     WeComSettings,
 )
+from shared.models import DeadLetter
 
 MAX_ACTIVE_WEBHOOK_SECRETS = 2
 
@@ -135,9 +136,98 @@ async def list_webhook_secrets(
 # -- inbound events ---------------------------------------------------------------------
 
 
-async def lock_inbound(session: AsyncSession, inbound_id: int) -> InboundEvent | None:
+def _claimable() -> Select[InboundEvent]:
+    # Through ix_inbound_events_unprocessed, in id order; rows other workers hold are
+    # passed over (SKIP LOCKED), and so are those waiting for a retry.
+    return (
+        select(InboundEvent)
+        .where(
+            InboundEvent.processed_at.is_(None),
+            or_(InboundEvent.retry_at.is_(None), InboundEvent.retry_at <= func.now()),
+        )
+        .order_by(InboundEvent.id)
+        .with_for_update(skip_locked=True)
+    )
+
+
+async def claim_inbound(session: AsyncSession, limit: int) -> Sequence[InboundEvent]:
+    """Lock up to `limit` rows due to be applied, oldest first."""
+    return (await session.scalars(_claimable().limit(limit))).all()
+
+
+async def claim_inbound_row(session: AsyncSession, inbound_id: int) -> InboundEvent | None:
+    """Lock one row if it is still due and no other worker holds it."""
+    return await session.scalar(_claimable().where(InboundEvent.id == inbound_id))
+
+
+async def inbound_attempts(session: AsyncSession, inbound_id: int) -> int | None:
+    """Failed attempts so far of a row still to be applied (locked), None if applied."""
     return await session.scalar(
-        select(InboundEvent).where(InboundEvent.id == inbound_id).with_for_update()
+        select(InboundEvent.attempts)
+        .where(InboundEvent.id == inbound_id, InboundEvent.processed_at.is_(None))
+        .with_for_update()
+    )
+
+
+async def record_inbound_failure(
+    session: AsyncSession, inbound_id: int, error: str, *, retry_in: float | None
+) -> InboundEvent | None:
+    """Count a failed application; retried in `retry_in` seconds, or never (None: a
+    dead letter, until replayed)."""
+    retry_at = (
+        text("'infinity'::timestamptz")
+        if retry_in is None
+        else func.now() + func.make_interval(0, 0, 0, 0, 0, 0, retry_in)
+    )
+    return await session.scalar(
+        update(InboundEvent)
+        .where(InboundEvent.id == inbound_id, InboundEvent.processed_at.is_(None))
+        .values(
+            attempts=InboundEvent.attempts + 1,
+            last_error=error,
+            retry_at=retry_at,
+            outcome="dead" if retry_in is None else InboundEvent.outcome,
+        )
+        .returning(InboundEvent)
+    )
+
+
+async def bury_inbound(session: AsyncSession, row: InboundEvent, handler: str) -> None:
+    """Record a dead letter for an inbound row (again, after a replay that failed too)."""
+    values = {
+        "tenant_id": row.tenant_id,
+        "service": "users",
+        "handler": handler,
+        "inbound_event_id": row.id,
+        "attempts": row.attempts,
+        "last_error": row.last_error or "",
+    }
+    statement = insert(DeadLetter).values(**values)
+    await session.execute(
+        statement.on_conflict_do_update(
+            constraint="uq_dead_letters_inbound_event",
+            set_={
+                "attempts": DeadLetter.attempts + statement.excluded.attempts,
+                "last_error": statement.excluded.last_error,
+                "status": "dead",
+                "updated_at": func.now(),
+            },
+        )
+    )
+
+
+async def count_pending_inbound(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(InboundEvent)
+            .where(
+                InboundEvent.processed_at.is_(None),
+                InboundEvent.tenant_id == tenant_id,
+                InboundEvent.retry_at.is_distinct_from(text("'infinity'::timestamptz")),
+            )
+        )
+        or 0
     )
 
 

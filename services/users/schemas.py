@@ -41,6 +41,11 @@ MAX_BATCH = 1000
 class UsersStatus(ServiceStatus):
     """Bus status of the users service for one tenant."""
 
+    inbound_pending: int = Field(
+        description="Callbacks and webhook events stored and not yet applied "
+        "(dead letters aside: see dead_letters)"
+    )
+
 
 class ContactRef(BaseModel):
     """The identifiers an event knows its contact by (at least one)."""

@@ -43,7 +43,8 @@ _PERSONAL: dict[str, PersonalKind] = {
 
 async def status(session: AsyncSession, runtime: Runtime, tenant_id: uuid.UUID) -> UsersStatus:
     found = await service_status(session, runtime, SERVICE, tenant_id)
-    return UsersStatus.model_validate(found.model_dump())
+    pending = await repository.count_pending_inbound(session, tenant_id)
+    return UsersStatus.model_validate({**found.model_dump(), "inbound_pending": pending})
 
 
 # -- integration settings ---------------------------------------------------------------

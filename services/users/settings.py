@@ -36,6 +36,12 @@ class UsersSettings(BaseSettings):
     ingest_writers: Annotated[int, Field(ge=1, le=32)] = Field(
         default=4, validation_alias="SCRM_INGEST_WRITERS"
     )
+    inbound_batch_size: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=25, validation_alias="SCRM_INBOUND_BATCH_SIZE"
+    )
+    inbound_concurrency: Annotated[int, Field(ge=1, le=32)] = Field(
+        default=2, validation_alias="SCRM_INBOUND_CONCURRENCY"
+    )
     tenant_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
         default=10.0, validation_alias="SCRM_TENANT_CACHE_SECONDS"
     )

@@ -7,22 +7,23 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.users import processing, sync
-from services.users.ingest import INBOUND_RECEIVED
+from services.users import sync
+from services.users.consumer import InboundConsumer
 from services.users.settings import users_settings
 from services.users.wecom_client import WeComApiError, WeComUnavailable
-from shared.events import Event, subscribe
+from shared.runtime import Runtime
 from shared.scheduler import RetryLater, ScheduledWork, deferral_seconds, scheduled_job
+from shared.worker import worker_loop
 
 GIVE_UP_AFTER_SECONDS = 7 * 86400
 
 log = logging.getLogger("scrm.users.tasks")
 
 
-@subscribe("users", INBOUND_RECEIVED, name="users.process_inbound", batch=False)
-async def process_inbound_event(session: AsyncSession, event: Event) -> None:
-    """Apply a stored callback or business event (once: the row is locked and marked)."""
-    await processing.process_inbound(session, int(event.payload["inbound_id"]))
+@worker_loop("users")
+def inbound_consumer(runtime: Runtime) -> InboundConsumer:
+    """Stored callbacks and business events, claimed and applied by every users worker."""
+    return InboundConsumer(runtime)
 
 
 @scheduled_job("users", "enrich_contact")

@@ -10,7 +10,7 @@ from shared.events import registry
 from shared.relay import OutboxRelay
 from shared.runtime import Runtime
 from shared.scheduler import Scheduler, jobs
-from shared.worker import build_worker
+from shared.worker import build_worker, worker_loops
 from tests.shared.bus_handlers import SCHEMA
 
 
@@ -30,8 +30,11 @@ async def relay_all(runtime: Runtime) -> int:
 
 
 async def work_until_idle(runtime: Runtime, *services: str) -> None:
-    """Run burst workers until every named service's queue is empty (deferred retries too)."""
+    """Run burst workers until every named service's queue is empty (deferred retries
+    too), with the service's own loops (the users worker's inbound events) drained first."""
     for service in services:
+        for loop in worker_loops(runtime, service):
+            await asyncio.wait_for(loop.drain(), timeout=30)
         worker = build_worker(runtime, service, registry, jobs, burst=True)
         try:
             await asyncio.wait_for(worker.main(), timeout=30)

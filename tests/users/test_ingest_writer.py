@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from services.users.ingest import Inbound, InboundWriter
 from shared.db import unit_of_work
-from shared.events import NOTIFY_CHANNEL
+from shared.events import INBOUND_CHANNEL
 from shared.runtime import Runtime
 from tests.helpers import make_tenant
 
@@ -17,6 +17,8 @@ from tests.helpers import make_tenant
 async def test_overlapping_concurrent_batches_store_each_key_once(committed: Runtime) -> None:
     async with unit_of_work(committed.sessionmaker) as session:
         tenant = (await make_tenant(session)).id
+    async with committed.engine.connect() as conn:
+        outbox_before = await conn.scalar(text("SELECT count(*) FROM outbox_events"))
     writer = InboundWriter(committed, batch_size=250, writers=4)
     keys = [f"k{i:03d}" for i in range(1000)]
 
@@ -39,14 +41,15 @@ async def test_overlapping_concurrent_batches_store_each_key_once(committed: Run
         stored = await conn.scalar(
             text("SELECT count(*) FROM inbound_events WHERE tenant_id = :t"), {"t": tenant}
         )
-        wakeups = await conn.scalar(
+        pending = await conn.scalar(
             text(
-                "SELECT count(*) FROM outbox_events WHERE tenant_id = :t"
-                " AND type = 'users.inbound_received'"
+                "SELECT count(*) FROM inbound_events WHERE tenant_id = :t AND processed_at IS NULL"
             ),
             {"t": tenant},
         )
-    assert stored == wakeups == len(keys)
+        outbox = await conn.scalar(text("SELECT count(*) FROM outbox_events"))
+    assert stored == pending == len(keys)
+    assert outbox == outbox_before, "stored events wake the users worker without an outbox row"
 
 
 async def test_a_lone_event_is_written_without_waiting_for_company(committed: Runtime) -> None:
@@ -61,8 +64,8 @@ async def test_a_lone_event_is_written_without_waiting_for_company(committed: Ru
     assert (first, again) == ([True], [False])
 
 
-async def test_a_batch_with_new_events_wakes_the_relay_once(committed: Runtime) -> None:
-    """The stored batch notifies the relay's channel; a batch of repeats does not."""
+async def test_a_batch_with_new_events_wakes_the_users_workers_once(committed: Runtime) -> None:
+    """The stored batch notifies the users workers' channel; a batch of repeats does not."""
     async with unit_of_work(committed.sessionmaker) as session:
         tenant = (await make_tenant(session)).id
     heard: asyncio.Queue[str] = asyncio.Queue()
@@ -73,7 +76,7 @@ async def test_a_batch_with_new_events_wakes_the_relay_once(committed: Runtime) 
         def hear(*args: object) -> None:
             heard.put_nowait(str(args[1]))
 
-        await listener.add_listener(NOTIFY_CHANNEL, hear)
+        await listener.add_listener(INBOUND_CHANNEL, hear)
         writer = InboundWriter(committed, batch_size=500, writers=1)
         try:
             items = [Inbound(tenant, "event", f"w{i}", "checkin", {}) for i in range(3)]
@@ -86,4 +89,4 @@ async def test_a_batch_with_new_events_wakes_the_relay_once(committed: Runtime) 
             assert heard.empty(), "nothing new, nobody woken"
         finally:
             await writer.close()
-            await listener.remove_listener(NOTIFY_CHANNEL, hear)
+            await listener.remove_listener(INBOUND_CHANNEL, hear)

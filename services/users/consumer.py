@@ -1,0 +1,177 @@
+"""Applying stored inbound events: every users worker claims them straight from Postgres.
+
+The write path (ingest.py) stores each callback or webhook event with one
+statement that also sends `NOTIFY scrm_inbound`. Each users worker process
+listens, claims unprocessed rows oldest first with `FOR UPDATE SKIP LOCKED`
+(so any number of workers share a flood without meeting), and applies them in
+the transaction that marks them processed: an event is applied once, and a
+worker killed midway leaves its rows to the others as its transaction rolls
+back. No outbox row, relay or queue stands between a stored event and its
+worker, and it wakes within a round trip of the commit (and polls once a
+second, for retries that fall due and notifications it missed).
+
+Rows go `SCRM_INBOUND_BATCH_SIZE` to a transaction. A batch that fails rolls
+back as a whole and its rows go one by one; a row that fails alone is tried
+again after `SCRM_EVENT_RETRY_BASE_SECONDS` (4x longer each time), and after
+`SCRM_EVENT_MAX_ATTEMPTS` it becomes a dead letter that `scrm dlq replay`
+makes due again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg  # type: ignore[import-untyped]
+
+from services.users import processing, repository
+from services.users.settings import users_settings
+from shared.config import plain_postgres_url
+from shared.db import unit_of_work
+from shared.events import INBOUND_CHANNEL
+from shared.observability import EVENTS_HANDLED
+from shared.relay import wait_any
+from shared.runtime import Runtime
+from shared.scheduler import backoff_seconds
+
+log = logging.getLogger("scrm.users.consumer")
+
+# The name inbound events carry in dead letters, logs and metrics.
+HANDLER = "users.process_inbound"
+
+
+class InboundConsumer:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+        idle_poll_seconds: float = 1.0,
+    ) -> None:
+        settings = users_settings()
+        self.runtime = runtime
+        self.batch_size = batch_size or settings.inbound_batch_size
+        self.concurrency = concurrency or settings.inbound_concurrency
+        self.idle_poll_seconds = idle_poll_seconds
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._listening = asyncio.Lock()
+
+    async def step(self) -> int:
+        """Claim and apply one batch; returns how many rows it handled."""
+        claimed: list[int] = []
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                rows = await repository.claim_inbound(session, self.batch_size)
+                claimed = [row.id for row in rows]
+                for row in rows:
+                    await processing.apply_inbound(session, row)
+        except Exception as exc:
+            if not claimed:
+                raise  # nothing claimed: the database itself is in trouble
+            if len(claimed) == 1:
+                await self._failed(claimed[0], exc)
+                return 1
+            # One of them failed (or the batch lost a deadlock): all rolled back, and
+            # each goes alone, so only a failing row is retried.
+            log.info("batch of %d inbound events failed (%r); one by one", len(claimed), exc)
+            for inbound_id in claimed:
+                await self.apply_one(inbound_id)
+            return len(claimed)
+        EVENTS_HANDLED.labels("users", "ok").inc(len(claimed))
+        return len(claimed)
+
+    async def apply_one(self, inbound_id: int) -> None:
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                row = await repository.claim_inbound_row(session, inbound_id)
+                if row is None:
+                    return  # applied meanwhile, or another worker holds it
+                await processing.apply_inbound(session, row)
+        except Exception as exc:
+            await self._failed(inbound_id, exc)
+            return
+        EVENTS_HANDLED.labels("users", "ok").inc()
+
+    async def _failed(self, inbound_id: int, exc: Exception) -> None:
+        """Count the failure on the row: retried later, or a dead letter at the last attempt."""
+        settings = self.runtime.settings
+        error = f"{type(exc).__name__}: {exc}"[:4000]
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            attempts = await repository.inbound_attempts(session, inbound_id)
+            if attempts is None:
+                return  # applied meanwhile
+            attempt = attempts + 1
+            dead = attempt >= settings.event_max_attempts
+            row = await repository.record_inbound_failure(
+                session,
+                inbound_id,
+                error,
+                retry_in=None
+                if dead
+                else backoff_seconds(settings.event_retry_base_seconds, attempt),
+            )
+            if row is not None and dead:
+                await repository.bury_inbound(session, row, HANDLER)
+        log.warning(
+            "inbound event %s failed, attempt %d/%d: %r",
+            inbound_id,
+            attempt,
+            settings.event_max_attempts,
+            exc,
+            exc_info=exc,
+        )
+        if dead:
+            EVENTS_HANDLED.labels("users", "dead").inc()
+            log.error("inbound event %s is a dead letter", inbound_id)
+        else:
+            EVENTS_HANDLED.labels("users", "failed").inc()
+
+    async def drain(self) -> int:
+        """Apply everything due now (tests, and `scrm worker --burst`-like runs)."""
+        total = 0
+        while handled := await self.step():
+            total += handled
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and apply until `stop` is set; survives database outages."""
+        await self._listen()
+        try:
+            await asyncio.gather(*(self._loop(stop) for _ in range(self.concurrency)))
+        finally:
+            if self._listener is not None and not self._listener.is_closed():
+                await self._listener.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            # Taken before claiming: a NOTIFY that arrives meanwhile wakes the next round.
+            wake = self._wake
+            try:
+                handled = await self.step()
+            except Exception:
+                log.exception("inbound: claiming failed; retrying in 1 s")
+                await wait_any(stop, None, 1.0)
+                await self._listen()
+                continue
+            if handled < self.batch_size:
+                await wait_any(stop, wake, self.idle_poll_seconds)
+
+    def _notified(self, *_: object) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def _listen(self) -> None:
+        async with self._listening:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            try:
+                conn = await asyncpg.connect(
+                    plain_postgres_url(self.runtime.database_url), timeout=5
+                )
+                await conn.add_listener(INBOUND_CHANNEL, self._notified)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("inbound: LISTEN unavailable (%s); polling only", exc)
+                return
+            self._listener = conn

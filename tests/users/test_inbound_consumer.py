@@ -1,0 +1,212 @@
+"""The users worker claims stored events itself: batches, failures, dead letters, kills."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.users import processing
+from services.users.consumer import HANDLER, InboundConsumer
+from services.users.models import InboundEvent
+from shared.runtime import Runtime
+from tests.helpers import bearer
+from tests.users.support import WeComTenant, post, wecom_tenant
+
+
+@pytest.fixture
+async def corp(committed: Runtime) -> WeComTenant:
+    return await wecom_tenant(committed)
+
+
+def order(event_id: str, phone: str) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "type": "order.paid",
+        "occurred_at": "2026-11-20T10:00:00+08:00",
+        "contact": {"phone": phone},
+        "properties": {"order_id": f"SO-{event_id}", "amount_fen": 100},
+    }
+
+
+async def value(runtime: Runtime, sql: str, **params: Any) -> Any:
+    async with runtime.engine.connect() as conn:
+        return await conn.scalar(text(sql), params)
+
+
+async def send_orders(
+    client: httpx.AsyncClient, corp: WeComTenant, ids: list[str], phones: int
+) -> None:
+    for start in range(0, len(ids), 200):
+        events = [order(e, f"1380000{int(e[1:]) % phones:04d}") for e in ids[start : start + 200]]
+        response = await post(client, corp.signed({"events": events}))
+        assert response.status_code == 202, response.text
+
+
+async def test_a_failing_event_is_retried_alone_dead_lettered_and_replayed(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    healed = False
+    apply = processing.apply_inbound
+
+    async def broken_for_e2(session: AsyncSession, row: InboundEvent) -> str | None:
+        if row.dedupe_key == "e2" and not healed:
+            raise RuntimeError("cannot apply e2")
+        return await apply(session, row)
+
+    monkeypatch.setattr(processing, "apply_inbound", broken_for_e2)
+    await send_orders(committed_client, corp, ["e1", "e2", "e3", "e4"], phones=4)
+    metrics = (await committed_client.get("/metrics")).text
+    assert "scrm_inbound_pending 4.0" in metrics
+    status = await committed_client.get("/v1/users/status", headers=bearer(corp.admin))
+    assert status.json()["inbound_pending"] == 4
+    consumer = InboundConsumer(committed, batch_size=10)
+    # The batch fails as a whole; its events go one by one and only e2 fails.
+    assert await consumer.step() == 4
+    assert await value(committed, "SELECT count(*) FROM contact_events") == 3
+    row = await value(
+        committed,
+        "SELECT row(attempts, outcome, last_error, retry_at IS NOT NULL)::text"
+        " FROM inbound_events WHERE dedupe_key = 'e2'",
+    )
+    assert row == '(1,,"RuntimeError: cannot apply e2",t)', "due again later"
+    # Retried with backoff (0.02 s, then 0.08 s here) until the last attempt.
+    for _ in range(100):
+        await consumer.drain()
+        if await value(committed, "SELECT count(*) FROM dead_letters"):
+            break
+        await asyncio.sleep(0.05)
+    state = await value(
+        committed,
+        "SELECT row(attempts, outcome, processed_at IS NULL, retry_at = 'infinity')::text"
+        " FROM inbound_events WHERE dedupe_key = 'e2'",
+    )
+    assert state == f"({committed.settings.event_max_attempts},dead,t,t)"
+    assert await consumer.drain() == 0, "a dead letter is not claimed again"
+    metrics = (await committed_client.get("/metrics")).text
+    assert "scrm_inbound_pending 0.0" in metrics and "scrm_dlq_size 1.0" in metrics
+    status = await committed_client.get("/v1/users/status", headers=bearer(corp.admin))
+    assert (status.json()["inbound_pending"], status.json()["dead_letters"]) == (0, 1)
+
+    listed = (await committed_client.get("/v1/admin/dlq", headers=bearer(corp.admin))).json()[
+        "items"
+    ]
+    assert len(listed) == 1
+    letter = listed[0]
+    assert (letter["service"], letter["handler"], letter["status"]) == ("users", HANDLER, "dead")
+    assert letter["attempts"] == committed.settings.event_max_attempts
+    assert "cannot apply e2" in letter["last_error"]
+
+    healed = True
+    replayed = await committed_client.post(
+        f"/v1/admin/dlq/{letter['id']}/replay", headers=bearer(corp.admin)
+    )
+    assert replayed.status_code == 200 and replayed.json()["status"] == "replayed"
+    assert await consumer.drain() == 1
+    assert await value(committed, "SELECT count(*) FROM contact_events") == 4
+    assert (
+        await value(committed, "SELECT count(*) FROM outbox_events WHERE type = 'order.paid'") == 4
+    )
+    assert (
+        await value(committed, "SELECT count(*) FROM inbound_events WHERE processed_at IS NULL")
+        == 0
+    )
+
+
+async def test_concurrent_workers_share_a_backlog_and_apply_each_event_once(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    # 600 orders of 40 people: concurrent batches keep meeting on the same contacts.
+    ids = [f"o{i}" for i in range(600)]
+    await send_orders(committed_client, corp, ids, phones=40)
+    consumers = [InboundConsumer(committed, batch_size=25) for _ in range(4)]
+    handled = await asyncio.gather(*(c.drain() for c in consumers))
+    assert sum(handled) >= 600
+    assert (
+        await value(committed, "SELECT count(*) FROM contacts WHERE merged_into_id IS NULL") == 40
+    )
+    assert await value(committed, "SELECT count(*) FROM contact_events") == 600
+    assert (
+        await value(committed, "SELECT count(*) FROM outbox_events WHERE type = 'order.paid'")
+        == 600
+    )
+    assert (
+        await value(committed, "SELECT count(*) FROM inbound_events WHERE processed_at IS NOT NULL")
+        == 600
+    )
+    assert await value(committed, "SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_a_running_worker_wakes_on_the_stored_events_notification(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    stop = asyncio.Event()
+    # No polling to speak of: only the NOTIFY of the stored batch can wake it in time.
+    consumer = InboundConsumer(committed, idle_poll_seconds=60)
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.sleep(0.3)  # listening, idle
+        await send_orders(committed_client, corp, ["w1"], phones=1)
+        started = time.monotonic()
+        while not await value(committed, "SELECT count(*) FROM contact_events"):
+            assert time.monotonic() - started < 5, "not woken by the notification"
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=5)
+
+
+@pytest.mark.slow
+async def test_worker_killed_midway_loses_and_repeats_nothing(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    scrm_env: dict[str, str],
+) -> None:
+    """A real `scrm worker --service users` is SIGKILLed with batches in flight."""
+    env = {
+        **scrm_env,
+        "SCRM_EXTRA_TASK_MODULES": "tests.shared.bus_handlers,tests.users.slow_inbound",
+    }
+    command = [sys.executable, "-m", "shared.cli", "worker", "--service", "users"]
+    total = 400
+    first = subprocess.Popen(command, env=env)
+    try:
+        await send_orders(committed_client, corp, [f"k{i}" for i in range(total)], phones=50)
+        started = time.monotonic()
+        while await value(committed, "SELECT count(*) FROM contact_events") < 50:
+            assert time.monotonic() - started < 60, "the worker applied nothing"
+            await asyncio.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    done_by_first = await value(committed, "SELECT count(*) FROM contact_events")
+    assert 50 <= done_by_first < total, "killed with work in flight"
+    second = subprocess.Popen(command, env=env)
+    try:
+        started = time.monotonic()
+        while await value(
+            committed, "SELECT count(*) FROM inbound_events WHERE processed_at IS NULL"
+        ):
+            assert time.monotonic() - started < 60, "the second worker did not finish"
+            await asyncio.sleep(0.05)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=20)
+    assert await value(committed, "SELECT count(*) FROM contact_events") == total
+    assert (
+        await value(committed, "SELECT count(*) FROM outbox_events WHERE type = 'order.paid'")
+        == total
+    )
+    assert await value(committed, "SELECT count(*) FROM dead_letters") == 0
