@@ -65,8 +65,9 @@ class InboundConsumer:
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 rows = await repository.claim_inbound(session, self.batch_size)
                 claimed = [row.id for row in rows]
-                for row in rows:
-                    await processing.apply_inbound(session, row)
+                applied = [(row, await processing.apply_inbound(session, row)) for row in rows]
+                if applied:
+                    await repository.mark_inbound_applied(session, applied)
         except Exception as exc:
             if not claimed:
                 raise  # nothing claimed: the database itself is in trouble
@@ -88,7 +89,8 @@ class InboundConsumer:
                 row = await repository.claim_inbound_row(session, inbound_id)
                 if row is None:
                     return  # applied meanwhile, or another worker holds it
-                await processing.apply_inbound(session, row)
+                outcome = await processing.apply_inbound(session, row)
+                await repository.mark_inbound_applied(session, [(row, outcome)])
         except Exception as exc:
             await self._failed(inbound_id, exc)
             return

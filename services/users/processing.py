@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.users import consent, repository
 from services.users.identity import resolve
 from services.users.ingest import read_payload
-from services.users.models import Contact, InboundEvent
+from services.users.models import Contact
+from services.users.repository import StoredEvent
 from shared.events import publish
 from shared.runtime import runtime_of
 from shared.scheduler import schedule
@@ -35,29 +36,26 @@ def _ts(value: str | None) -> datetime:
         return datetime.now(UTC)
 
 
-async def apply_inbound(session: AsyncSession, row: InboundEvent) -> str | None:
-    """Apply one inbound event the caller locked; returns its outcome (None when
-    it was already applied)."""
-    if row.processed_at is not None:
-        return None
+async def apply_inbound(session: AsyncSession, row: StoredEvent) -> str:
+    """Apply one inbound event the caller claimed; returns its outcome.
+
+    The row itself is left alone: the caller marks it applied (with the outcome
+    and `row.contact_id`) at the end of its transaction. Until then the row is
+    only locked, not updated, so a retried delivery of the same event checking
+    its dedupe key does not wait for this transaction.
+    """
     if row.payload_enc is None:  # erased before it was applied
-        outcome = "erased"
-    else:
-        payload = read_payload(runtime_of(session).cipher, row.tenant_id, row.payload_enc)
-        if row.source == "wecom":
-            outcome = await _apply_wecom(session, row, payload)
-        else:
-            outcome = await _apply_business_event(session, row, payload)
-    row.processed_at = datetime.now(UTC)
-    row.outcome = outcome
-    await session.flush()
-    return outcome
+        return "erased"
+    payload = read_payload(runtime_of(session).cipher, row.tenant_id, row.payload_enc)
+    if row.source == "wecom":
+        return await _apply_wecom(session, row, payload)
+    return await _apply_business_event(session, row, payload)
 
 
 # -- WeCom -------------------------------------------------------------------------------
 
 
-async def _apply_wecom(session: AsyncSession, row: InboundEvent, payload: dict[str, Any]) -> str:
+async def _apply_wecom(session: AsyncSession, row: StoredEvent, payload: dict[str, Any]) -> str:
     msg: dict[str, str] = payload["msg"]
     event = msg.get("Event", "")
     change = msg.get("ChangeType", "")
@@ -83,7 +81,7 @@ async def _apply_wecom(session: AsyncSession, row: InboundEvent, payload: dict[s
 
 
 async def _contact_change(
-    session: AsyncSession, row: InboundEvent, msg: dict[str, str], change: str
+    session: AsyncSession, row: StoredEvent, msg: dict[str, str], change: str
 ) -> str:
     tenant_id = row.tenant_id
     staff = msg.get("UserID", "")
@@ -210,7 +208,7 @@ def _member_ids(xml_text: str) -> list[str]:
 
 
 async def _chat_change(
-    session: AsyncSession, row: InboundEvent, msg: dict[str, str], change: str, xml: str
+    session: AsyncSession, row: StoredEvent, msg: dict[str, str], change: str, xml: str
 ) -> str:
     tenant_id = row.tenant_id
     chat_id = msg.get("ChatId", "")
@@ -260,7 +258,7 @@ async def _chat_change(
 
 async def _member_changes(
     session: AsyncSession,
-    row: InboundEvent,
+    row: StoredEvent,
     chat_id: str,
     detail: str,
     members: list[str],
@@ -333,7 +331,7 @@ async def _member_changes(
 
 
 async def _apply_business_event(
-    session: AsyncSession, row: InboundEvent, event: dict[str, Any]
+    session: AsyncSession, row: StoredEvent, event: dict[str, Any]
 ) -> str:
     tenant_id = row.tenant_id
     cipher = runtime_of(session).cipher

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, text, update
+from sqlalchemy import Row, Select, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -136,11 +137,32 @@ async def list_webhook_secrets(
 # -- inbound events ---------------------------------------------------------------------
 
 
-def _claimable() -> Select[InboundEvent]:
+@dataclass
+class StoredEvent:
+    """What applying needs of a claimed inbound row; applying sets `contact_id`."""
+
+    id: int
+    tenant_id: uuid.UUID
+    source: str
+    dedupe_key: str
+    payload_enc: bytes | None
+    contact_id: uuid.UUID | None = None
+
+
+_CLAIMED = (
+    InboundEvent.id,
+    InboundEvent.tenant_id,
+    InboundEvent.source,
+    InboundEvent.dedupe_key,
+    InboundEvent.payload_enc,
+)
+
+
+def _claimable() -> Select[int, uuid.UUID, str, str, bytes | None]:
     # Through ix_inbound_events_unprocessed, in id order; rows other workers hold are
     # passed over (SKIP LOCKED), and so are those waiting for a retry.
     return (
-        select(InboundEvent)
+        select(*_CLAIMED)
         .where(
             InboundEvent.processed_at.is_(None),
             or_(InboundEvent.retry_at.is_(None), InboundEvent.retry_at <= func.now()),
@@ -150,14 +172,46 @@ def _claimable() -> Select[InboundEvent]:
     )
 
 
-async def claim_inbound(session: AsyncSession, limit: int) -> Sequence[InboundEvent]:
+async def claim_inbound(session: AsyncSession, limit: int) -> list[StoredEvent]:
     """Lock up to `limit` rows due to be applied, oldest first."""
-    return (await session.scalars(_claimable().limit(limit))).all()
+    return [_stored(row) for row in await session.execute(_claimable().limit(limit))]
 
 
-async def claim_inbound_row(session: AsyncSession, inbound_id: int) -> InboundEvent | None:
+async def claim_inbound_row(session: AsyncSession, inbound_id: int) -> StoredEvent | None:
     """Lock one row if it is still due and no other worker holds it."""
-    return await session.scalar(_claimable().where(InboundEvent.id == inbound_id))
+    row = (await session.execute(_claimable().where(InboundEvent.id == inbound_id))).first()
+    return None if row is None else _stored(row)
+
+
+def _stored(row: Row[int, uuid.UUID, str, str, bytes | None]) -> StoredEvent:
+    inbound_id, tenant_id, source, dedupe_key, payload_enc = row
+    return StoredEvent(inbound_id, tenant_id, source, dedupe_key, payload_enc)
+
+
+_MARK_APPLIED = text(
+    """
+    UPDATE inbound_events i
+       SET processed_at = now(), outcome = a.outcome, contact_id = a.contact_id
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[]),
+                  CAST(:contacts AS uuid[])) AS a(id, outcome, contact_id)
+     WHERE i.id = a.id
+    """
+)
+
+
+async def mark_inbound_applied(
+    session: AsyncSession, applied: Sequence[tuple[StoredEvent, str]]
+) -> None:
+    """Mark claimed rows applied, with their outcomes: one statement, as the last of
+    the transaction (see processing.apply_inbound)."""
+    await session.execute(
+        _MARK_APPLIED,
+        {
+            "ids": [row.id for row, _ in applied],
+            "outcomes": [outcome[:100] for _, outcome in applied],
+            "contacts": [row.contact_id for row, _ in applied],
+        },
+    )
 
 
 async def inbound_attempts(session: AsyncSession, inbound_id: int) -> int | None:

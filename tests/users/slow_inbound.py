@@ -9,12 +9,12 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing
-from services.users.models import InboundEvent
+from services.users.repository import StoredEvent
 
 _apply = processing.apply_inbound
 
 
-async def _slowly(session: AsyncSession, row: InboundEvent) -> str | None:
+async def _slowly(session: AsyncSession, row: StoredEvent) -> str:
     await asyncio.sleep(0.02)
     return await _apply(session, row)
 

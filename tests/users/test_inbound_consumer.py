@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing
 from services.users.consumer import HANDLER, InboundConsumer
-from services.users.models import InboundEvent
+from services.users.repository import StoredEvent
 from shared.runtime import Runtime
 from tests.helpers import bearer
 from tests.users.support import WeComTenant, post, wecom_tenant
@@ -60,7 +60,7 @@ async def test_a_failing_event_is_retried_alone_dead_lettered_and_replayed(
     healed = False
     apply = processing.apply_inbound
 
-    async def broken_for_e2(session: AsyncSession, row: InboundEvent) -> str | None:
+    async def broken_for_e2(session: AsyncSession, row: StoredEvent) -> str:
         if row.dedupe_key == "e2" and not healed:
             raise RuntimeError("cannot apply e2")
         return await apply(session, row)
