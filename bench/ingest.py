@@ -261,6 +261,11 @@ async def main(args: argparse.Namespace) -> None:
         print(line(f"webhook requests: scrm ({args.batch} events each)", scrm_wh))
         print(line("webhook events: scrm", scrm_wh, "events/s", args.batch))
         print(f"    -> {scrm_wh.rate / ceiling_wh.rate:.0%} of the ceiling")
+        if args.timeline:
+            for label, result in (("callbacks", scrm_cb), ("webhooks", scrm_wh)):
+                print(f"  {label}, second by second (requests, p50 ms, slowest ms):")
+                for second, count, p50, slowest in result.by_second():
+                    print(f"    {second:4d} s {count:6d} {p50:7.1f} {slowest:7.1f}")
 
         started = time.monotonic()
         conn = await asyncpg.connect(plain_postgres_url(database_url))
@@ -354,4 +359,7 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--webhook-connections", type=int, default=8)
     parser.add_argument("--drain-timeout", type=float, default=600)
+    parser.add_argument(
+        "--timeline", action="store_true", help="print scrm's latencies second by second"
+    )
     asyncio.run(main(parser.parse_args()))

@@ -20,6 +20,8 @@ class LoadResult:
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    # When each request was sent, in seconds from the start of the run.
+    sent_at: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -31,6 +33,17 @@ class LoadResult:
         if not ordered:
             return float("nan")
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+    def by_second(self) -> list[tuple[int, int, float, float]]:
+        """(second, requests, p50 ms, max ms) for each second of the run."""
+        seconds: dict[int, list[float]] = {}
+        for at, latency in zip(self.sent_at, self.latencies, strict=True):
+            seconds.setdefault(int(at), []).append(latency)
+        rows = []
+        for second, values in sorted(seconds.items()):
+            values.sort()
+            rows.append((second, len(values), values[len(values) // 2] * 1000, values[-1] * 1000))
+        return rows
 
 
 def build_request(method: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -58,6 +71,7 @@ async def run_load(
     """Send every request once, spread over `connections` keep-alive connections."""
     result = LoadResult()
     queue = iter(requests)
+    origin = time.perf_counter()
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection(host, port)
@@ -73,6 +87,7 @@ async def run_load(
                     reader, writer = await asyncio.open_connection(host, port)
                     continue
                 result.latencies.append(time.perf_counter() - started)
+                result.sent_at.append(started - origin)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.requests += 1
         finally:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -66,9 +66,7 @@ class Inbound:
 @dataclass
 class _Pending:
     items: list[Inbound]
-    done: asyncio.Future[list[bool]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    done: asyncio.Future[list[bool]]
 
 
 # A batch that lost a deadlock or a serialization race is written again.
@@ -100,15 +98,20 @@ class InboundWriter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._slots = asyncio.Semaphore(writers)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def store(self, items: list[Inbound]) -> list[bool]:
         """Store `items` durably; for each, True if new, False if seen before."""
         if not items:
             return []
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="inbound-writer")
-        pending = _Pending(items)
+        # The writer's loop, not asyncio.get_running_loop() each time: that one asks
+        # the kernel for the process id on every call.
+        loop = self._loop
+        if loop is None or self._task is None or self._task.done():
+            loop = self._loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name="inbound-writer")
+        pending = _Pending(items, loop.create_future())
         self._queue.put_nowait(pending)
         return await pending.done
 
@@ -163,13 +166,12 @@ class InboundWriter:
             [i.source for i in items],
             [i.dedupe_key for i in items],
             [i.type for i in items],
-            [
-                cipher.encrypt(
-                    json.dumps(i.payload, ensure_ascii=False),
-                    context=payload_context(i.tenant_id),
-                )
-                for i in items
-            ],
+            cipher.encrypt_many(
+                [
+                    (json.dumps(i.payload, ensure_ascii=False), payload_context(i.tenant_id))
+                    for i in items
+                ]
+            ),
             INBOUND_CHANNEL,
         )
         # The pool's connection, driven directly: one statement per batch, which is a

@@ -135,7 +135,9 @@ async def accept_wecom_callback(
         "wecom",
         dedupe_key(msg, plaintext),
         event_type(msg),
-        {"msg": msg, "xml": plaintext},
+        # As received: the worker reads it again (and the raw XML has what the flat
+        # reading leaves out, such as a group's member list).
+        {"xml": plaintext},
     )
     await _store(state, [item])
     return "success"

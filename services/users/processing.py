@@ -22,6 +22,7 @@ from services.users.identity import resolve
 from services.users.ingest import read_payload
 from services.users.models import Contact
 from services.users.repository import StoredEvent
+from services.users.wecom_crypto import parse_xml
 from shared.events import publish
 from shared.runtime import runtime_of
 from shared.scheduler import schedule
@@ -56,13 +57,15 @@ async def apply_inbound(session: AsyncSession, row: StoredEvent) -> str:
 
 
 async def _apply_wecom(session: AsyncSession, row: StoredEvent, payload: dict[str, Any]) -> str:
-    msg: dict[str, str] = payload["msg"]
+    xml: str = payload["xml"]
+    # Stored before the XML alone was: the reading came along.
+    msg: dict[str, str] = payload["msg"] if "msg" in payload else parse_xml(xml)
     event = msg.get("Event", "")
     change = msg.get("ChangeType", "")
     if event == "change_external_contact" and change:
         return await _contact_change(session, row, msg, change)
     if event == "change_external_chat" and change:
-        return await _chat_change(session, row, msg, change, payload.get("xml", "<xml/>"))
+        return await _chat_change(session, row, msg, change, xml)
     if event == "change_external_tag" and change:
         await publish(
             session,

@@ -51,6 +51,19 @@ def test_same_plaintext_gives_different_tokens(cipher: FieldCipher) -> None:
     assert len(nonces) == 50
 
 
+def test_encrypt_many_gives_tokens_like_encrypt_with_fresh_nonces(cipher: FieldCipher) -> None:
+    values = [("13812341234", CONTEXT), ("13812341234", CONTEXT), ("张三", b"other")] * 20
+    tokens = cipher.encrypt_many(values)
+    assert [cipher.decrypt(t, context=c) for t, (_, c) in zip(tokens, values, strict=True)] == [
+        p for p, _ in values
+    ]
+    assert {len(t) for t in tokens[:2]} == {len(cipher.encrypt("13812341234", context=CONTEXT))}
+    assert len({token[4:16] for token in tokens}) == len(values), "a nonce each"
+    with pytest.raises(CryptoError):
+        cipher.decrypt(tokens[2], context=CONTEXT)
+    assert cipher.encrypt_many([]) == []
+
+
 def test_wrong_context_fails(cipher: FieldCipher) -> None:
     token = cipher.encrypt("13812341234", context=CONTEXT)
     for other in [b"tenant-2\x1fcontact.phone", b"tenant-1\x1fcontact.name", b""]:

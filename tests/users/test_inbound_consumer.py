@@ -16,10 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing
 from services.users.consumer import HANDLER, InboundConsumer
+from services.users.ingest import Inbound, InboundWriter
 from services.users.repository import StoredEvent
+from services.users.wecom_crypto import parse_xml
+from services.users.wecom_events import dedupe_key, event_type
 from shared.runtime import Runtime
 from tests.helpers import bearer
-from tests.users.support import WeComTenant, post, wecom_tenant
+from tests.users.support import WeComTenant, contact_event, post, wecom_tenant
 
 
 @pytest.fixture
@@ -210,3 +213,32 @@ async def test_worker_killed_midway_loses_and_repeats_nothing(
         == total
     )
     assert await value(committed, "SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_callbacks_stored_with_their_reading_by_earlier_versions_still_apply(
+    committed: Runtime, corp: WeComTenant
+) -> None:
+    xml = contact_event("add_external_contact", external="wmOldFormat")
+    msg = parse_xml(xml)
+    writer = InboundWriter(committed)
+    try:
+        stored = await writer.store(
+            [
+                Inbound(
+                    corp.tenant_id,
+                    "wecom",
+                    dedupe_key(msg, xml),
+                    event_type(msg),
+                    {"msg": msg, "xml": xml},
+                )
+            ]
+        )
+    finally:
+        await writer.close()
+    assert stored == [True]
+    assert await InboundConsumer(committed).drain() == 1
+    assert (
+        await value(committed, "SELECT outcome FROM inbound_events WHERE processed_at IS NOT NULL")
+        == "contact.add_external_contact"
+    )
+    assert await value(committed, "SELECT count(*) FROM contacts") == 1
