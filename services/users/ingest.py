@@ -38,9 +38,20 @@ _STORE = """
         ON CONFLICT ON CONSTRAINT uq_inbound_events_dedupe DO NOTHING
         RETURNING tenant_id, source, dedupe_key
     )
-    -- The users worker's wake-up, once (an uncorrelated subquery), only if something is new.
-    SELECT tenant_id, source, dedupe_key, (SELECT pg_notify($6, '')) AS woke FROM stored
 """
+_STORE_QUIETLY = _STORE + "SELECT tenant_id, source, dedupe_key FROM stored"
+# The users workers' wake-up, once (an uncorrelated subquery), only if something is new.
+_STORE_AND_WAKE = (
+    _STORE + "SELECT tenant_id, source, dedupe_key, (SELECT pg_notify($6, '')) FROM stored"
+)
+_WAKE = "SELECT pg_notify($1, '')"
+
+# At most one wake-up per this many seconds. A transaction that notifies holds a
+# lock that every other notifying commit waits for, its WAL flush included: one
+# per batch would make a flood's batches commit one at a time. Workers that are
+# busy need no wake-up anyway (they go on while there is more), and a batch
+# written without one is announced by the next, or by a trailing wake-up.
+WAKE_INTERVAL = 0.05
 
 
 def payload_context(tenant_id: uuid.UUID) -> bytes:
@@ -91,10 +102,16 @@ class InboundWriter:
         batch_size: int = 500,
         wait_ms: float = 0.0,
         writers: int = 4,
+        wake_interval: float = WAKE_INTERVAL,
     ) -> None:
         self.runtime = runtime
         self.batch_size = batch_size
         self.wait = wait_ms / 1000
+        self.wake_interval = wake_interval
+        # When the last write meant to wake the workers began, and the last that did
+        # (one that stored nothing new sends nothing).
+        self._woke_at = self._announced_at = float("-inf")
+        self._trailing: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._slots = asyncio.Semaphore(writers)
         self._task: asyncio.Task[None] | None = None
@@ -161,7 +178,12 @@ class InboundWriter:
 
     async def _write(self, items: list[Inbound]) -> list[bool]:
         cipher = self.runtime.cipher
-        args = (
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wake = started - self._woke_at >= self.wake_interval
+        if wake:
+            self._woke_at = started
+        args: tuple[Any, ...] = (
             [i.tenant_id for i in items],
             [i.source for i in items],
             [i.dedupe_key for i in items],
@@ -172,8 +194,9 @@ class InboundWriter:
                     for i in items
                 ]
             ),
-            INBOUND_CHANNEL,
         )
+        if wake:
+            args += (INBOUND_CHANNEL,)
         # The pool's connection, driven directly: one statement per batch, which is a
         # transaction of its own (autocommit): one round trip, no BEGIN or COMMIT.
         async with self.runtime.engine.connect() as conn:
@@ -181,12 +204,16 @@ class InboundWriter:
             assert raw is not None
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    rows = await raw.fetch(_STORE, *args)
+                    rows = await raw.fetch(_STORE_AND_WAKE if wake else _STORE_QUIETLY, *args)
                     break
                 except _RETRYABLE:
                     if attempt == _ATTEMPTS:
                         raise
-        stored = {(r["tenant_id"], r["source"], r["dedupe_key"]) for r in rows}
+        if rows and wake:
+            self._announced_at = max(self._announced_at, started)
+        elif rows:
+            self._wake_later(loop.time())
+        stored = {(r[0], r[1], r[2]) for r in rows}
         results = []
         for item in items:
             key = (item.tenant_id, item.source, item.dedupe_key)
@@ -195,6 +222,28 @@ class InboundWriter:
             stored.discard(key)
         return results
 
+    def _wake_later(self, stored_at: float) -> None:
+        """Make sure the workers hear of what was stored at `stored_at`, soon."""
+        if self._trailing is None or self._trailing.done():
+            self._trailing = asyncio.get_running_loop().create_task(
+                self._trailing_wake(stored_at), name="inbound-wake"
+            )
+
+    async def _trailing_wake(self, stored_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._woke_at + self.wake_interval - loop.time()))
+        if self._announced_at > stored_at:
+            return  # a later write woke them, after this one was committed
+        self._woke_at = self._announced_at = loop.time()
+        try:
+            async with self.runtime.engine.connect() as conn:
+                raw = (await conn.get_raw_connection()).driver_connection
+                assert raw is not None
+                await raw.execute(_WAKE, INBOUND_CHANNEL)
+        except Exception as exc:  # the workers poll every second anyway
+            log.warning("could not wake the users workers: %r", exc)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._trailing):
+            if task is not None:
+                task.cancel()

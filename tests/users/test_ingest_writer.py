@@ -90,3 +90,39 @@ async def test_a_batch_with_new_events_wakes_the_users_workers_once(committed: R
         finally:
             await writer.close()
             await listener.remove_listener(INBOUND_CHANNEL, hear)
+
+
+async def test_a_flood_wakes_the_workers_at_a_bounded_rate_and_after_its_last_batch(
+    committed: Runtime,
+) -> None:
+    """Notifying commits queue behind each other: a flood notifies at most once per
+    wake interval, and what it stored last is still announced (a trailing wake-up)."""
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = (await make_tenant(session)).id
+    heard: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with committed.engine.connect() as conn:
+        listener = (await conn.get_raw_connection()).driver_connection
+        assert listener is not None
+
+        def hear(*_: object) -> None:
+            heard.append(loop.time())
+
+        await listener.add_listener(INBOUND_CHANNEL, hear)
+        writer = InboundWriter(committed, batch_size=5, writers=2, wake_interval=0.2)
+        try:
+            started = loop.time()
+            for burst in range(20):
+                items = [Inbound(tenant, "event", f"f{burst}-{i}", "checkin", {}) for i in range(3)]
+                assert await writer.store(items) == [True] * 3
+                await asyncio.sleep(0.02)
+            last_stored = loop.time()
+            await asyncio.sleep(0.6)
+        finally:
+            await writer.close()
+            await listener.remove_listener(INBOUND_CHANNEL, hear)
+    assert heard, "the workers were woken"
+    assert heard[0] - started < 0.15, "the first batch after a quiet spell wakes them at once"
+    # 20 batches over about 0.5 s: a handful of wake-ups, not one each.
+    assert len(heard) <= (last_stored - started) / 0.2 + 2
+    assert heard[-1] >= last_stored - 0.05, "the last batches were announced too"
