@@ -37,7 +37,7 @@ class UsersSettings(BaseSettings):
         default=4, validation_alias="SCRM_INGEST_WRITERS"
     )
     inbound_batch_size: Annotated[int, Field(ge=1, le=1000)] = Field(
-        default=25, validation_alias="SCRM_INBOUND_BATCH_SIZE"
+        default=100, validation_alias="SCRM_INBOUND_BATCH_SIZE"
     )
     inbound_concurrency: Annotated[int, Field(ge=1, le=32)] = Field(
         default=2, validation_alias="SCRM_INBOUND_CONCURRENCY"
