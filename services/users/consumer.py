@@ -25,6 +25,7 @@ import logging
 import asyncpg  # type: ignore[import-untyped]
 
 from services.users import processing, repository
+from services.users.flood import WINDOW_SECONDS, flood_key, flooded
 from services.users.settings import users_settings
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
@@ -57,6 +58,8 @@ class InboundConsumer:
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._listening = asyncio.Lock()
+        self._flood_key = flood_key(runtime)
+        self._flooded = False
 
     async def step(self) -> int:
         """Claim and apply one batch; returns how many rows it handled."""
@@ -151,6 +154,7 @@ class InboundConsumer:
             # Taken before claiming: a NOTIFY that arrives meanwhile wakes the next round.
             wake = self._wake
             try:
+                await self._hold_back_while_flooded(stop)
                 handled = await self.step()
             except Exception:
                 log.exception("inbound: claiming failed; retrying in 1 s")
@@ -159,6 +163,20 @@ class InboundConsumer:
                 continue
             if handled < self.batch_size:
                 await wait_any(stop, wake, self.idle_poll_seconds)
+
+    async def _hold_back_while_flooded(self, stop: asyncio.Event) -> None:
+        """One batch per second while this machine's API absorbs a flood (flood.py)."""
+        flooded_now = await flooded(self.runtime, self._flood_key)
+        if flooded_now != self._flooded:
+            self._flooded = flooded_now
+            log.info(
+                "inbound: %s",
+                "the API here is absorbing a flood; applying one batch a second"
+                if flooded_now
+                else "the flood is over; applying at full speed",
+            )
+        if flooded_now:
+            await wait_any(stop, None, WINDOW_SECONDS)
 
     def _notified(self, *_: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()

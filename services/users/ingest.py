@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from services.users.flood import FloodMeter
 from shared.crypto import FieldCipher
 from shared.events import INBOUND_CHANNEL
 from shared.runtime import Runtime
@@ -103,8 +104,10 @@ class InboundWriter:
         wait_ms: float = 0.0,
         writers: int = 4,
         wake_interval: float = WAKE_INTERVAL,
+        flood_events_per_second: int = 0,
     ) -> None:
         self.runtime = runtime
+        self.flood = FloodMeter(runtime, flood_events_per_second)
         self.batch_size = batch_size
         self.wait = wait_ms / 1000
         self.wake_interval = wake_interval
@@ -209,6 +212,7 @@ class InboundWriter:
                 except _RETRYABLE:
                     if attempt == _ATTEMPTS:
                         raise
+        self.flood.stored(len(rows))
         if rows and wake:
             self._announced_at = max(self._announced_at, started)
         elif rows:
@@ -244,6 +248,7 @@ class InboundWriter:
             log.warning("could not wake the users workers: %r", exc)
 
     async def close(self) -> None:
+        self.flood.close()
         for task in (self._task, self._trailing):
             if task is not None:
                 task.cancel()

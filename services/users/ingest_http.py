@@ -56,6 +56,7 @@ class IngestState:
             batch_size=settings.ingest_batch_size,
             wait_ms=settings.ingest_batch_wait_ms,
             writers=settings.ingest_writers,
+            flood_events_per_second=settings.ingest_flood_events_per_second,
         )
         self.directory = TenantDirectory(
             runtime.sessionmaker, runtime.cipher, settings.tenant_cache_seconds

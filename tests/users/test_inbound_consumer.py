@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing
 from services.users.consumer import HANDLER, InboundConsumer
+from services.users.flood import flood_key
 from services.users.ingest import Inbound, InboundWriter
 from services.users.repository import StoredEvent
 from services.users.wecom_crypto import parse_xml
@@ -242,3 +243,43 @@ async def test_callbacks_stored_with_their_reading_by_earlier_versions_still_app
         == "contact.add_external_contact"
     )
     assert await value(committed, "SELECT count(*) FROM contacts") == 1
+
+
+async def test_a_flood_is_reported_for_this_machine_and_holds_its_workers_back(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    key = flood_key(committed)
+    await committed.redis.delete(key)
+    # An API process storing more than its threshold in a second says so, for a second.
+    writer = InboundWriter(committed, flood_events_per_second=100)
+    try:
+        for n in range(3):
+            items = [
+                Inbound(corp.tenant_id, "event", f"x{n}-{i}", "checkin", {}) for i in range(50)
+            ]
+            await writer.store(items)
+        await asyncio.sleep(0.1)
+        assert 0 < await committed.redis.pttl(key) <= 1000
+    finally:
+        await writer.close()
+    await committed.redis.delete(key)
+    async with committed.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM inbound_events"))
+
+    await send_orders(committed_client, corp, [f"h{i}" for i in range(200)], phones=200)
+    await committed.redis.set(key, b"1", px=60_000)  # a flood, as the API reports it
+    stop = asyncio.Event()
+    consumer = InboundConsumer(committed, batch_size=50, concurrency=1)
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await asyncio.sleep(2.5)
+        held_back = await value(committed, "SELECT count(*) FROM contact_events")
+        assert 0 < held_back <= 100, "one batch (of 50) a second while flooded"
+        await committed.redis.delete(key)  # the flood is over
+        started = time.monotonic()
+        while await value(committed, "SELECT count(*) FROM contact_events") < 200:
+            assert time.monotonic() - started < 5, "full speed again after the flood"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=5)
