@@ -25,7 +25,7 @@ import logging
 import asyncpg  # type: ignore[import-untyped]
 
 from services.users import processing, repository
-from services.users.flood import WINDOW_SECONDS, flood_key, flooded
+from services.users.flood import HOLD_SECONDS, flood_key, flooded
 from services.users.settings import users_settings
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
@@ -171,12 +171,12 @@ class InboundConsumer:
             self._flooded = flooded_now
             log.info(
                 "inbound: %s",
-                "the API here is absorbing a flood; applying one batch a second"
+                f"the API here is absorbing a flood; applying one batch per {HOLD_SECONDS:.0f} s"
                 if flooded_now
                 else "the flood is over; applying at full speed",
             )
         if flooded_now:
-            await wait_any(stop, None, WINDOW_SECONDS)
+            await wait_any(stop, None, HOLD_SECONDS)
 
     def _notified(self, *_: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()

@@ -6,9 +6,9 @@ it lasts only takes CPU from the acknowledgements (and the database) and the
 backlog is worked off afterwards either way. An API process that stores more
 than `SCRM_INGEST_FLOOD_EVENTS_PER_SECOND` events in a second says so in Redis
 under its machine's name, for a second at a time; the users workers of the same
-machine then apply one batch per second instead of as many as they can, until
-a second passes without it. Workers on other machines (their own CPUs) are not
-affected. 0 turns this off.
+machine then apply one batch per 5 seconds (per concurrent transaction) instead
+of as many as they can, until a second passes without a report. Workers on
+other machines (their own CPUs) are not affected. 0 turns this off.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.users.flood")
 
-# How long one report lasts, and how often a flooded worker still applies a batch.
+# How long one report lasts.
 WINDOW_SECONDS = 1.0
+# How often a flooded worker still applies a batch (so that the backlog of a flood
+# that never ends still moves).
+HOLD_SECONDS = 5.0
 
 
 def flood_key(runtime: Runtime, host: str | None = None) -> str:
