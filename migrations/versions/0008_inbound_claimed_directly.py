@@ -83,7 +83,20 @@ def downgrade() -> None:
          ORDER BY id
         """
     )
-    op.execute("DELETE FROM dead_letters WHERE inbound_event_id IS NOT NULL")
+    # Their dead letters point at wake-up events again (published: they stay dead).
+    op.execute(
+        """
+        WITH woken AS (
+            INSERT INTO outbox_events (event_id, tenant_id, type, payload, published_at)
+            SELECT gen_random_uuid(), tenant_id, 'users.inbound_received',
+                   jsonb_build_object('inbound_id', inbound_event_id, 'dead_letter', id), now()
+              FROM dead_letters WHERE inbound_event_id IS NOT NULL
+            RETURNING id, payload
+        )
+        UPDATE dead_letters d SET event_id = w.id, inbound_event_id = NULL
+          FROM woken w WHERE d.id = (w.payload ->> 'dead_letter')::bigint
+        """
+    )
     op.drop_constraint('uq_dead_letters_inbound_event', 'dead_letters', type_='unique')
     op.drop_constraint(
         op.f('fk_dead_letters_inbound_event_id_inbound_events'), 'dead_letters', type_='foreignkey'
