@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import Conflict, NotFound
-from shared.events import INBOUND_CHANNEL
 from shared.models import DeadLetter
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
 
 ALL_TENANTS = "all"
+
+# How a dead inbound event (an integration's event the users workers could not
+# apply) becomes due again: the users service owns those rows and says how.
+InboundReplay = Callable[[AsyncSession, int], Awaitable[None]]
+_replay_inbound: InboundReplay | None = None
+
+
+def replays_inbound_events(replay: InboundReplay) -> InboundReplay:
+    global _replay_inbound
+    _replay_inbound = replay
+    return replay
 
 
 async def list_dead_letters(
@@ -71,15 +82,12 @@ async def replay_dead_letter(
             _queue_name=runtime.queue_name(letter.service),
         )
     elif letter.inbound_event_id is not None:
-        # Due again for the users worker, which this wakes at commit.
-        await session.execute(
-            text(
-                "UPDATE inbound_events SET attempts = 0, retry_at = NULL, outcome = NULL "
-                "WHERE id = :id AND processed_at IS NULL"
-            ),
-            {"id": letter.inbound_event_id},
-        )
-        await session.execute(text(f"NOTIFY {INBOUND_CHANNEL}"))
+        if _replay_inbound is None:
+            raise Conflict(
+                f"dead letter {dead_letter_id} is an inbound event and the users service "
+                "is not loaded here to replay it"
+            )
+        await _replay_inbound(session, letter.inbound_event_id)
     elif letter.scheduled_job_id is not None:
         await session.execute(
             text(

@@ -238,8 +238,10 @@ class Scheduler:
                     job_id,
                     _queue_name=self.runtime.queue_name(service),
                     _defer_until=due_at,
-                    # arq ignores a second enqueue of a job id still queued.
-                    _job_id=f"scheduled:{job_id}:{attempts}",
+                    # arq ignores a second enqueue of a job id still queued. Its job keys
+                    # are not per queue: the id names the installation's queue too, or
+                    # another database's job sharing this Redis would block this one.
+                    _job_id=f"{self.runtime.queue_name(service)}:scheduled:{job_id}:{attempts}",
                 )
             if rows:
                 await session.execute(

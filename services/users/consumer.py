@@ -23,12 +23,15 @@ import asyncio
 import logging
 
 import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing, repository
 from services.users.flood import HOLD_SECONDS, flood_key, flooded
 from services.users.settings import users_settings
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
+from shared.dlq import replays_inbound_events
 from shared.events import INBOUND_CHANNEL
 from shared.observability import EVENTS_HANDLED
 from shared.relay import wait_any
@@ -36,6 +39,14 @@ from shared.runtime import Runtime
 from shared.scheduler import backoff_seconds
 
 log = logging.getLogger("scrm.users.consumer")
+
+
+@replays_inbound_events
+async def replay(session: AsyncSession, inbound_id: int) -> None:
+    """A dead inbound event is due again; the users workers hear of it at commit."""
+    await repository.requeue_inbound(session, inbound_id)
+    await session.execute(text(f"NOTIFY {INBOUND_CHANNEL}"))
+
 
 # The name inbound events carry in dead letters, logs and metrics.
 HANDLER = "users.process_inbound"

@@ -214,6 +214,15 @@ async def mark_inbound_applied(
     )
 
 
+async def requeue_inbound(session: AsyncSession, inbound_id: int) -> None:
+    """A replayed dead letter: the row is due again, with a fresh round of attempts."""
+    await session.execute(
+        update(InboundEvent)
+        .where(InboundEvent.id == inbound_id, InboundEvent.processed_at.is_(None))
+        .values(attempts=0, retry_at=None, outcome=None)
+    )
+
+
 async def inbound_attempts(session: AsyncSession, inbound_id: int) -> int | None:
     """Failed attempts so far of a row still to be applied (locked), None if applied."""
     return await session.scalar(

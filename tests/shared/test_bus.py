@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -104,7 +105,7 @@ async def test_relay_killed_after_enqueue_before_marking(
 
 async def test_relay_that_dies_before_enqueue_loses_nothing(committed: Runtime) -> None:
     ids = await publish_committed(committed, "test.ping", 3)
-    broken = Runtime(**{**committed.__dict__, "redis": _DeadRedis()})  # Redis gone mid-publish
+    broken = dataclasses.replace(committed, redis=_DeadRedis())  # Redis gone mid-publish
     with pytest.raises(ConnectionError):
         await relay_all(broken)
     assert await relay_all(committed) == 3
@@ -269,11 +270,9 @@ async def test_events_lost_from_redis_are_delivered_again(committed: Runtime) ->
             {"e": lost},
         )
         await conn.execute(text("DELETE FROM test_effects WHERE event_id = :e"), {"e": lost})
-    sweeping = Runtime(
-        **{
-            **committed.__dict__,
-            "settings": committed.settings.model_copy(update={"redeliver_after_seconds": 0.0}),
-        }
+    sweeping = dataclasses.replace(
+        committed,
+        settings=committed.settings.model_copy(update={"redeliver_after_seconds": 0.0}),
     )
     relay = OutboxRelay(sweeping, registry)
     await committed.redis.enqueue_job(
@@ -294,11 +293,8 @@ async def test_long_deliveries_continue_in_new_jobs_instead_of_timing_out(
     committed: Runtime, event_type: str
 ) -> None:
     """A job past half its timeout hands the rest on; arq never drops it half done."""
-    short = Runtime(
-        **{
-            **committed.__dict__,
-            "settings": committed.settings.model_copy(update={"job_timeout_seconds": 1.0}),
-        }
+    short = dataclasses.replace(
+        committed, settings=committed.settings.model_copy(update={"job_timeout_seconds": 1.0})
     )
     async with unit_of_work(committed.sessionmaker) as session:
         await publish_many(
