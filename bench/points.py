@@ -4,7 +4,7 @@
                            [--pgbench-mode prepared] [--race 200] [--covered 37]
 
 1. Earnings: `--clients` concurrent clients in this process, each looping for
-   `--seconds`: services.points.service.earn_by_rule for a random member among
+   `--seconds`: services.points.ledger.service.earn_by_rule for a random member among
    `--members` pre-created contacts, with a unique source_key, on the engine: each
    earning is a transaction of its own (one statement, autocommit). Prints tx/s,
    p50/p99 latency (pool checkout to commit) and the write transactions the
@@ -59,9 +59,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.points import service  # noqa: E402
-from services.points.ledger import Booked  # noqa: E402
-from services.points.rules import TenantRules, load_rules  # noqa: E402
+from services.points.ledger import service  # noqa: E402
+from services.points.ledger.booking import Booked  # noqa: E402
+from services.points.rules.service import TenantRules, load_rules  # noqa: E402
 from shared import auth, migrate, tenancy  # noqa: E402
 from shared.config import Settings, plain_postgres_url  # noqa: E402
 from shared.db import unit_of_work  # noqa: E402

@@ -11,7 +11,7 @@ daily cap, append the entry and its lot, and move the balance. Each statement
 of a PL/pgSQL function takes a fresh snapshot after the lock (READ COMMITTED),
 so the cap count and the growth figure include every earning committed before
 it, as separate statements would; the caller spends one round trip instead of
-five. Callers: services/points/repository.py `earn_by_rule`.
+five. Callers: services/points/ledger/repository.py `earn_by_rule`.
 
 Outcomes: booked; replayed (the source key was booked before: its entry is
 returned); nothing (the rule gives 0 points); capped (the daily cap is reached);

@@ -19,7 +19,7 @@ def points() -> None:
 @click.option("--tenant", "slug", required=True)
 def points_verify(slug: str) -> None:
     """Check the ledger's invariants over every account; exit 1 on any violation."""
-    from services.points.verify import Violation, verify_tenant
+    from services.points.ledger.verify import Violation, verify_tenant
 
     async def go(session: AsyncSession, _: Runtime) -> tuple[int, list[Violation]]:
         tenant = await get_tenant_by_slug(session, slug)

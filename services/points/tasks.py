@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import expiry, merge, repository, service
-from services.points.rules import load_rules
+from services.points.ledger import expiry, merge, repository, service
+from services.points.rules.service import load_rules
 from services.users import contact_status
 from shared.events import Event, subscribe
 from shared.scheduler import ScheduledWork, recurring_job
@@ -174,8 +174,8 @@ async def expire_points(session: AsyncSession, work: ScheduledWork) -> None:
 @recurring_job("points", "review_tiers", every_seconds=3600)
 async def review_tiers(session: AsyncSession, work: ScheduledWork) -> None:
     """At the start of each review period (tenant-local), the retention review, once."""
-    from services.points import tiers
-    from services.points.ledger import now
+    from services.points.ledger.booking import now
+    from services.points.tiers import service as tiers
 
     for tenant_id in await repository.tenant_ids(session):
         rules = await load_rules(session, tenant_id)
@@ -189,8 +189,8 @@ async def check_points_health(session: AsyncSession, work: ScheduledWork) -> Non
     """Last week's spent/earned per tenant: record and post an alert when too low."""
     import httpx
 
-    from services.points import health
-    from services.points.ledger import now
+    from services.points.health import service as health
+    from services.points.ledger.booking import now
 
     async with httpx.AsyncClient() as client:
         for tenant_id in await repository.tenant_ids(session):
@@ -201,7 +201,7 @@ async def check_points_health(session: AsyncSession, work: ScheduledWork) -> Non
 @subscribe("points", "order.paid", name="points.spend_held_points")
 async def spend_held_points(session: AsyncSession, event: Event) -> None:
     """A paid order spends the points held for it by a points + cash redemption."""
-    from services.points import holds
+    from services.points.catalog import holds
 
     order_id = _properties(event).get("order_id")
     if event.tenant_id is None or not order_id:
@@ -212,7 +212,7 @@ async def spend_held_points(session: AsyncSession, event: Event) -> None:
 @recurring_job("points", "release_expired_holds", every_seconds=60)
 async def release_expired_holds(session: AsyncSession, work: ScheduledWork) -> None:
     """Give back the points of points + cash holds whose order was not paid in time."""
-    from services.points import holds
+    from services.points.catalog import holds
 
     released = await holds.release_expired_holds(session)
     if released:

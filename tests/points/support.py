@@ -90,7 +90,7 @@ async def rows(runtime: Runtime, sql: str, **params: Any) -> list[tuple[Any, ...
 
 
 async def verify(runtime: Runtime, brand: Brand) -> list[str]:
-    from services.points.verify import verify_tenant
+    from services.points.ledger.verify import verify_tenant
 
     async with unit_of_work(runtime.sessionmaker) as session:
         _, violations = await verify_tenant(session, brand.tenant_id)

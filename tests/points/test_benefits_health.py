@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.points import health, ledger, repository
-from services.points.rules import add_months
+from services.points.health import service as health
+from services.points.ledger import booking as ledger
+from services.points.ledger import repository
+from services.points.rules.service import add_months
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.points.support import Brand, make_brand, make_member, redeem, rows

@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy import text
 
 import services.points.tasks  # noqa: F401  (registers the handlers and jobs)
-from services.points import catalog, holds
-from services.points.expiry import expire_due
+from services.points.catalog import holds
+from services.points.catalog import service as catalog
+from services.points.ledger.expiry import expire_due
 from shared.db import unit_of_work
 from shared.events import publish
 from shared.runtime import Runtime

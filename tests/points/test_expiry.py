@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.points import expiry, ledger, repository
-from services.points.rules import add_months
+from services.points.ledger import booking as ledger
+from services.points.ledger import expiry, repository
+from services.points.rules.service import add_months
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.helpers import run_scrm

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.points import ledger, merge, repository
+from services.points.ledger import booking as ledger
+from services.points.ledger import merge, repository
 from shared.db import unit_of_work
 from shared.events import publish
 from shared.runtime import Runtime

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from services.points import service
-from services.points.ledger import Booked
-from services.points.rules import TenantRules, load_rules
+from services.points.ledger import service
+from services.points.ledger.booking import Booked
+from services.points.rules.service import TenantRules, load_rules
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.points.support import Brand, balance, make_brand, make_member, redeem, rows, verify

@@ -29,9 +29,10 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import expiry, ledger, repository, service
 from services.points.exceptions import InsufficientPoints
-from services.points.verify import verify_tenant
+from services.points.ledger import booking as ledger
+from services.points.ledger import expiry, repository, service
+from services.points.ledger.verify import verify_tenant
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.points.support import make_brand, make_member

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.points import service, tiers
-from services.points.rules import load_rules
+from services.points.ledger import service
+from services.points.rules.service import load_rules
+from services.points.tiers import service as tiers
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.points.support import Brand, make_brand, make_member, rows

@@ -1,4 +1,4 @@
-"""HTTP contract of the points service."""
+"""HTTP contract of the points ledger (and of the service's status)."""
 
 from __future__ import annotations
 
@@ -90,21 +90,3 @@ class Booking(BaseModel):
     points: int
     balance: int
     created_at: datetime
-
-
-class RetentionStatus(BaseModel):
-    required: dict[str, int]
-    orders_this_quarter: int
-    points_this_year: int
-    met: bool
-    next_review: date
-
-
-class TierStatus(BaseModel):
-    tier: str
-    since: datetime | None
-    growth_measure: str
-    growth: int
-    next_tier: str | None
-    missing: int = Field(description="Growth still needed for the next tier")
-    retention: RetentionStatus

@@ -27,13 +27,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import catalog_repository as catalog_sql
-from services.points import ledger, repository
-from services.points.catalog_schemas import ItemIn
+from services.points.catalog import repository as catalog_sql
+from services.points.catalog.schemas import ItemIn
 from services.points.exceptions import UnknownContact
-from services.points.repository import LockedAccount
-from services.points.rules import load_rules
-from services.points.schemas import MAX_POINTS
+from services.points.ledger import booking, repository
+from services.points.ledger.repository import LockedAccount
+from services.points.ledger.schemas import MAX_POINTS
+from services.points.rules.service import load_rules
 from services.users import contact_status
 from shared.errors import Conflict, InvalidInput, NotFound
 
@@ -291,7 +291,7 @@ async def _redeem_locked(
                 f"this member has redeemed this item {taken} times, the limit is {limit}",
                 details={"item_id": str(item_id), "limit": limit, "redeemed": taken},
             )
-    booked = await ledger.spend(
+    booked = await booking.spend(
         session,
         account,
         item["points_cost"],
@@ -320,7 +320,7 @@ async def _redeem_locked(
         prize_id, outcome = await _draw_prize(session, item, seed)
         values |= {"seed": seed, "prize_id": prize_id, "outcome": outcome}
     elif item["kind"] == "points_cash":
-        expires_at = ledger.now() + timedelta(minutes=item["hold_minutes"])
+        expires_at = booking.now() + timedelta(minutes=item["hold_minutes"])
         values |= {"status": "held", "expires_at": expires_at}
     redemption_id = await catalog_sql.insert_redemption(session, values)
     if redemption_id is None:

@@ -1,49 +1,29 @@
-"""HTTP routes of benefits and points health (in/out only: rules in benefits.py, health.py)."""
+"""HTTP routes of member benefits (in/out only: rules live in service.py)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
-from services.points import benefits, expiry, health
-from services.points.ledger import now
-from services.points.rules import load_rules
+from services.points.benefits import service as benefits
+from services.points.benefits.schemas import BenefitIn, BenefitOut
+from services.points.ledger.booking import now
+from services.points.rules.service import load_rules
 from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
 
-# Included by services.points.api, whose router adds the /v1 prefix.
-router = APIRouter(tags=["points"])
+# Included by services.points.api, whose router adds the /v1 prefix and the tag.
+router = APIRouter()
 
 Reader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
 Claimer = Annotated[Principal, require("admin", "operator", "staff")]
 Admin = Annotated[Principal, require("admin")]
-Period = Literal["week", "month", "quarter", "year"]
-
-
-class BenefitIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    code: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")]
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    tiers: list[Annotated[str, Field(min_length=1, max_length=32)]] = []
-    member_quota: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
-    member_period: Period = "month"
-    total_quota: Annotated[int | None, Field(ge=1, le=100_000_000)] = None
-    total_period: Period = "week"
-    active: bool = True
-
-
-class BenefitOut(BenefitIn):
-    model_config = ConfigDict(extra="ignore")
-
-    id: uuid.UUID
 
 
 @router.get("/points/benefits", response_model=list[BenefitOut])
@@ -98,36 +78,4 @@ async def benefit_report(
     return {
         "month": first.strftime("%Y-%m"),
         "benefits": await benefits.monthly_report(session, principal.tenant, first, rules),
-    }
-
-
-@router.get("/points/health")
-async def points_health(
-    principal: Reader,
-    session: SessionDep,
-    weeks: Annotated[int, Query(ge=1, le=104)] = 8,
-) -> dict[str, Any]:
-    """Weekly earned/spent (tenant-local weeks) and the annual inflation of outstanding points."""
-    return await health.report(session, principal.tenant, now(), weeks)
-
-
-@router.get("/points/health/alerts")
-async def health_alerts(principal: Reader, session: SessionDep) -> list[dict[str, Any]]:
-    """Inflation alerts recorded, with their delivery to the alert webhook."""
-    return await health.list_alerts(session, principal.tenant)
-
-
-@router.get("/points/expiry-notices")
-async def expiry_notices(
-    principal: Reader,
-    session: SessionDep,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> dict[str, Any]:
-    """'N points expire on D' notices (one per member and date), newest first, kept for
-    the notification channels until campaigns deliver them."""
-    items = await expiry.list_notices(session, principal.tenant, before=cursor, limit=limit)
-    return {
-        "items": items,
-        "next_cursor": str(items[-1]["id"]) if len(items) == limit else None,
     }

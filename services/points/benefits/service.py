@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import repository
 from services.points.exceptions import BenefitRefused
-from services.points.rules import TenantRules, load_rules
+from services.points.ledger import repository
+from services.points.rules.service import TenantRules, load_rules
 
 # What SPEC §4 describes: basic benefits for all, scarce ones with a tenant-wide quota.
 DEFAULT_BENEFITS: list[dict[str, Any]] = [

@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import expiry, repository
 from services.points.exceptions import InsufficientPoints
-from services.points.repository import LockedAccount
+from services.points.ledger import expiry, repository
+from services.points.ledger.repository import LockedAccount
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import uuid
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import expiry, ledger, repository
-from services.points.repository import LockedAccount
-from services.points.rules import load_rules
+from services.points.ledger import booking, expiry, repository
+from services.points.ledger.repository import LockedAccount
+from services.points.rules.service import load_rules
 from shared.events import Event, subscribe
 
 
@@ -47,7 +47,7 @@ async def follow_merge(
     ).all()
     moved = 0
     for lot in lots:
-        out = await ledger.spend(
+        out = await booking.spend(
             session,
             merged,
             int(lot.remaining),
@@ -58,7 +58,7 @@ async def follow_merge(
         )
         if out.replayed:
             continue
-        await ledger.earn(
+        await booking.earn(
             session,
             survivor,
             int(lot.remaining),
@@ -85,7 +85,7 @@ async def _move_debt(
     survivor_id: uuid.UUID,
 ) -> None:
     debt = merged.debt
-    await ledger.clawback(
+    await booking.clawback(
         session,
         survivor,
         debt,
@@ -96,7 +96,7 @@ async def _move_debt(
     # The merged account no longer owes it: a zero-point entry that settles its debt.
     written = await repository.insert_entry(
         session,
-        ledger.entry_values(
+        booking.entry_values(
             merged,
             "adjustment",
             0,

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points import catalog_repository as catalog_sql
-from services.points import ledger, repository
-from services.points.catalog import RELEASE_BATCH, RedemptionNotFound, redemption_view
-from services.points.repository import LockedAccount
+from services.points.catalog import repository as catalog_sql
+from services.points.catalog.service import RELEASE_BATCH, RedemptionNotFound, redemption_view
+from services.points.ledger import booking, repository
+from services.points.ledger.repository import LockedAccount
 from shared.errors import Conflict
 
 log = logging.getLogger("scrm.points.holds")
@@ -49,7 +49,7 @@ async def cancel_hold(
         raise RedemptionNotFound(f"no redemption {redemption_id}")
     account = await repository.lock_account(session, tenant_id, row["contact_id"])
     item_id = await _release(
-        session, account, redemption_id, now=ledger.now(), reason="hold cancelled", actor=actor
+        session, account, redemption_id, now=booking.now(), reason="hold cancelled", actor=actor
     )
     if item_id is None:
         raise Conflict(
@@ -64,7 +64,7 @@ async def cancel_hold(
 async def release_expired_holds(session: AsyncSession, now: datetime | None = None) -> int:
     """Release every hold whose time ran out by `now`, in batches of accounts (locked in
     id order); the units go back to stock at the end, items in id order. How many."""
-    at = now or ledger.now()
+    at = now or booking.now()
     released: dict[uuid.UUID, int] = {}
     while True:
         due = await catalog_sql.due_holds(session, at, RELEASE_BATCH)
@@ -144,7 +144,7 @@ async def _reverse(
     balance = account.balance + points
     written = await repository.insert_entry(
         session,
-        ledger.entry_values(
+        booking.entry_values(
             account,
             "reversal",
             points,
@@ -158,7 +158,7 @@ async def _reverse(
     assert written is not None, f"{source_key} was booked before"
     reversal_id = written[0]
     await repository.restore_lots(session, account, reversal_id, lots)
-    balance, debt, _ = await ledger.settle_debt(
+    balance, debt, _ = await booking.settle_debt(
         session, account, balance, points, credited_by=reversal_id, created_by=actor
     )
     await repository.update_account(session, account.id, balance=balance, debt=debt, spent=-points)

@@ -1,5 +1,6 @@
-"""Business rules of the points service. Functions take a session and plain values
-(earn_by_rule also takes the engine, to book an earning as a transaction of its own)."""
+"""Business rules of the points ledger: requests on accounts, earning from events, and
+refunds' clawbacks. Functions take a session and plain values (earn_by_rule also takes
+the engine, to book an earning as a transaction of its own)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from services.points import SERVICE, ledger, repository, tiers
+from services.points import SERVICE
 from services.points.exceptions import InsufficientPoints, UnknownContact
-from services.points.ledger import Booked
-from services.points.repository import LockedAccount
-from services.points.rules import TenantRules, apply_multiplier, load_rules
-from services.points.schemas import PointsStatus
+from services.points.ledger import booking, repository
+from services.points.ledger.booking import Booked
+from services.points.ledger.repository import LockedAccount
+from services.points.ledger.schemas import PointsStatus
+from services.points.rules.service import TenantRules, apply_multiplier, load_rules
+from services.points.tiers import service as tiers
 from services.users import contact_status
 from shared.runtime import Runtime
 from shared.service_status import service_status
@@ -52,18 +55,18 @@ async def adjust(
     source_key = f"adjustment:{uuid.uuid4()}"
     if points > 0:
         rules = await load_rules(session, tenant_id)
-        booked = await ledger.earn(
+        booked = await booking.earn(
             session,
             account,
             points,
             kind="adjustment",
-            expires_at=rules.expires_at(ledger.now()),
+            expires_at=rules.expires_at(booking.now()),
             source_key=source_key,
             reason=reason,
             created_by=actor,
         )
     else:
-        booked = await ledger.spend(
+        booked = await booking.spend(
             session,
             account,
             -points,
@@ -87,7 +90,7 @@ async def redeem_points(
     """Spend `points` (oldest lots first) or raise InsufficientPoints, changing nothing."""
     await _member(session, tenant_id, contact_id)
     account = await repository.lock_account(session, tenant_id, contact_id)
-    booked = await ledger.spend(
+    booked = await booking.spend(
         session,
         account,
         points,
@@ -116,7 +119,7 @@ async def account_view(
             "expiring_soon": [],
             "expiring_soon_total": 0,
         }
-    horizon = ledger.now() + rules.warning_window()
+    horizon = booking.now() + rules.warning_window()
     lots = await repository.lots_expiring_by(session, row["id"], horizon)
     by_day: dict[str, int] = {}
     for expires_at, remaining in lots:
@@ -290,7 +293,7 @@ async def _earn_settling_debt(
         booked_that_day, _ = await repository.count_on_day(session, account.id, rule, day)
         if booked_that_day >= daily_cap:
             return None
-    booked = await ledger.earn(
+    booked = await booking.earn(
         session,
         account,
         points,
@@ -343,7 +346,7 @@ async def reconcile_order(
     take = due - already
     if take <= 0:
         return None
-    booked = await ledger.clawback(
+    booked = await booking.clawback(
         session,
         account,
         take,
@@ -361,13 +364,3 @@ def insufficient(exc: InsufficientPoints) -> dict[str, Any]:
 
 async def balance_of(session: AsyncSession, account_id: int) -> int:
     return await repository.balance_of(session, account_id)
-
-
-async def tier_view(
-    session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
-) -> dict[str, Any]:
-    rules = await load_rules(session, tenant_id)
-    account = await repository.account_row(session, tenant_id, contact_id)
-    if account is None:
-        await _member(session, tenant_id, contact_id)
-    return await tiers.tier_view(session, account, rules, ledger.now())

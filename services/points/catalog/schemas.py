@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.points.schemas import MAX_POINTS
+from services.points.ledger.schemas import MAX_POINTS
 
 ItemKind = Literal["coupon", "lottery", "points_cash"]
 MAX_STOCK = 100_000_000

@@ -1,7 +1,7 @@
-"""HTTP routes of the redemption catalog (in/out only: rules live in catalog.py).
+"""HTTP routes of the redemption catalog (in/out only: rules live in service.py).
 
 Redeeming an item is POST /v1/points/accounts/{contact_id}/redemptions with
-`item_id` (see api.py); these routes manage the items and the redemptions.
+`item_id` (see ledger/api.py); these routes manage the items and the redemptions.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.points import catalog, holds
-from services.points.catalog_schemas import (
+from services.points.catalog import holds
+from services.points.catalog import service as catalog
+from services.points.catalog.schemas import (
     DrawCheck,
     ItemIn,
     ItemKind,

@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points.rules import TenantRules, load_rules
+from services.points.rules.service import TenantRules, load_rules
 
 log = logging.getLogger("scrm.points.health")
 

@@ -1,0 +1,1 @@
+"""Member benefits by tier: quotas, claims and the monthly usage report."""

@@ -1,0 +1,1 @@
+"""A tenant's points rules: earning, caps, promotions, tiers' thresholds, expiry."""

@@ -1,0 +1,1 @@
+"""Membership tiers: upgrades on growth and periodic retention reviews."""
