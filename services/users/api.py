@@ -81,7 +81,8 @@ async def wecom_verify_url(
     nonce: str,
     echostr: str,
 ) -> PlainTextResponse:
-    """WeCom's URL verification: answer the decrypted echostr."""
+    """WeCom's URL verification: answer the decrypted echostr. An unknown tenant, or one
+    without WeCom settings, is answered as a bad signature is (401 `invalid_signature`)."""
     query = {"msg_signature": msg_signature, "timestamp": timestamp, "nonce": nonce}
     plain = await verify_wecom_url(_ingest(request), tenant_slug, {**query, "echostr": echostr})
     return PlainTextResponse(plain)
@@ -91,7 +92,9 @@ async def wecom_verify_url(
 async def wecom_callback(
     tenant_slug: str, request: Request, msg_signature: str, timestamp: str, nonce: str
 ) -> PlainTextResponse:
-    """Verify, decrypt, store with a dedupe key, answer `success`; workers do the rest."""
+    """Verify, decrypt, store with a dedupe key, answer `success`; workers do the rest.
+    An unknown tenant, or one without WeCom settings, is answered as a bad signature is
+    (401 `invalid_signature`)."""
     query = {"msg_signature": msg_signature, "timestamp": timestamp, "nonce": nonce}
     answer = await accept_wecom_callback(_ingest(request), tenant_slug, query, await request.body())
     return PlainTextResponse(answer)
@@ -99,7 +102,9 @@ async def wecom_callback(
 
 @router.post("/webhooks/{tenant_slug}/events", status_code=202, response_model=IngestResult)
 async def webhook_events(tenant_slug: str, request: Request) -> Response:
-    """Signed events from a shop, mini-program or live-stream tool: one or a batch."""
+    """Signed events from a shop, mini-program or live-stream tool: one or a batch.
+    An unknown tenant, or one without a secret, is answered as a bad signature is (401
+    `invalid_signature`, same message), so the route does not tell which tenants exist."""
     result = await accept_signed_events(
         _ingest(request), tenant_slug, request.headers, await request.body()
     )

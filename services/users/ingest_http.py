@@ -30,7 +30,7 @@ from services.users.exceptions import WeComRejected
 from services.users.ingest import Inbound, InboundWriter
 from services.users.schemas import MAX_BATCH, EventIn, EventRejection, IngestResult
 from services.users.settings import users_settings
-from services.users.wecom_crypto import WeComCryptoError, parse_xml
+from services.users.wecom_crypto import WeComCrypto, WeComCryptoError, parse_xml
 from services.users.wecom_events import dedupe_key, event_type
 from shared.errors import (
     InvalidInput,
@@ -84,7 +84,7 @@ def _check_skew(timestamp: str, max_skew: int, name: str) -> None:
 
 def _crypto_error(exc: WeComCryptoError) -> ScrmError:
     if exc.reason == "invalid_signature":
-        return Unauthorized("msg_signature does not match", code="invalid_signature")
+        return _bad_wecom_signature()
     return WeComRejected(f"callback rejected: {exc.reason}", code=exc.reason)
 
 
@@ -98,22 +98,38 @@ def _require(query: Mapping[str, str], *names: str) -> list[str]:
     return [query[n] for n in names]
 
 
-async def _wecom_config(state: IngestState, slug: str) -> IngestConfig:
-    config = await state.directory.get(slug)
-    if config.wecom is None:
-        raise NotFound(f"WeCom is not configured for {slug!r}", code="wecom_not_configured")
-    return config
+async def _tenant_config(state: IngestState, slug: str) -> IngestConfig | None:
+    """The tenant's settings, or None for an unknown slug. Callers answer None exactly
+    as a bad signature, so that these unauthenticated routes do not tell which
+    tenant slugs exist."""
+    try:
+        return await state.directory.get(slug)
+    except NotFound:
+        return None
+
+
+def _bad_wecom_signature() -> Unauthorized:
+    return Unauthorized("msg_signature does not match", code="invalid_signature")
+
+
+async def _wecom(state: IngestState, slug: str, timestamp: str) -> tuple[uuid.UUID, WeComCrypto]:
+    """The tenant and its WeCom crypto, once the timestamp is checked; an unknown tenant, or
+    one without WeCom settings, is refused like a bad signature (a signature
+    cannot be checked without the tenant's token)."""
+    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
+    config = await _tenant_config(state, slug)
+    if config is None or config.wecom is None:
+        raise _bad_wecom_signature()
+    return config.tenant_id, config.wecom
 
 
 async def verify_wecom_url(state: IngestState, slug: str, query: Mapping[str, str]) -> str:
     signature, timestamp, nonce, echostr = _require(
         query, "msg_signature", "timestamp", "nonce", "echostr"
     )
-    config = await _wecom_config(state, slug)
-    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
-    assert config.wecom is not None
+    _, wecom = await _wecom(state, slug, timestamp)
     try:
-        return config.wecom.verify_url(signature, timestamp, nonce, echostr)
+        return wecom.verify_url(signature, timestamp, nonce, echostr)
     except WeComCryptoError as exc:
         raise _crypto_error(exc) from None
 
@@ -123,16 +139,14 @@ async def accept_wecom_callback(
 ) -> str:
     """Verify, decrypt, store with a dedupe key; processing happens in the worker."""
     signature, timestamp, nonce = _require(query, "msg_signature", "timestamp", "nonce")
-    config = await _wecom_config(state, slug)
-    _check_skew(timestamp, users_settings().wecom_max_skew_seconds, "timestamp")
-    assert config.wecom is not None
+    tenant_id, wecom = await _wecom(state, slug, timestamp)
     try:
-        plaintext = config.wecom.decrypt_callback(signature, timestamp, nonce, body)
+        plaintext = wecom.decrypt_callback(signature, timestamp, nonce, body)
         msg = parse_xml(plaintext)
     except WeComCryptoError as exc:
         raise _crypto_error(exc) from None
     item = Inbound(
-        config.tenant_id,
+        tenant_id,
         "wecom",
         dedupe_key(msg, plaintext),
         event_type(msg),
@@ -151,7 +165,7 @@ async def _store(state: IngestState, items: list[Inbound]) -> list[bool]:
         raise Unavailable("could not store the events; retry", details=str(exc)) from None
 
 
-def _verify_signature(config: IngestConfig, headers: Mapping[str, str], body: bytes) -> None:
+def _verify_signature(secrets: tuple[bytes, ...], headers: Mapping[str, str], body: bytes) -> None:
     timestamp = headers.get("x-scrm-timestamp")
     signature = headers.get("x-scrm-signature", "")
     if not timestamp or not signature.startswith("sha256="):
@@ -159,11 +173,11 @@ def _verify_signature(config: IngestConfig, headers: Mapping[str, str], body: by
             "send X-Scrm-Timestamp and X-Scrm-Signature: sha256=<hex>", code="invalid_signature"
         )
     _check_skew(timestamp, users_settings().webhook_max_skew_seconds, "X-Scrm-Timestamp")
-    if not config.webhook_secrets:
-        raise Unauthorized("no webhook secret is configured", code="invalid_signature")
+    # No secret (an unknown tenant, or one without a secret yet) is answered as a
+    # mismatch: which tenants exist is not this route's to tell.
     signed = timestamp.encode() + b"." + body
     given = signature.removeprefix("sha256=")
-    for secret in config.webhook_secrets:
+    for secret in secrets:
         expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
         if hmac.compare_digest(expected, given):
             return
@@ -173,8 +187,9 @@ def _verify_signature(config: IngestConfig, headers: Mapping[str, str], body: by
 async def accept_signed_events(
     state: IngestState, slug: str, headers: Mapping[str, str], body: bytes
 ) -> IngestResult:
-    config = await state.directory.get(slug)
-    _verify_signature(config, headers, body)
+    config = await _tenant_config(state, slug)
+    _verify_signature(config.webhook_secrets if config else (), headers, body)
+    assert config is not None  # nothing verifies without a secret
     return await accept_events(state, config.tenant_id, body, "webhook")
 
 

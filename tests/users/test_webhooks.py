@@ -236,3 +236,32 @@ async def test_consent_events_change_consent(
         await committed_client.get(f"/v1/contacts/{contact_id}/consent", headers=bearer(corp.admin))
     ).json()
     assert consent["may_message"]["sms"] is True and len(consent["history"]) == 2
+
+
+async def test_unknown_tenant_is_answered_like_a_bad_signature(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    """The route is unauthenticated: its answers must not tell which tenant slugs exist."""
+    from tests.helpers import make_tenant
+
+    async with unit_of_work(committed.sessionmaker) as session:
+        secretless = (await make_tenant(session)).slug
+    bad_signature = corp.signed(order("u1"))
+    bad_signature["headers"]["X-Scrm-Signature"] = "sha256=" + "0" * 64
+    expected = await post(committed_client, bad_signature)
+    assert expected.status_code == 401, expected.text
+    assert expected.json()["error"]["code"] == "invalid_signature"
+    # "nope" takes the fast path; "NoPe" (not a slug) falls through to the routed endpoint.
+    for slug in ("nope", "NoPe", secretless):
+        for signed in (corp.signed(order("u2")), bad_signature):
+            request = {**signed, "url": f"/v1/webhooks/{slug}/events"}
+            answer = await post(committed_client, request)
+            assert (answer.status_code, answer.json()) == (401, expected.json()), slug
+        # Refusals that come before the signature are the same for every slug too.
+        headerless = {**corp.signed(order("u3")), "url": f"/v1/webhooks/{slug}/events"}
+        headerless["headers"] = {"content-type": "application/json"}
+        known = {**headerless, "url": f"/v1/webhooks/{corp.slug}/events"}
+        assert (await post(committed_client, headerless)).json() == (
+            await post(committed_client, known)
+        ).json()
+    assert await rows(committed, "SELECT count(*) FROM inbound_events") == [(0,)]

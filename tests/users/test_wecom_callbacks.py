@@ -160,11 +160,34 @@ async def test_rejected_callbacks_store_nothing(
 
 
 async def test_unknown_tenant_and_unconfigured_wecom(
-    committed_client: httpx.AsyncClient, corp: WeComTenant
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
 ) -> None:
-    request = corp.callback(contact_event("add_external_contact"))
-    request["url"] = "/v1/wecom/nobody/callback"
-    assert (await post(committed_client, request)).status_code == 404
+    """Answered exactly like a bad signature: the routes do not tell which slugs exist."""
+    from shared.db import unit_of_work
+    from tests.helpers import make_tenant
+
+    async with unit_of_work(committed.sessionmaker) as session:
+        unconfigured = (await make_tenant(session)).slug
+    bad = corp.callback(contact_event("add_external_contact"))
+    bad["params"]["msg_signature"] = "f" * 40
+    expected = await post(committed_client, bad)
+    assert expected.status_code == 401 and expected.json()["error"]["code"] == "invalid_signature"
+    timestamp = str(int(time.time()))
+    echostr = corp.crypto.encrypt("echo")
+    verify = {
+        "msg_signature": corp.crypto.signature(timestamp, "n1", echostr),
+        "timestamp": timestamp,
+        "nonce": "n1",
+        "echostr": echostr,
+    }
+    # "nobody" takes the fast path; "NoBody" (not a slug) falls through to the routed endpoint.
+    for slug in ("nobody", "NoBody", unconfigured):
+        for request in (corp.callback(contact_event("add_external_contact")), bad):
+            answer = await post(committed_client, {**request, "url": f"/v1/wecom/{slug}/callback"})
+            assert (answer.status_code, answer.json()) == (401, expected.json()), slug
+        answer = await committed_client.get(f"/v1/wecom/{slug}/callback", params=verify)
+        assert (answer.status_code, answer.json()) == (401, expected.json()), slug
+    assert await scalar(committed, "SELECT count(*) FROM inbound_events") == 0
 
 
 async def test_replayed_and_concurrent_callbacks_apply_once(
