@@ -1,14 +1,16 @@
 """Personal data in API output: masked unless the caller's role may read it.
 
 Admins and operators read personal data; staff read it for the contacts they
-own; analysts never do. Every unmasked read is audited by the caller through
-`audit_unmasked_read`, in the request's transaction.
+own; analysts never do. Every unmasked read is audited, in the request's
+transaction: `audit_unmasked_read` for one subject, `audit_unmasked_list` for
+one list request (a page of contacts).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -19,21 +21,30 @@ PersonalKind = Literal["phone", "name", "email", "identifier", "address"]
 
 
 def mask(value: str, kind: PersonalKind) -> str:
-    """A masked form that still lets ops tell records apart (138****1234, 张**)."""
+    """A masked form that still lets ops tell records apart (138****1234, 张**).
+
+    It never shows the whole value: at least one character is always hidden,
+    however short the value (a one-character name is `*`, an email whose local
+    part is one character or empty hides it or is masked as an identifier).
+    """
     if not value:
         return value
     if kind == "phone":
         digits = value.strip()
-        if len(digits) >= 7:
-            return f"{digits[:3]}****{digits[-4:]}"
-        return "*" * len(digits)
+        if len(digits) >= 8:
+            # 138****1234 for 11 digits or more; shorter numbers give up leading
+            # digits so that at least four stay hidden.
+            return f"{digits[: min(3, len(digits) - 8)]}****{digits[-4:]}"
+        return "*" * max(len(digits), 1)
     if kind == "name":
+        if len(value) == 1:
+            return "*"
         return value[0] + "*" * (len(value) - 1)
     if kind == "email":
         local, at, domain = value.partition("@")
-        if not at:
+        if not at or not local:
             return mask(value, "identifier")
-        return f"{local[:1]}***@{domain}"
+        return f"{local[:1] if len(local) > 1 else ''}***@{domain}"
     if kind == "address":
         return value[:6] + "****" if len(value) > 6 else "****"
     return f"{value[:4]}****{value[-4:]}" if len(value) > 10 else "****"
@@ -77,4 +88,32 @@ def audit_unmasked_read(
         principal,
         action=f"read_personal_data {subject_type}",
         target={"id": str(subject_id), "fields": ",".join(sorted(fields))},
+    )
+
+
+def audit_unmasked_list(
+    session: AsyncSession,
+    request: Request | None,
+    principal: Principal,
+    *,
+    subject_type: str,
+    subject_ids: Iterable[uuid.UUID | str],
+    fields: list[str],
+    filters: Mapping[str, Any],
+) -> None:
+    """Record that `principal` read `fields` of these subjects unmasked in one list
+    request: one entry naming them, their count and the filters used (names only:
+    a phone number searched for is personal data itself)."""
+    ids = [str(i) for i in subject_ids]
+    audit_as(
+        session,
+        request,
+        principal,
+        action=f"read_personal_data {subject_type}",
+        target={
+            "ids": ",".join(ids),
+            "count": str(len(ids)),
+            "fields": ",".join(sorted(fields)),
+            "filters": ",".join(sorted(k for k, v in filters.items() if v)),
+        },
     )

@@ -41,7 +41,6 @@ from services.users.schemas import (
 from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput, NotFound
-from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
@@ -287,17 +286,7 @@ async def get_contact(
     contact_id: uuid.UUID, principal: ContactReader, session: SessionDep, request: Request
 ) -> ContactDetail:
     runtime: Runtime = request.app.state.runtime
-    detail, unmasked = await service.contact_detail(session, runtime.cipher, principal, contact_id)
-    if unmasked:
-        audit_unmasked_read(
-            session,
-            request,
-            principal,
-            subject_type="contact",
-            subject_id=contact_id,
-            fields=sorted({"name", *(i.kind for i in detail.identities)}),
-        )
-    return detail
+    return await service.contact_detail(session, runtime.cipher, principal, contact_id)
 
 
 @router.patch("/contacts/{contact_id}", response_model=ContactDetail)
@@ -312,8 +301,7 @@ async def patch_contact(
     await service.patch_contact(
         session, runtime.cipher, principal, contact_id, attributes=body.attributes, name=body.name
     )
-    detail, _ = await service.contact_detail(session, runtime.cipher, principal, contact_id)
-    return detail
+    return await service.contact_detail(session, runtime.cipher, principal, contact_id)
 
 
 @router.delete("/contacts/{contact_id}")

@@ -26,7 +26,13 @@ from services.users.wecom_crypto import check_encoding_aes_key
 from shared.auth import Principal
 from shared.crypto import FieldCipher
 from shared.errors import InvalidInput, NotFound
-from shared.privacy import PersonalKind, may_unmask, present
+from shared.privacy import (
+    PersonalKind,
+    audit_unmasked_list,
+    audit_unmasked_read,
+    may_unmask,
+    present,
+)
 from shared.runtime import Runtime
 from shared.service_status import service_status
 
@@ -160,6 +166,21 @@ async def list_contacts(
     )
     page = rows[:limit]
     next_cursor = _cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    unmasked = [
+        c.id
+        for c in page
+        if c.name_enc is not None and may_unmask(principal, owner_staff_userid=c.owner_staff_userid)
+    ]
+    if unmasked:
+        audit_unmasked_list(
+            session,
+            None,
+            principal,
+            subject_type="contact_list",
+            subject_ids=unmasked,
+            fields=["name"],
+            filters=filters,
+        )
     return [_summary(cipher, principal, c) for c in page], next_cursor
 
 
@@ -198,8 +219,8 @@ async def visible_contact(
 
 async def contact_detail(
     session: AsyncSession, cipher: FieldCipher, principal: Principal, contact_id: uuid.UUID
-) -> tuple[ContactDetail, bool]:
-    """The contact as `principal` may see it, and whether personal data was unmasked."""
+) -> ContactDetail:
+    """The contact as `principal` may see it; showing its personal data unmasked is audited."""
     contact = await visible_contact(session, principal, contact_id)
     tenant_id = contact.tenant_id
     identities = []
@@ -249,10 +270,18 @@ async def contact_detail(
         merged_from=merged_from,
         consent=consents,
     )
-    unmasked = may_unmask(principal, owner_staff_userid=contact.owner_staff_userid) and bool(
+    if may_unmask(principal, owner_staff_userid=contact.owner_staff_userid) and (
         identities or contact.name_enc
-    )
-    return detail, unmasked
+    ):
+        audit_unmasked_read(
+            session,
+            None,
+            principal,
+            subject_type="contact",
+            subject_id=contact.id,
+            fields=sorted({"name", *(i.kind for i in identities)}),
+        )
+    return detail
 
 
 async def patch_contact(
