@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
@@ -60,12 +61,14 @@ class InboundConsumer:
         batch_size: int | None = None,
         concurrency: int | None = None,
         idle_poll_seconds: float = 1.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         settings = users_settings()
         self.runtime = runtime
         self.batch_size = batch_size or settings.inbound_batch_size
         self.concurrency = concurrency or settings.inbound_concurrency
         self.idle_poll_seconds = idle_poll_seconds
+        self._sleep = sleep  # the flood hold's; tests pass one on a clock they move
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._listening = asyncio.Lock()
@@ -176,7 +179,7 @@ class InboundConsumer:
                 await wait_any(stop, wake, self.idle_poll_seconds)
 
     async def _hold_back_while_flooded(self, stop: asyncio.Event) -> None:
-        """One batch per second while this machine's API absorbs a flood (flood.py)."""
+        """One batch per HOLD_SECONDS while this machine's API absorbs a flood (flood.py)."""
         flooded_now = await flooded(self.runtime, self._flood_key)
         if flooded_now != self._flooded:
             self._flooded = flooded_now
@@ -187,7 +190,15 @@ class InboundConsumer:
                 else "the flood is over; applying at full speed",
             )
         if flooded_now:
-            await wait_any(stop, None, HOLD_SECONDS)
+            waiters = [
+                asyncio.ensure_future(self._sleep(HOLD_SECONDS)),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
     def _notified(self, *_: object) -> None:
         wake, self._wake = self._wake, asyncio.Event()

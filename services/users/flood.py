@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections.abc import Callable
 
 from shared.runtime import Runtime
 
@@ -35,9 +37,16 @@ def flood_key(runtime: Runtime, host: str | None = None) -> str:
 class FloodMeter:
     """Counts what an API process stores; reports a flood at most once a quarter second."""
 
-    def __init__(self, runtime: Runtime, events_per_second: int) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        events_per_second: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.runtime = runtime
         self.threshold = events_per_second
+        self._clock = clock
         self._key = flood_key(runtime)
         self._window_start = float("-inf")
         self._count = 0
@@ -47,7 +56,7 @@ class FloodMeter:
     def stored(self, n: int) -> None:
         if not self.threshold:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._clock()
         if now - self._window_start >= WINDOW_SECONDS:
             self._window_start, self._count = now, 0
         self._count += n

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +107,14 @@ class InboundWriter:
         writers: int = 4,
         wake_interval: float = WAKE_INTERVAL,
         flood_events_per_second: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.runtime = runtime
-        self.flood = FloodMeter(runtime, flood_events_per_second)
+        self.flood = FloodMeter(runtime, flood_events_per_second, clock=clock)
+        # What the wake-up interval is measured on, and waited out with.
+        self._clock = clock
+        self._sleep = sleep
         self.batch_size = batch_size
         self.wait = wait_ms / 1000
         self.wake_interval = wake_interval
@@ -181,8 +188,7 @@ class InboundWriter:
 
     async def _write(self, items: list[Inbound]) -> list[bool]:
         cipher = self.runtime.cipher
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._clock()
         wake = started - self._woke_at >= self.wake_interval
         if wake:
             self._woke_at = started
@@ -216,7 +222,7 @@ class InboundWriter:
         if rows and wake:
             self._announced_at = max(self._announced_at, started)
         elif rows:
-            self._wake_later(loop.time())
+            self._wake_later(self._clock())
         stored = {(r[0], r[1], r[2]) for r in rows}
         results = []
         for item in items:
@@ -234,11 +240,10 @@ class InboundWriter:
             )
 
     async def _trailing_wake(self, stored_at: float) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, self._woke_at + self.wake_interval - loop.time()))
+        await self._sleep(max(0.0, self._woke_at + self.wake_interval - self._clock()))
         if self._announced_at > stored_at:
             return  # a later write woke them, after this one was committed
-        self._woke_at = self._announced_at = loop.time()
+        self._woke_at = self._announced_at = self._clock()
         try:
             async with self.runtime.engine.connect() as conn:
                 raw = (await conn.get_raw_connection()).driver_connection

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
@@ -16,12 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import processing
 from services.users.consumer import HANDLER, InboundConsumer
-from services.users.flood import HOLD_SECONDS, flood_key
+from services.users.flood import HOLD_SECONDS, WINDOW_SECONDS, flood_key
 from services.users.ingest import Inbound, InboundWriter
 from services.users.repository import StoredEvent
 from services.users.wecom_crypto import parse_xml
 from services.users.wecom_events import dedupe_key, event_type
 from shared.runtime import Runtime
+from tests.clock import FakeClock, wait_until
 from tests.helpers import bearer
 from tests.users.support import WeComTenant, contact_event, post, wecom_tenant
 
@@ -44,6 +45,10 @@ def order(event_id: str, phone: str) -> dict[str, Any]:
 async def value(runtime: Runtime, sql: str, **params: Any) -> Any:
     async with runtime.engine.connect() as conn:
         return await conn.scalar(text(sql), params)
+
+
+async def applied(runtime: Runtime) -> int:
+    return int(await value(runtime, "SELECT count(*) FROM contact_events"))
 
 
 async def send_orders(
@@ -85,12 +90,13 @@ async def test_a_failing_event_is_retried_alone_dead_lettered_and_replayed(
         " FROM inbound_events WHERE dedupe_key = 'e2'",
     )
     assert row == '(1,,"RuntimeError: cannot apply e2",t)', "due again later"
+
     # Retried with backoff (0.02 s, then 0.08 s here) until the last attempt.
-    for _ in range(100):
+    async def dead_lettered() -> bool:
         await consumer.drain()
-        if await value(committed, "SELECT count(*) FROM dead_letters"):
-            break
-        await asyncio.sleep(0.05)
+        return bool(await value(committed, "SELECT count(*) FROM dead_letters"))
+
+    await wait_until(dead_lettered, "e2 dead-lettered after its last attempt", every=0.05)
     state = await value(
         committed,
         "SELECT row(attempts, outcome, processed_at IS NULL, retry_at = 'infinity')::text"
@@ -155,20 +161,22 @@ async def test_concurrent_workers_share_a_backlog_and_apply_each_event_once(
 async def test_a_running_worker_wakes_on_the_stored_events_notification(
     committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
 ) -> None:
+    async def applied_is(n: int) -> bool:
+        return await applied(committed) == n
+
     stop = asyncio.Event()
-    # No polling to speak of: only the NOTIFY of the stored batch can wake it in time.
-    consumer = InboundConsumer(committed, idle_poll_seconds=60)
+    # No polling: only the NOTIFY of a stored batch can wake it.
+    consumer = InboundConsumer(committed, idle_poll_seconds=3600)
     running = asyncio.create_task(consumer.run(stop))
     try:
-        await asyncio.sleep(0.3)  # listening, idle
+        await send_orders(committed_client, corp, ["w0"], phones=1)
+        await wait_until(lambda: applied_is(1), "the first event applied")
+        # Listening and idle now: the next event has to wake it.
         await send_orders(committed_client, corp, ["w1"], phones=1)
-        started = time.monotonic()
-        while not await value(committed, "SELECT count(*) FROM contact_events"):
-            assert time.monotonic() - started < 5, "not woken by the notification"
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: applied_is(2), "woken by the notification")
     finally:
         stop.set()
-        await asyncio.wait_for(running, timeout=5)
+        await asyncio.wait_for(running, timeout=60)
 
 
 @pytest.mark.slow
@@ -185,13 +193,18 @@ async def test_worker_killed_midway_loses_and_repeats_nothing(
     }
     command = [sys.executable, "-m", "shared.cli", "worker", "--service", "users"]
     total = 400
+
+    async def applied_at_least(n: int) -> bool:
+        return await applied(committed) >= n
+
+    async def nothing_pending() -> bool:
+        pending = "SELECT count(*) FROM inbound_events WHERE processed_at IS NULL"
+        return not await value(committed, pending)
+
     first = subprocess.Popen(command, env=env)
     try:
         await send_orders(committed_client, corp, [f"k{i}" for i in range(total)], phones=50)
-        started = time.monotonic()
-        while await value(committed, "SELECT count(*) FROM contact_events") < 50:
-            assert time.monotonic() - started < 60, "the worker applied nothing"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: applied_at_least(50), "the worker applied some", every=0.05)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -199,15 +212,10 @@ async def test_worker_killed_midway_loses_and_repeats_nothing(
     assert 50 <= done_by_first < total, "killed with work in flight"
     second = subprocess.Popen(command, env=env)
     try:
-        started = time.monotonic()
-        while await value(
-            committed, "SELECT count(*) FROM inbound_events WHERE processed_at IS NULL"
-        ):
-            assert time.monotonic() - started < 60, "the second worker did not finish"
-            await asyncio.sleep(0.05)
+        await wait_until(nothing_pending, "the second worker finished", every=0.05)
     finally:
         second.send_signal(signal.SIGTERM)
-        second.wait(timeout=20)
+        second.wait(timeout=60)
     assert await value(committed, "SELECT count(*) FROM contact_events") == total
     assert (
         await value(committed, "SELECT count(*) FROM outbox_events WHERE type = 'order.paid'")
@@ -245,41 +253,89 @@ async def test_callbacks_stored_with_their_reading_by_earlier_versions_still_app
     assert await value(committed, "SELECT count(*) FROM contacts") == 1
 
 
-async def test_a_flood_is_reported_for_this_machine_and_holds_its_workers_back(
-    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+async def test_a_flood_is_reported_for_this_machine_for_a_window(
+    committed: Runtime, corp: WeComTenant
 ) -> None:
     key = flood_key(committed)
     await committed.redis.delete(key)
-    # An API process storing more than its threshold in a second says so, for a second.
-    writer = InboundWriter(committed, flood_events_per_second=100)
+    clock = FakeClock()
+    # An API process storing more than its threshold in a window says so, for a window.
+    writer = InboundWriter(committed, flood_events_per_second=100, clock=clock)
+    ttl = 0
     try:
-        for n in range(3):
-            items = [
-                Inbound(corp.tenant_id, "event", f"x{n}-{i}", "checkin", {}) for i in range(50)
-            ]
-            await writer.store(items)
-        await asyncio.sleep(0.1)
-        assert 0 < await committed.redis.pttl(key) <= 1000
+        # The report lives one real window in Redis: should this run stall for longer
+        # than that before looking, the next flooded window is reported again.
+        for window in range(20):
+            for n in range(3):  # 150 events within one window of the writer's clock
+                items = [
+                    Inbound(corp.tenant_id, "event", f"x{window}-{n}-{i}", "checkin", {})
+                    for i in range(50)
+                ]
+                await writer.store(items)
+            looked_until = asyncio.get_running_loop().time() + WINDOW_SECONDS
+            while (ttl := await committed.redis.pttl(key)) <= 0:
+                if asyncio.get_running_loop().time() > looked_until:
+                    break
+                await asyncio.sleep(0.01)
+            if ttl > 0:
+                break
+            clock.advance(WINDOW_SECONDS)
     finally:
         await writer.close()
-    await committed.redis.delete(key)
-    async with committed.engine.begin() as conn:
-        await conn.execute(text("DELETE FROM inbound_events"))
+        await committed.redis.delete(key)
+    assert 0 < ttl <= WINDOW_SECONDS * 1000
 
+
+async def test_a_flood_holds_this_machines_workers_to_one_batch_per_hold(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    key = flood_key(committed)
     await send_orders(committed_client, corp, [f"h{i}" for i in range(200)], phones=200)
-    await committed.redis.set(key, b"1", px=60_000)  # a flood, as the API reports it
+    await committed.redis.set(key, b"1")  # a flood, as this machine's API reports it
+    clock = FakeClock()
     stop = asyncio.Event()
-    consumer = InboundConsumer(committed, batch_size=50, concurrency=1)
+    consumer = InboundConsumer(committed, batch_size=50, concurrency=1, sleep=clock.sleep)
     running = asyncio.create_task(consumer.run(stop))
     try:
-        await asyncio.sleep(HOLD_SECONDS + 1.5)
-        held_back = await value(committed, "SELECT count(*) FROM contact_events")
-        assert 0 < held_back <= 50, "one batch (of 50) per HOLD_SECONDS while flooded"
+        await clock.until_sleeping()
+        assert await applied(committed) == 0, "held back before its first batch"
+        for batches in (1, 2):
+            clock.advance(HOLD_SECONDS)
+            await clock.until_sleeping()
+            assert await applied(committed) == 50 * batches, "one batch (of 50) per hold"
         await committed.redis.delete(key)  # the flood is over
-        started = time.monotonic()
-        while await value(committed, "SELECT count(*) FROM contact_events") < 200:
-            assert time.monotonic() - started < 5, "full speed again after the flood"
-            await asyncio.sleep(0.05)
+        clock.advance(HOLD_SECONDS)
+
+        async def all_applied() -> bool:
+            return await applied(committed) == 200
+
+        await wait_until(all_applied, "full speed again after the flood")
+        assert clock.slept == [HOLD_SECONDS] * 3, "no hold once the flood is over"
     finally:
         stop.set()
-        await asyncio.wait_for(running, timeout=5)
+        await asyncio.wait_for(running, timeout=60)
+        await committed.redis.delete(key)
+
+
+async def test_a_flood_on_another_machine_holds_no_worker_here_back(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    elsewhere = flood_key(committed, f"not-{socket.gethostname()}")
+    assert elsewhere != flood_key(committed)
+    await send_orders(committed_client, corp, [f"h{i}" for i in range(200)], phones=200)
+    await committed.redis.set(elsewhere, b"1")  # that machine's API absorbs a flood
+    clock = FakeClock()
+    stop = asyncio.Event()
+    consumer = InboundConsumer(committed, batch_size=50, concurrency=1, sleep=clock.sleep)
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+
+        async def all_applied() -> bool:
+            return await applied(committed) == 200
+
+        await wait_until(all_applied, "the backlog applied at full speed")
+        assert clock.slept == [], "never held back"
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=60)
+        await committed.redis.delete(elsewhere)

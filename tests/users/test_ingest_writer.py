@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 
@@ -11,6 +14,7 @@ from services.users.ingest import Inbound, InboundWriter
 from shared.db import unit_of_work
 from shared.events import INBOUND_CHANNEL
 from shared.runtime import Runtime
+from tests.clock import FakeClock, wait_until
 from tests.helpers import make_tenant
 
 
@@ -64,32 +68,53 @@ async def test_a_lone_event_is_written_without_waiting_for_company(committed: Ru
     assert (first, again) == ([True], [False])
 
 
+@asynccontextmanager
+async def wake_ups(runtime: Runtime) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Listens on the users workers' channel; yields a count of the wake-ups sent so far.
+
+    The count is exact: it sends a marker and waits for it, and PostgreSQL delivers
+    notifications in the order their transactions committed.
+    """
+    heard: list[str] = []
+    markers = itertools.count()
+    async with runtime.engine.connect() as conn:
+        listener = (await conn.get_raw_connection()).driver_connection
+        assert listener is not None
+
+        def hear(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            heard.append(payload)
+
+        async def sent_so_far() -> int:
+            marker = f"marker-{next(markers)}"
+            async with runtime.engine.begin() as other:
+                await other.execute(
+                    text("SELECT pg_notify(:channel, :marker)"),
+                    {"channel": INBOUND_CHANNEL, "marker": marker},
+                )
+            await wait_until(lambda: marker in heard, "our own notification")
+            return heard[: heard.index(marker)].count("")
+
+        await listener.add_listener(INBOUND_CHANNEL, hear)
+        try:
+            yield sent_so_far
+        finally:
+            await listener.remove_listener(INBOUND_CHANNEL, hear)
+
+
 async def test_a_batch_with_new_events_wakes_the_users_workers_once(committed: Runtime) -> None:
     """The stored batch notifies the users workers' channel; a batch of repeats does not."""
     async with unit_of_work(committed.sessionmaker) as session:
         tenant = (await make_tenant(session)).id
-    heard: asyncio.Queue[str] = asyncio.Queue()
-    async with committed.engine.connect() as conn:
-        listener = (await conn.get_raw_connection()).driver_connection
-        assert listener is not None
-
-        def hear(*args: object) -> None:
-            heard.put_nowait(str(args[1]))
-
-        await listener.add_listener(INBOUND_CHANNEL, hear)
-        writer = InboundWriter(committed, batch_size=500, writers=1)
+    writer = InboundWriter(committed, batch_size=500, writers=1)
+    async with wake_ups(committed) as sent_so_far:
         try:
             items = [Inbound(tenant, "event", f"w{i}", "checkin", {}) for i in range(3)]
             assert await writer.store(items) == [True] * 3
-            await asyncio.wait_for(heard.get(), timeout=5)
-            await asyncio.sleep(0.3)
-            assert heard.empty(), "one notification per batch"
+            assert await sent_so_far() == 1, "one notification per batch"
             assert await writer.store(items) == [False] * 3
-            await asyncio.sleep(0.5)
-            assert heard.empty(), "nothing new, nobody woken"
+            assert await sent_so_far() == 1, "nothing new, nobody woken"
         finally:
             await writer.close()
-            await listener.remove_listener(INBOUND_CHANNEL, hear)
 
 
 async def test_a_flood_wakes_the_workers_at_a_bounded_rate_and_after_its_last_batch(
@@ -99,30 +124,34 @@ async def test_a_flood_wakes_the_workers_at_a_bounded_rate_and_after_its_last_ba
     wake interval, and what it stored last is still announced (a trailing wake-up)."""
     async with unit_of_work(committed.sessionmaker) as session:
         tenant = (await make_tenant(session)).id
-    heard: list[float] = []
-    loop = asyncio.get_running_loop()
-    async with committed.engine.connect() as conn:
-        listener = (await conn.get_raw_connection()).driver_connection
-        assert listener is not None
+    clock = FakeClock()
+    writer = InboundWriter(
+        committed, batch_size=5, writers=2, wake_interval=0.2, clock=clock, sleep=clock.sleep
+    )
+    stored = itertools.count()
 
-        def hear(*_: object) -> None:
-            heard.append(loop.time())
+    async def burst() -> None:
+        n = next(stored)
+        items = [Inbound(tenant, "event", f"f{n}-{i}", "checkin", {}) for i in range(3)]
+        assert await writer.store(items) == [True] * 3
 
-        await listener.add_listener(INBOUND_CHANNEL, hear)
-        writer = InboundWriter(committed, batch_size=5, writers=2, wake_interval=0.2)
+    async with wake_ups(committed) as sent_so_far:
         try:
-            started = loop.time()
-            for burst in range(20):
-                items = [Inbound(tenant, "event", f"f{burst}-{i}", "checkin", {}) for i in range(3)]
-                assert await writer.store(items) == [True] * 3
-                await asyncio.sleep(0.02)
-            last_stored = loop.time()
-            await asyncio.sleep(0.6)
+            await burst()
+            assert await sent_so_far() == 1, "the first batch after a quiet spell wakes them"
+            for _ in range(9):  # a batch every 20 ms, all within the wake interval
+                clock.advance(0.02)
+                await burst()
+            assert await sent_so_far() == 1, "a handful of wake-ups, not one per batch"
+            await clock.until_sleeping()  # the trailing wake-up waits for the interval's end
+            clock.advance(0.05)
+
+            async def announced() -> bool:
+                return await sent_so_far() == 2
+
+            await wait_until(announced, "the last batches announced by a trailing wake-up")
+            clock.advance(0.25)
+            await burst()
+            assert await sent_so_far() == 3, "a batch after a whole interval wakes them at once"
         finally:
             await writer.close()
-            await listener.remove_listener(INBOUND_CHANNEL, hear)
-    assert heard, "the workers were woken"
-    assert heard[0] - started < 0.15, "the first batch after a quiet spell wakes them at once"
-    # 20 batches over about 0.5 s: a handful of wake-ups, not one each.
-    assert len(heard) <= (last_stored - started) / 0.2 + 2
-    assert heard[-1] >= last_stored - 0.05, "the last batches were announced too"
