@@ -9,12 +9,14 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.models import PointsConfig
 from services.points.rules.schemas import PointsRules
+from shared.errors import InvalidInput
 from shared.models import Tenant
 
 
@@ -68,7 +70,19 @@ async def load_rules(session: AsyncSession, tenant_id: uuid.UUID) -> TenantRules
 
 
 async def save_rules(session: AsyncSession, tenant_id: uuid.UUID, rules: PointsRules) -> None:
+    """Store `rules`, refusing a document that would not load back (a URL that its
+    normalised form makes too long, say): a tenant's rules must always load."""
     config: dict[str, Any] = rules.model_dump(mode="json")
+    try:
+        PointsRules.model_validate(config)
+    except ValidationError as exc:
+        raise InvalidInput(
+            "the rules would not load back once stored",
+            details=[
+                {"loc": [str(p) for p in e["loc"]], "message": e["msg"], "type": e["type"]}
+                for e in exc.errors()
+            ],
+        ) from None
     await session.execute(
         insert(PointsConfig)
         .values(tenant_id=tenant_id, config=config)
