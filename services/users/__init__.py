@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shared.scope import register_contact_resolver
+
 if TYPE_CHECKING:
     from uuid import UUID
 
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from shared.auth import Principal
 
 SERVICE = "users"
 
@@ -35,3 +39,17 @@ async def contact_status(session: AsyncSession, tenant_id: UUID, contact_id: UUI
     if row.merged_into_id is not None:
         return f"merged:{row.merged_into_id}"
     return "erased" if row.erased_at is not None else "active"
+
+
+async def contact_in_scope(session: AsyncSession, principal: Principal, contact_id: UUID) -> bool:
+    """Whether `principal` may read and change this contact of its tenant: staff only the
+    contacts they own or follow, every other tenant role all of them (merged and erased
+    contacts included, as their own routes answer them). The rule of every
+    contact-keyed route, through `shared.scope.contact_in_scope`."""
+    from services.users.service import contact_visible
+
+    return await contact_visible(session, principal, contact_id)
+
+
+# Every service's contact-keyed routes ask this package who sees which contact.
+register_contact_resolver(contact_in_scope)

@@ -42,6 +42,7 @@ from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput, NotFound
 from shared.runtime import Runtime
+from shared.scope import contact_in_scope
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
 # Served by shared.app ahead of routing (see ingest_http).
@@ -49,11 +50,19 @@ front_doors = [IngestFastPath]
 # First, so /v1/contacts/import and /v1/contacts/export are not taken for contact ids.
 router.include_router(import_router)
 
+_contact_reader = require("admin", "operator", "analyst", "staff")
+_contact_writer = require("admin", "operator", "staff")
+_admin = require("admin")
 Reader = Annotated[Principal, require("admin", "operator", "analyst")]
-ContactReader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
-ContactWriter = Annotated[Principal, require("admin", "operator", "staff")]
-Admin = Annotated[Principal, require("admin")]
+ContactReader = Annotated[Principal, _contact_reader]
+ContactWriter = Annotated[Principal, _contact_writer]
+Admin = Annotated[Principal, _admin]
 Operator = Annotated[Principal, require("admin", "operator")]
+# The path's contact id, once it is in the caller's scope (404 otherwise: see
+# shared.scope), checked with the same role dependency as the route's principal.
+ReadableContact = Annotated[uuid.UUID, contact_in_scope(_contact_reader)]
+WritableContact = Annotated[uuid.UUID, contact_in_scope(_contact_writer)]
+ErasableContact = Annotated[uuid.UUID, contact_in_scope(_admin)]
 
 
 def _ingest(request: Request) -> IngestState:
@@ -283,7 +292,7 @@ async def list_contacts(
 
 @router.get("/contacts/{contact_id}", response_model=ContactDetail)
 async def get_contact(
-    contact_id: uuid.UUID, principal: ContactReader, session: SessionDep, request: Request
+    contact_id: ReadableContact, principal: ContactReader, session: SessionDep, request: Request
 ) -> ContactDetail:
     runtime: Runtime = request.app.state.runtime
     return await service.contact_detail(session, runtime.cipher, principal, contact_id)
@@ -291,7 +300,7 @@ async def get_contact(
 
 @router.patch("/contacts/{contact_id}", response_model=ContactDetail)
 async def patch_contact(
-    contact_id: uuid.UUID,
+    contact_id: WritableContact,
     body: ContactPatch,
     principal: ContactWriter,
     session: SessionDep,
@@ -306,7 +315,7 @@ async def patch_contact(
 
 @router.delete("/contacts/{contact_id}")
 async def erase_contact(
-    contact_id: uuid.UUID, principal: Admin, session: SessionDep, request: Request
+    contact_id: ErasableContact, principal: Admin, session: SessionDep, request: Request
 ) -> dict[str, Any]:
     """Erasure on request: identifying data destroyed, counts and ledgers kept."""
     runtime: Runtime = request.app.state.runtime
@@ -316,7 +325,7 @@ async def erase_contact(
 
 @router.get("/contacts/{contact_id}/events", response_model=TimelinePage)
 async def contact_events(
-    contact_id: uuid.UUID,
+    contact_id: ReadableContact,
     principal: ContactReader,
     session: SessionDep,
     cursor: str | None = None,
@@ -332,7 +341,7 @@ async def contact_events(
 
 @router.post("/contacts/{contact_id}/consent", status_code=201)
 async def change_consent(
-    contact_id: uuid.UUID, body: ConsentIn, principal: ContactWriter, session: SessionDep
+    contact_id: WritableContact, body: ConsentIn, principal: ContactWriter, session: SessionDep
 ) -> dict[str, Any]:
     contact = await service.visible_contact(session, principal, contact_id)
     change = await consent.record(
@@ -349,7 +358,7 @@ async def change_consent(
 
 @router.get("/contacts/{contact_id}/consent")
 async def read_consent(
-    contact_id: uuid.UUID, principal: ContactReader, session: SessionDep
+    contact_id: ReadableContact, principal: ContactReader, session: SessionDep
 ) -> dict[str, Any]:
     contact = await service.visible_contact(session, principal, contact_id)
     changes = await consent.history(session, contact.tenant_id, contact.id)

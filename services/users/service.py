@@ -204,6 +204,18 @@ def _summary(cipher: FieldCipher, principal: Principal, contact: Contact) -> Con
     )
 
 
+async def contact_visible(
+    session: AsyncSession, principal: Principal, contact_id: uuid.UUID
+) -> bool:
+    """Whether the contact is the caller's tenant's and, for staff, theirs (`_visible`)."""
+    found = await session.scalar(
+        select(Contact.id).where(
+            Contact.id == contact_id, Contact.tenant_id == principal.tenant, _visible(principal)
+        )
+    )
+    return found is not None
+
+
 async def visible_contact(
     session: AsyncSession, principal: Principal, contact_id: uuid.UUID
 ) -> Contact:

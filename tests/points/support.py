@@ -38,10 +38,12 @@ async def make_brand(runtime: Runtime) -> Brand:
     return Brand(tenant.id, tenant.slug, keys)
 
 
-async def make_member(runtime: Runtime, brand: Brand) -> uuid.UUID:
+async def make_member(runtime: Runtime, brand: Brand, *, owner: str | None = None) -> uuid.UUID:
+    """A contact of the brand; a staff key acts only on those its staff member (the
+    brand's staff key is "staff-1") owns."""
     contact_id = uuid.uuid4()
     async with unit_of_work(runtime.sessionmaker) as session:
-        session.add(Contact(id=contact_id, tenant_id=brand.tenant_id))
+        session.add(Contact(id=contact_id, tenant_id=brand.tenant_id, owner_staff_userid=owner))
     return contact_id
 
 

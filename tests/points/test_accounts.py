@@ -105,7 +105,7 @@ async def test_idempotency_key_replays_the_first_answer_status_included(
 async def test_bad_input_and_roles(
     committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand
 ) -> None:
-    member = await make_member(committed, brand)
+    member = await make_member(committed, brand, owner="staff-1")
     url = f"/v1/points/accounts/{member}/adjustments"
     for body in ({"points": 0, "reason": "x"}, {"points": 1.5, "reason": "x"}, {"points": 5}):
         response = await committed_client.post(url, json=body, headers=brand.headers())

@@ -67,7 +67,7 @@ async def redeem_item(
 async def funded_member(
     runtime: Runtime, client: httpx.AsyncClient, brand: Brand, points: int
 ) -> uuid.UUID:
-    member = await make_member(runtime, brand)
+    member = await make_member(runtime, brand, owner="staff-1")  # the brand's staff key
     credited = await adjust(client, brand, member, points)
     assert credited.status_code == 201, credited.text
     return member

@@ -17,12 +17,16 @@ from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
+from shared.scope import contact_in_scope
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
 router = APIRouter()
 
 Reader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
-Claimer = Annotated[Principal, require("admin", "operator", "staff")]
+_claimer = require("admin", "operator", "staff")
+Claimer = Annotated[Principal, _claimer]
+# The path's contact id, once it is in the caller's scope (404 otherwise: see shared.scope).
+ClaimingMember = Annotated[uuid.UUID, contact_in_scope(_claimer)]
 Admin = Annotated[Principal, require("admin")]
 
 
@@ -52,7 +56,7 @@ async def put_benefit(
 
 @router.post("/points/accounts/{contact_id}/benefits/{code}/claims", status_code=201)
 async def claim_benefit(
-    contact_id: uuid.UUID,
+    contact_id: ClaimingMember,
     code: str,
     principal: Claimer,
     idem: IdempotencyDep,

@@ -27,14 +27,23 @@ from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
+from shared.scope import contact_in_scope
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
 router = APIRouter()
 
-Reader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
+_reader = require("admin", "operator", "analyst", "staff")
+_operator = require("admin", "operator")
+_redeemer = require("admin", "operator", "staff")
+Reader = Annotated[Principal, _reader]
 StatusReader = Annotated[Principal, require("admin", "operator", "analyst")]
-Operator = Annotated[Principal, require("admin", "operator")]
-Redeemer = Annotated[Principal, require("admin", "operator", "staff")]
+Operator = Annotated[Principal, _operator]
+Redeemer = Annotated[Principal, _redeemer]
+# The path's contact id, once it is in the caller's scope (404 otherwise: see
+# shared.scope), checked with the same role dependency as the route's principal.
+ReadableMember = Annotated[uuid.UUID, contact_in_scope(_reader)]
+AdjustableMember = Annotated[uuid.UUID, contact_in_scope(_operator)]
+RedeemingMember = Annotated[uuid.UUID, contact_in_scope(_redeemer)]
 
 
 def _booking(booked: Booked, balance: int) -> Booking:
@@ -71,14 +80,16 @@ async def status(principal: StatusReader, session: SessionDep, request: Request)
 
 
 @router.get("/points/accounts/{contact_id}", response_model=Account)
-async def get_account(contact_id: uuid.UUID, principal: Reader, session: SessionDep) -> Account:
+async def get_account(
+    contact_id: ReadableMember, principal: Reader, session: SessionDep
+) -> Account:
     """Balance, debt, lifetime sums and the points expiring within the warning window."""
     return Account.model_validate(await service.account_view(session, principal.tenant, contact_id))
 
 
 @router.get("/points/accounts/{contact_id}/ledger", response_model=LedgerPage)
 async def get_ledger(
-    contact_id: uuid.UUID,
+    contact_id: ReadableMember,
     principal: Reader,
     session: SessionDep,
     cursor: str | None = None,
@@ -102,7 +113,7 @@ async def get_ledger(
 
 @router.post("/points/accounts/{contact_id}/adjustments", status_code=201, response_model=Booking)
 async def adjust(
-    contact_id: uuid.UUID,
+    contact_id: AdjustableMember,
     body: AdjustmentIn,
     principal: Operator,
     idem: IdempotencyDep,
@@ -128,7 +139,7 @@ async def adjust(
     response_model=Booking | RedemptionOut,
 )
 async def redeem(
-    contact_id: uuid.UUID,
+    contact_id: RedeemingMember,
     body: RedemptionIn,
     principal: Redeemer,
     idem: IdempotencyDep,
