@@ -31,6 +31,8 @@ from shared.observability import (
     SCHEDULED_DUE,
     AccessSummary,
     RequestContextMiddleware,
+    flush_counters,
+    read_counters,
 )
 from shared.runtime import Runtime
 
@@ -165,9 +167,21 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
     async def metrics(request: Request) -> Response:
         rt: Runtime = request.app.state.runtime
         await _refresh_bus_gauges(rt)
+        await _refresh_installation_counters(rt)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _refresh_installation_counters(rt: Runtime) -> None:
+    """Events published and handled by every process of the installation (the relay and
+    the workers run elsewhere), this process's own increments included."""
+    try:
+        async with asyncio.timeout(3):
+            await flush_counters(rt.redis, rt.settings.queue_prefix)
+            await read_counters(rt.redis, rt.settings.queue_prefix)
+    except Exception as exc:
+        log.warning("metrics: event counters unavailable: %s", exc)
 
 
 async def _refresh_bus_gauges(rt: Runtime) -> None:

@@ -23,6 +23,7 @@ from shared.audit import record_audit
 from shared.db import SessionDep
 from shared.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.models import ApiKey, Tenant
+from shared.observability import route_template
 
 Role = Literal["admin", "operator", "analyst", "staff", "platform"]
 TENANT_ROLES: tuple[Role, ...] = ("admin", "operator", "analyst", "staff")
@@ -193,6 +194,15 @@ def audit_as(
     )
 
 
+# The roles each `require(...)` dependency admits, for the OpenAPI document.
+_REQUIRED_ROLES: dict[Any, frozenset[Role]] = {}
+
+
+def roles_required(dependency: Any) -> frozenset[Role] | None:
+    """The roles a dependency made by `require` admits; None for any other callable."""
+    return _REQUIRED_ROLES.get(dependency)
+
+
 def require(*roles: Role) -> Any:
     """Dependency admitting only `roles`; audits mutating requests it admits."""
     allowed = frozenset(roles)
@@ -206,8 +216,7 @@ def require(*roles: Role) -> Any:
             )
         request.state.principal = principal
         if request.method in _MUTATING:
-            route = request.scope.get("route")
-            template = getattr(route, "path", request.url.path)
+            template = route_template(request.scope) or request.url.path
             audit_as(
                 session,
                 request,
@@ -217,6 +226,7 @@ def require(*roles: Role) -> Any:
             )
         return principal
 
+    _REQUIRED_ROLES[dependency] = allowed
     return Depends(dependency)
 
 

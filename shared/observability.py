@@ -9,10 +9,15 @@ import logging
 import random
 import sys
 import time
+import weakref
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -36,15 +41,143 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-EVENTS_HANDLED = Counter(
-    "scrm_events_handled_total",
-    "Event deliveries by handler and outcome (ok, duplicate, failed, dead)",
+
+
+class InstallationCounter:
+    """A counter of work done anywhere in the installation, not only in this process.
+
+    The relay and the workers run in other processes (or pods) than the APIs
+    that serve /metrics, so a process-local counter would show 0 where it is
+    scraped. Each process adds its increments to a Redis hash (at most once a
+    second, and before each scrape of its own /metrics); `/metrics` reads the
+    hash. Every API replica therefore shows the same installation-wide total
+    (aggregate with max, not sum); a Redis emptied without persistence starts
+    it again from 0, which Prometheus reads as a counter reset.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._pending: dict[tuple[str, ...], int] = {}
+        self._totals: dict[tuple[str, ...], float] = {}
+        _INSTALLATION_COUNTERS.append(self)
+
+    def labels(self, *values: str) -> _CounterChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}")
+        return _CounterChild(self, tuple(values))
+
+    def inc(self, amount: int = 1) -> None:
+        self._add((), amount)
+
+    def _add(self, values: tuple[str, ...], amount: int) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self._pending[values] = self._pending.get(values, 0) + amount
+        _schedule_counter_flush()
+
+    def key(self, prefix: str) -> str:
+        return f"{prefix}:metrics:{self.name}"
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=list(self.labelnames))
+        for values, total in sorted(self._totals.items()):
+            family.add_metric(list(values), total)
+        yield family
+
+
+class _CounterChild:
+    def __init__(self, counter: InstallationCounter, values: tuple[str, ...]) -> None:
+        self._counter = counter
+        self._values = values
+
+    def inc(self, amount: int = 1) -> None:
+        self._counter._add(self._values, amount)
+
+
+_INSTALLATION_COUNTERS: list[InstallationCounter] = []
+# Where this process's increments go: bound by Runtime.open (count_in).
+_counter_store: tuple[Any, str] | None = None
+_counter_flush_scheduled = False
+_counter_flushes: set[asyncio.Task[None]] = set()
+_LABEL_SEPARATOR = "\x1f"
+
+
+def count_in(redis: Any, prefix: str) -> None:
+    """Send this process's installation counters to `redis` under `prefix` from now on."""
+    global _counter_store
+    _counter_store = (redis, prefix)
+
+
+def _schedule_counter_flush() -> None:
+    global _counter_flush_scheduled
+    if _counter_flush_scheduled or _counter_store is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop: the next increment (or scrape) in one sends it
+    _counter_flush_scheduled = True
+    loop.call_later(1.0, _start_counter_flush)
+
+
+def _start_counter_flush() -> None:
+    global _counter_flush_scheduled
+    _counter_flush_scheduled = False
+    if _counter_store is None:
+        return
+    task = asyncio.get_running_loop().create_task(flush_counters(*_counter_store))
+    _counter_flushes.add(task)
+    task.add_done_callback(_counter_flushes.discard)
+
+
+async def flush_counters(redis: Any, prefix: str) -> None:
+    """Add this process's pending increments to the installation's totals in Redis."""
+    taken = [(counter, counter._pending) for counter in _INSTALLATION_COUNTERS]
+    if not any(pending for _, pending in taken):
+        return
+    for counter, _ in taken:
+        counter._pending = {}
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for counter, pending in taken:
+            for values, amount in pending.items():
+                pipe.hincrby(counter.key(prefix), _LABEL_SEPARATOR.join(values), amount)
+        await pipe.execute()
+    except Exception as exc:
+        # Kept for the next flush: a Redis outage delays the counts, it does not lose them.
+        for counter, pending in taken:
+            for values, amount in pending.items():
+                counter._pending[values] = counter._pending.get(values, 0) + amount
+        _error_log.warning("metrics: counters not sent to Redis: %s", exc)
+
+
+async def read_counters(redis: Any, prefix: str) -> None:
+    """Load the installation's totals (what /metrics shows) from Redis."""
+    for counter in _INSTALLATION_COUNTERS:
+        stored = await redis.hgetall(counter.key(prefix))
+        totals: dict[tuple[str, ...], float] = {}
+        for field, value in stored.items():
+            text = field.decode() if isinstance(field, bytes) else str(field)
+            values = tuple(text.split(_LABEL_SEPARATOR)) if counter.labelnames else ()
+            if len(values) == len(counter.labelnames):
+                totals[values] = float(value)
+        counter._totals = totals
+
+
+EVENTS_HANDLED = InstallationCounter(
+    "scrm_events_handled",
+    "Event deliveries by service and outcome (ok, duplicate, failed, dead), "
+    "in every worker of the installation",
     ["service", "outcome"],
-    registry=REGISTRY,
 )
-EVENTS_PUBLISHED = Counter(
-    "scrm_events_published_total", "Outbox events published by the relay", registry=REGISTRY
+EVENTS_PUBLISHED = InstallationCounter(
+    "scrm_events_published",
+    "Outbox events published by the relays of the installation",
 )
+REGISTRY.register(EVENTS_HANDLED)
+REGISTRY.register(EVENTS_PUBLISHED)
 QUEUE_DEPTH = Gauge(
     "scrm_queue_depth", "Jobs waiting in a service's queue", ["service"], registry=REGISTRY
 )
@@ -87,6 +220,50 @@ def _request_metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
         )
         _REQUEST_METRICS[(method, route, status)] = found
     return found
+
+
+# Per app: id of each FastAPI route -> its full path template. A router included
+# with a prefix keeps its routes' own paths ("/points/items" under "/v1"), and
+# scope["route"] is that route: the full template comes from the app's routes.
+_TEMPLATES: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _app_templates(app: Any) -> dict[int, str]:
+    return {
+        id(context.original_route): context.path_format or ""
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute)
+    }
+
+
+def route_template(scope: Scope) -> str | None:
+    """The full path template of the route that served `scope`
+    (`/v1/contacts/{contact_id}`, `/docs`), or None when no route matched.
+
+    Metrics label requests by it and the audit log names actions by it."""
+    route = scope.get("route")
+    app = scope.get("app")
+    if isinstance(route, APIRoute):
+        if app is None:
+            return route.path
+        templates = _TEMPLATES.get(app)
+        found = templates.get(id(route)) if templates is not None else None
+        if found is None:  # a route added since, or the first request
+            templates = _app_templates(app)
+            found = templates.setdefault(id(route), route.path)
+            _TEMPLATES[app] = templates
+        return found
+    if route is not None:
+        path = getattr(route, "path", None)  # a front door's label
+        return path if isinstance(path, str) else None
+    # Plain Starlette routes (the docs, the OpenAPI document, static files) leave no
+    # route in the scope: find the one that answered.
+    for candidate in getattr(app, "routes", ()):
+        if isinstance(candidate, APIRoute) or not isinstance(candidate, Route | Mount):
+            continue
+        if candidate.matches(scope)[0] != Match.NONE:
+            return candidate.path + "/{path}" if isinstance(candidate, Mount) else candidate.path
+    return None
 
 
 def current_request_id() -> str | None:
@@ -271,8 +448,7 @@ class RequestContextMiddleware:
             await send_with_id({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope) or "unmatched"
             method = scope.get("method", "")
             requests, latency = _request_metrics(method, template, status)
             requests.inc()

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.config import Settings
 from shared.crypto import FieldCipher, get_cipher
 from shared.db import create_engine, create_sessionmaker
+from shared.observability import count_in
 
 
 def redis_settings(redis_url: str) -> RedisSettings:
@@ -44,6 +45,9 @@ class Runtime:
         # Every session knows its runtime, so event handlers and service code
         # reach the cipher or Redis without globals (see runtime_of).
         runtime.sessionmaker.configure(info={"runtime": runtime})
+        # The events this process publishes and handles count towards the
+        # installation's totals, which any API's /metrics shows.
+        count_in(redis, settings.queue_prefix)
         return runtime
 
     @cached_property
