@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import phonenumbers
 from sqlalchemy import func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,29 +22,88 @@ from shared.crypto import FieldCipher
 from shared.errors import InvalidInput
 from shared.events import publish
 
-_PHONE = re.compile(r"^\+?[0-9]{5,20}$")
+# Tenants have no region of their own yet: national numbers (no +, no 00) are read
+# as Chinese. A tenant setting would be passed as `region` to normalise_phone.
+DEFAULT_PHONE_REGION = "CN"
+MAX_IDENTIFIER = 200
+# Digits (any script's), separators and one leading +: no letters (vanity numbers,
+# "ext."), no control characters.
+_PHONE_CHARACTERS = re.compile(r"\+?[\d \-.()/]{3,40}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+
+
+def normalise_phone(value: str, region: str = DEFAULT_PHONE_REGION) -> str:
+    """E.164 (`+8613800138000`) of a valid phone number; `region` reads national ones.
+
+    Validity is the `phonenumbers` library's (Google's libphonenumber metadata):
+    the number must exist in its country's numbering plan, so `12345` or a
+    mobile number with extra digits is refused.
+    """
+    cleaned = value.strip()
+    if _PHONE_CHARACTERS.fullmatch(cleaned):
+        try:
+            number = phonenumbers.parse(cleaned, region)
+        except phonenumbers.NumberParseException:
+            number = None
+        if number is not None and phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    raise InvalidInput(f"invalid phone number {value!r}", details={"kind": "phone"})
+
+
+def legacy_phone_forms(e164: str, region: str = DEFAULT_PHONE_REGION) -> list[str]:
+    """The forms earlier versions stored the number in, other than E.164 itself.
+
+    They kept what was sent less spaces, dashes and brackets, with +86 / 0086
+    dropped from 11-digit Chinese numbers: `13800138000` for a mobile however it
+    was sent, `01012345678` for a landline sent as dialled at home, `8613800138000`
+    for one sent with its country code and no +. Their identities still have blind
+    indexes of those forms, so lookups try them too.
+    """
+    number = phonenumbers.parse(e164)
+    national = phonenumbers.national_significant_number(number)
+    forms = [e164[1:]]
+    if number.country_code == 86 and len(national) == 11:
+        forms.append(national)
+    if number.country_code == phonenumbers.country_code_for_region(region):
+        dialled = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+        forms.append(re.sub(r"[^\d]", "", dialled))
+    return [f for f in dict.fromkeys(forms) if f != e164]
 
 
 def normalise(kind: str, value: str) -> str:
-    """The canonical form of an identifier (what the blind index is computed on)."""
+    """The canonical form of an identifier (what the blind index is computed on).
+
+    Phones are E.164, emails lower case; other identifiers are kept as sent, less
+    surrounding white space. Raises InvalidInput for a value that is not one.
+    """
     if kind not in IDENTITY_KINDS:
         raise InvalidInput(f"unknown identity kind {kind!r}", details={"kind": kind})
-    cleaned = value.strip()
     if kind == "phone":
-        cleaned = re.sub(r"[\s\-()]", "", cleaned)
-        if cleaned.startswith("+86") and len(cleaned) == 14:
-            cleaned = cleaned[3:]
-        elif cleaned.startswith("0086") and len(cleaned) == 15:
-            cleaned = cleaned[4:]
-        if not _PHONE.fullmatch(cleaned):
-            raise InvalidInput(f"invalid phone number {value!r}", details={"kind": kind})
-    elif kind == "email":
+        return normalise_phone(value)
+    cleaned = value.strip()
+    if kind == "email":
         cleaned = cleaned.lower()
-        if "@" not in cleaned:
+        if not _EMAIL.fullmatch(cleaned):
             raise InvalidInput(f"invalid email {value!r}", details={"kind": kind})
-    if not cleaned or len(cleaned) > 200:
+    if not cleaned or len(cleaned) > MAX_IDENTIFIER or "\x00" in cleaned:
         raise InvalidInput(f"invalid {kind} {value!r}", details={"kind": kind})
     return cleaned
+
+
+def stored_forms(kind: str, canonical: str) -> list[str]:
+    """Every form an identity of this canonical value may be stored under, canonical
+    first (what is written today), then the forms of earlier versions."""
+    if kind == "phone":
+        return [canonical, *legacy_phone_forms(canonical)]
+    return [canonical]
+
+
+def lookup_keys(
+    cipher: FieldCipher, tenant_id: uuid.UUID, kind: str, canonical: str
+) -> list[bytes]:
+    """Blind indexes to look an identity up by: the canonical one first."""
+    tenant = str(tenant_id)
+    return [cipher.blind_index(f, kind=kind, tenant=tenant) for f in stored_forms(kind, canonical)]
 
 
 def identity_context(tenant_id: uuid.UUID, kind: str) -> bytes:
@@ -81,15 +141,14 @@ async def resolve(
     create: bool = True,
 ) -> Resolution | None:
     """The contact these identifiers belong to: found, created, or merged into one."""
-    tenant = str(tenant_id)
     normalised = {kind: normalise(kind, value) for kind, value in identities.items() if value}
     if not normalised:
         raise InvalidInput("at least one contact identifier is needed")
-    keys = {
-        kind: cipher.blind_index(value, kind=kind, tenant=tenant)
-        for kind, value in normalised.items()
-    }
-    owners = await repository.contact_ids_for(session, tenant_id, list(keys.items()))
+    # Per kind, the blind index written today first, then those of earlier versions' forms.
+    keys = {kind: lookup_keys(cipher, tenant_id, kind, value) for kind, value in normalised.items()}
+    owners = await repository.contact_ids_for(
+        session, tenant_id, [(kind, bidx) for kind, found in keys.items() for bidx in found]
+    )
     known = sorted(set(owners.values()), key=str)
     created = False
     if known:
@@ -106,15 +165,15 @@ async def resolve(
         if other != contact_id:
             await merge(session, tenant_id, contact_id, other, reason=f"shared identity ({source})")
             resolution.merged.append(other)
-    for kind, bidx in keys.items():
-        if (kind, bidx) in owners:
+    for kind, forms in keys.items():
+        if any((kind, bidx) in owners for bidx in forms):
             continue
         owner = await repository.add_identity(
             session,
             tenant_id,
             resolution.contact_id,
             kind=kind,
-            value_bidx=bidx,
+            value_bidx=forms[0],
             value_enc=cipher.encrypt(normalised[kind], context=identity_context(tenant_id, kind)),
             source=source,
         )

@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.users.identity import identity_context, name_context, normalise
+from services.users.identity import identity_context, lookup_keys, name_context, normalise
 from services.users.models import IDENTITY_KINDS
 from shared.crypto import FieldCipher
 from shared.errors import Conflict, InvalidInput
@@ -353,11 +353,15 @@ class _Loader:
         self._grams: dict[str, bytes] = {}  # gram -> blind index; grams repeat a lot
 
     def blind_indexes(self, rows: list[_Row]) -> list[tuple[int, str, bytes]]:
+        """What to look each row's identities up by; a row's new identities get the
+        first (canonical) one, and the others find what earlier versions stored."""
         keys = []
         for pos, row in enumerate(rows):
             for kind, value in row.identities.items():
-                row.keys[kind] = self.cipher.blind_index(value, kind=kind, tenant=self.tenant)
-                keys.append((pos, kind, row.keys[kind]))
+                canonical, *legacy = lookup_keys(self.cipher, self.tenant_id, kind, value)
+                row.keys[kind] = canonical
+                keys.append((pos, kind, canonical))
+                keys.extend((pos, kind, bidx) for bidx in legacy)
         return keys
 
     def name_grams(self, name: str) -> list[bytes]:

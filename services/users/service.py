@@ -12,7 +12,13 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import SERVICE, consent, repository
-from services.users.identity import identity_context, name_context, name_grams, normalise
+from services.users.identity import (
+    identity_context,
+    lookup_keys,
+    name_context,
+    name_grams,
+    normalise,
+)
 from services.users.models import Contact, ContactEvent, ContactFollow, ContactMerge
 from services.users.schemas import (
     ContactDetail,
@@ -139,10 +145,10 @@ async def list_contacts(
     )
     for kind in ("external_userid", "phone", "unionid"):
         if filters.get(kind):
-            bidx = cipher.blind_index(
-                normalise(kind, filters[kind]), kind=kind, tenant=str(tenant_id)
+            forms = lookup_keys(cipher, tenant_id, kind, normalise(kind, filters[kind]))
+            owners = await repository.contact_ids_for(
+                session, tenant_id, [(kind, bidx) for bidx in forms]
             )
-            owners = await repository.contact_ids_for(session, tenant_id, [(kind, bidx)])
             query = query.where(Contact.id.in_(list(owners.values()) or [uuid.uuid4()]))
     if filters.get("owner"):
         query = query.where(Contact.owner_staff_userid == filters["owner"])

@@ -15,6 +15,7 @@ from tests.helpers import bearer, make_key
 from tests.users.support import WeComTenant, contact_event, post, process_all, wecom_tenant
 
 PHONE = "13812341234"
+PHONE_E164 = "+8613812341234"  # as stored and shown
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ async def test_events_proving_one_person_merge_two_contacts(
     ).json()
     assert sorted((i["kind"], i["value"]) for i in detail["identities"]) == [
         ("external_userid", "wmMERGE"),
-        ("phone", PHONE),
+        ("phone", PHONE_E164),
     ]
     [merged_id] = detail["merged_from"]
     merged = (
@@ -112,9 +113,9 @@ async def test_masking_per_role_and_audited_unmasked_reads(
             await committed_client.get(f"/v1/contacts/{contact_id}", headers=bearer(roles[role]))
         ).json()
         seen[role] = (body["name"], {i["kind"]: i["value"] for i in body["identities"]})
-    assert seen["admin"] == ("张三丰", {"phone": PHONE, "unionid": "oUNION1234567890"})
+    assert seen["admin"] == ("张三丰", {"phone": PHONE_E164, "unionid": "oUNION1234567890"})
     assert seen["operator"] == seen["admin"]
-    assert seen["analyst"] == ("张**", {"phone": "138****1234", "unionid": "oUNI****7890"})
+    assert seen["analyst"] == ("张**", {"phone": "+86****1234", "unionid": "oUNI****7890"})
     listed = (await committed_client.get("/v1/contacts", headers=bearer(roles["analyst"]))).json()[
         "items"
     ]

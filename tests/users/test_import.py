@@ -130,7 +130,7 @@ async def test_import_loads_good_rows_and_reports_bad_ones(
     assert sorted((i["kind"], i["value"], i["source"]) for i in alice_detail["identities"]) == [
         ("email", "alice@example.com", "import"),
         ("openid", "oOPEN-A", "import"),
-        ("phone", "13800000001", "import"),
+        ("phone", "+8613800000001", "import"),
     ], "the new identity is attached to the matched contact"
     [bob] = await find(committed_client, admin, unionid="oUNION-B")
     bob_detail = await detail(committed_client, admin, bob["id"])
@@ -340,7 +340,7 @@ async def test_export_is_masked_for_analysts_and_audited_when_unmasked(
     first = admin["oUNION1234567890"]
     assert (first["name"], first["phone"], first["email"]) == (
         "张三丰",
-        "13812341234;13812340000",
+        "+8613812341234;+8613812340000",
         "ann@example.com",
     )
     assert (first["owner_staff_userid"], first["lifecycle_stage"], first["attr.city"]) == (
@@ -352,7 +352,7 @@ async def test_export_is_masked_for_analysts_and_audited_when_unmasked(
     masked = analyst[first["id"]]
     assert (masked["name"], masked["phone"], masked["unionid"], masked["email"]) == (
         "张**",
-        "138****1234;138****0000",
+        "+86****1234;+86****0000",
         "oUNI****7890",
         "a***@example.com",
     )
@@ -388,8 +388,8 @@ async def test_export_masks_personal_data_unless_unmasked(
             ]
         [row] = list(csv.DictReader(io.StringIO("".join(lines))))
         exported[unmask] = (row["name"], row["phone"], row["email"], row["attr.tier"])
-    assert exported[True] == ("Bo Li", "13812341234", "bo@example.com", "gold")
-    assert exported[False] == ("B****", "138****1234", "b***@example.com", "gold")
+    assert exported[True] == ("Bo Li", "+8613812341234", "bo@example.com", "gold")
+    assert exported[False] == ("B****", "+86****1234", "b***@example.com", "gold")
 
 
 async def test_payload_over_50_mb_is_refused(
@@ -459,8 +459,8 @@ async def test_cli_import_report_rerun_and_export(
     assert exported.returncode == 0, exported.stderr
     assert "exported 2 contact(s)" in exported.stderr
     rows = {r["phone"]: r for r in csv.DictReader(output.open(newline="", encoding="utf-8"))}
-    assert rows["13600000002"]["name"] == "韩梅梅", "the command exports unmasked"
-    assert rows["13600000001"]["attr.source"] == "fair"
+    assert rows["+8613600000002"]["name"] == "韩梅梅", "the command exports unmasked"
+    assert rows["+8613600000001"]["attr.source"] == "fair"
     assert output.stat().st_mode & 0o077 == 0, "unmasked export readable by its owner only"
     audit = await scalar(
         committed,
