@@ -82,6 +82,8 @@ class ImportReport:
     # The header and the cells of rejected rows, for a report the user can fix and re-import.
     header: list[str] = field(default_factory=list, repr=False)
     rejected_cells: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    # How the file's lines end (its header's ending), for that report: "\r\n" if unknown.
+    line_ending: str = field(default="\r\n", repr=False)
 
 
 # -- reading and validating -----------------------------------------------------------
@@ -184,11 +186,25 @@ def _validate(columns: _Columns, line: int, cells: list[str]) -> _Row | str:
     return _Row(line, cells, identities, name or None, owner or None, attributes)
 
 
+def _noting_line_ending(lines: Iterable[str], report: ImportReport) -> Iterator[str]:
+    """The lines as they are (read with `newline=""`); the first one's ending is noted
+    as the file's. Decoding errors are raised where the CSV reader reports them."""
+    rest = iter(lines)
+    for first in rest:
+        if first.endswith("\r\n"):
+            report.line_ending = "\r\n"
+        elif first.endswith(("\n", "\r")):
+            report.line_ending = first[-1]
+        yield first
+        break
+    yield from rest
+
+
 class _Reader:
     """Reads the file a chunk of validated rows at a time; rejects duplicates across chunks."""
 
     def __init__(self, lines: Iterable[str], report: ImportReport) -> None:
-        self._csv = csv.reader(lines)
+        self._csv = csv.reader(_noting_line_ending(lines, report))
         self._report = report
         self._first_line: dict[tuple[str, str], int] = {}
         header = next(self._records(), None)

@@ -32,9 +32,10 @@ def _count_records(path: Path) -> int:
 
 
 def _write_rejections(report: ImportReport, path: Path) -> None:
-    """The rejected rows as they were, with their line and reason: fix them, import again."""
+    """The rejected rows as they were, with their line and reason: fix them, import again.
+    Lines end as the imported file's did."""
     with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator=report.line_ending)
         writer.writerow(["line", "reason", *report.header])
         for line, reason in report.rejected:
             writer.writerow([line, reason, *report.rejected_cells.get(line, [])])
