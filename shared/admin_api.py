@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import audit, auth, dlq, tenancy
 from shared.admin_schemas import (
@@ -23,7 +24,7 @@ from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
-from shared.models import Tenant
+from shared.models import DeadLetter, Tenant
 
 router = APIRouter(prefix="/v1", tags=["platform"])
 
@@ -163,6 +164,12 @@ def _dlq_scope(principal: Principal) -> uuid.UUID | str:
     return principal.tenant_id if principal.tenant_id is not None else dlq.ALL_TENANTS
 
 
+async def _described(session: AsyncSession, letters: list[DeadLetter]) -> list[DeadLetterOut]:
+    """Dead letters with what each is about (source, type and id of the work)."""
+    about = await dlq.subjects(session, letters)
+    return [DeadLetterOut.of(letter, about.get(letter.id)) for letter in letters]
+
+
 @router.get("/admin/dlq", response_model=Page[DeadLetterOut])
 async def list_dead_letters(
     principal: AdminOrPlatform,
@@ -175,9 +182,7 @@ async def list_dead_letters(
         session, _dlq_scope(principal), status=status, before_id=_cursor(cursor), limit=limit
     )
     next_cursor = str(letters[-1].id) if len(letters) == limit else None
-    return Page[DeadLetterOut](
-        items=[DeadLetterOut.model_validate(d) for d in letters], next_cursor=next_cursor
-    )
+    return Page[DeadLetterOut](items=await _described(session, letters), next_cursor=next_cursor)
 
 
 @router.get("/admin/dlq/{dead_letter_id}", response_model=DeadLetterOut)
@@ -185,7 +190,8 @@ async def get_dead_letter(
     dead_letter_id: int, principal: AdminOrPlatform, session: SessionDep
 ) -> DeadLetterOut:
     letter = await dlq.get_dead_letter(session, _dlq_scope(principal), dead_letter_id)
-    return DeadLetterOut.model_validate(letter)
+    [described] = await _described(session, [letter])
+    return described
 
 
 @router.post("/admin/dlq/{dead_letter_id}/replay", response_model=DeadLetterOut)
@@ -195,4 +201,5 @@ async def replay_dead_letter(
     letter = await dlq.replay_dead_letter(
         session, request.app.state.runtime, _dlq_scope(principal), dead_letter_id
     )
-    return DeadLetterOut.model_validate(letter)
+    [described] = await _described(session, [letter])
+    return described

@@ -344,8 +344,9 @@ def dlq_group() -> None:
     """Dead letters: work that kept failing."""
 
 
-def _letter_line(letter: Any) -> str:
-    what = f"event {letter.event_id}" if letter.event_id else f"job {letter.scheduled_job_id}"
+def _letter_line(letter: Any, about: Any) -> str:
+    """A dead letter as a JSON line; `about` is what it is about (shared.dlq.Subject)."""
+    what = about.describe() if about is not None else "unknown work"
     return json.dumps(
         {
             "id": letter.id,
@@ -378,7 +379,8 @@ def dlq_list(slug: str | None, status: str, limit: int) -> None:
         letters = await dlq.list_dead_letters(
             session, scope, status=None if status == "all" else status, limit=limit
         )
-        return [_letter_line(letter) for letter in letters]
+        about = await dlq.subjects(session, letters)
+        return [_letter_line(letter, about.get(letter.id)) for letter in letters]
 
     lines = run_with_session(go)
     for line in lines:
@@ -395,7 +397,8 @@ def dlq_replay(dead_letter_id: int) -> None:
         load_subscriptions(extra_modules=runtime.settings.extra_task_modules)
         letter = await dlq.replay_dead_letter(session, runtime, dlq.ALL_TENANTS, dead_letter_id)
         audit_cli(session, "scrm dlq replay", letter.tenant_id, dead_letter_id=letter.id)
-        return _letter_line(letter)
+        about = await dlq.subjects(session, [letter])
+        return _letter_line(letter, about.get(letter.id))
 
     click.echo(run_with_session(go))
 

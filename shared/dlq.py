@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import TextClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.errors import Conflict, NotFound
@@ -26,6 +28,64 @@ def replays_inbound_events(replay: InboundReplay) -> InboundReplay:
     global _replay_inbound
     _replay_inbound = replay
     return replay
+
+
+SubjectKind = Literal["inbound_event", "event", "scheduled_job"]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a dead letter is about: the work that died, named as ops know it."""
+
+    kind: SubjectKind
+    id: int  # of its row: inbound_events, outbox_events or scheduled_jobs
+    type: str | None  # the event type, or the job's name
+    # Inbound events: where they came from (wecom, or event: a webhook or POST /v1/events).
+    source: str | None = None
+    # Inbound events: the integration's event_id (a WeCom callback's dedupe key);
+    # outbox events: the domain event's id.
+    event_id: str | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. `inbound event order.paid SO-1-paid from event`."""
+        if self.kind == "inbound_event":
+            return f"inbound event {self.type} {self.event_id} from {self.source}"
+        if self.kind == "event":
+            return f"event {self.type} {self.event_id}"
+        return f"scheduled job {self.type} {self.id}"
+
+
+# Each reads the clear columns that name the work (never a payload, which may name people).
+_SUBJECTS: dict[SubjectKind, TextClause] = {
+    "inbound_event": text(
+        "SELECT id, type, source, dedupe_key FROM inbound_events WHERE id = ANY(:ids)"
+    ),
+    "event": text("SELECT id, type, NULL, event_id::text FROM outbox_events WHERE id = ANY(:ids)"),
+    "scheduled_job": text("SELECT id, job, NULL, NULL FROM scheduled_jobs WHERE id = ANY(:ids)"),
+}
+
+
+def _subject_key(letter: DeadLetter) -> tuple[SubjectKind, int] | None:
+    if letter.inbound_event_id is not None:
+        return "inbound_event", letter.inbound_event_id
+    if letter.event_id is not None:
+        return "event", letter.event_id
+    if letter.scheduled_job_id is not None:
+        return "scheduled_job", letter.scheduled_job_id
+    return None
+
+
+async def subjects(session: AsyncSession, letters: Sequence[DeadLetter]) -> dict[int, Subject]:
+    """What each dead letter is about, by dead letter id (one query per kind of work)."""
+    keys = {letter.id: key for letter in letters if (key := _subject_key(letter)) is not None}
+    found: dict[tuple[SubjectKind, int], Subject] = {}
+    for kind, statement in _SUBJECTS.items():
+        ids = sorted({row_id for k, row_id in keys.values() if k == kind})
+        if not ids:
+            continue
+        for row_id, type_, source, event_id in await session.execute(statement, {"ids": ids}):
+            found[(kind, row_id)] = Subject(kind, row_id, type_, source, event_id)
+    return {letter_id: found[key] for letter_id, key in keys.items() if key in found}
 
 
 async def list_dead_letters(

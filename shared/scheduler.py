@@ -370,7 +370,7 @@ async def _scheduled_job_failed(
                 SELECT tenant_id, service, job, id, :attempts, :error
                   FROM scheduled_jobs WHERE id = :id
                 ON CONFLICT ON CONSTRAINT uq_dead_letters_scheduled_job DO UPDATE
-                   SET attempts = dead_letters.attempts + EXCLUDED.attempts,
+                   SET attempts = EXCLUDED.attempts,
                        last_error = EXCLUDED.last_error, status = 'dead', updated_at = now()
                 """
             ),

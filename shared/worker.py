@@ -42,12 +42,15 @@ _CLAIM_MANY = text(
     """
 )
 
+# A dead letter counts the attempts of the round that ended in it: a replay starts a
+# new round, and a second delivery of the same event (the relay published it twice)
+# runs a round of its own; neither adds up beyond SCRM_EVENT_MAX_ATTEMPTS.
 _RECORD_DEAD = text(
     """
     INSERT INTO dead_letters (tenant_id, service, handler, event_id, attempts, last_error)
     VALUES (:tenant_id, :service, :handler, :event_id, :attempts, :error)
     ON CONFLICT ON CONSTRAINT uq_dead_letters_event_handler DO UPDATE
-       SET attempts = dead_letters.attempts + EXCLUDED.attempts,
+       SET attempts = EXCLUDED.attempts,
            last_error = EXCLUDED.last_error, status = 'dead', updated_at = now()
     """
 )
@@ -239,8 +242,9 @@ class EventDelivery:
                     "service": self.service,
                     "handler": sub.name,
                     "event_id": event.id,
-                    "attempts": attempt,
-                    "error": f"{type(exc).__name__}: {exc}"[:4000],
+                    "attempts": min(attempt, settings.event_max_attempts),
+                    # Stored in a text column, which refuses NUL characters.
+                    "error": f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")[:4000],
                 },
             )
         EVENTS_HANDLED.labels(self.service, "dead").inc()

@@ -14,7 +14,8 @@ Rows go `SCRM_INBOUND_BATCH_SIZE` to a transaction. A batch that fails rolls
 back as a whole and its rows go one by one; a row that fails alone is tried
 again after `SCRM_EVENT_RETRY_BASE_SECONDS` (4x longer each time), and after
 `SCRM_EVENT_MAX_ATTEMPTS` it becomes a dead letter that `scrm dlq replay`
-makes due again.
+makes due again. Its failure is counted while it is still locked, so its
+attempts never exceed that maximum however many workers meet on it.
 """
 
 from __future__ import annotations
@@ -88,11 +89,8 @@ class InboundConsumer:
         except Exception as exc:
             if not claimed:
                 raise  # nothing claimed: the database itself is in trouble
-            if len(claimed) == 1:
-                await self._failed(claimed[0], exc)
-                return 1
             # One of them failed (or the batch lost a deadlock): all rolled back, and
-            # each goes alone, so only a failing row is retried.
+            # each goes alone, so only a failing row is retried (and counted, once).
             log.info("batch of %d inbound events failed (%r); one by one", len(claimed), exc)
             for inbound_id in claimed:
                 await self.apply_one(inbound_id)
@@ -101,43 +99,76 @@ class InboundConsumer:
         return len(claimed)
 
     async def apply_one(self, inbound_id: int) -> None:
+        """Apply one row alone. A failure is counted in the same transaction, while the
+        row is still locked: a worker that claims it next sees the count (and the
+        retry time), so no two workers ever count one attempt twice."""
         try:
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 row = await repository.claim_inbound_row(session, inbound_id)
                 if row is None:
                     return  # applied meanwhile, or another worker holds it
-                outcome = await processing.apply_inbound(session, row)
-                await repository.mark_inbound_applied(session, [(row, outcome)])
+                try:
+                    async with session.begin_nested():
+                        outcome = await processing.apply_inbound(session, row)
+                except Exception as exc:
+                    counted = await self._count_failure(session, inbound_id, exc)
+                else:
+                    await repository.mark_inbound_applied(session, [(row, outcome)])
+                    counted = None
         except Exception as exc:
+            # The transaction itself failed (its commit, the connection): counted apart.
             await self._failed(inbound_id, exc)
             return
-        EVENTS_HANDLED.labels("users", "ok").inc()
+        if counted is None:
+            EVENTS_HANDLED.labels("users", "ok").inc()
+        else:
+            self._report_failure(inbound_id, *counted)
 
     async def _failed(self, inbound_id: int, exc: Exception) -> None:
-        """Count the failure on the row: retried later, or a dead letter at the last attempt."""
-        settings = self.runtime.settings
-        error = f"{type(exc).__name__}: {exc}"[:4000]
+        """Count a failure on the row in a transaction of its own, if the row is still due
+        and no other worker holds it (else that worker's attempt is the one counted)."""
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            attempts = await repository.inbound_attempts(session, inbound_id)
-            if attempts is None:
-                return  # applied meanwhile
-            attempt = attempts + 1
-            dead = attempt >= settings.event_max_attempts
-            row = await repository.record_inbound_failure(
-                session,
+            held = await repository.claim_inbound_row(session, inbound_id) is not None
+            counted = await self._count_failure(session, inbound_id, exc) if held else None
+        if counted is not None:
+            self._report_failure(inbound_id, *counted)
+        else:
+            log.warning(
+                "inbound event %s failed (%r); not counted: applied, counted or held elsewhere",
                 inbound_id,
-                error,
-                retry_in=None
-                if dead
-                else backoff_seconds(settings.event_retry_base_seconds, attempt),
+                exc,
+                exc_info=exc,
             )
-            if row is not None and dead:
-                await repository.bury_inbound(session, row, HANDLER)
+
+    async def _count_failure(
+        self, session: AsyncSession, inbound_id: int, exc: Exception
+    ) -> tuple[int, bool, Exception] | None:
+        """Count the failure on the row this session holds: retried later, or a dead
+        letter at the last attempt."""
+        settings = self.runtime.settings
+        # Stored in text columns, which refuse NUL characters.
+        error = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")[:4000]
+        attempts = await repository.inbound_attempts(session, inbound_id)
+        if attempts is None:
+            return None  # applied meanwhile
+        attempt = attempts + 1
+        dead = attempt >= settings.event_max_attempts
+        row = await repository.record_inbound_failure(
+            session,
+            inbound_id,
+            error,
+            retry_in=None if dead else backoff_seconds(settings.event_retry_base_seconds, attempt),
+        )
+        if row is not None and dead:
+            await repository.bury_inbound(session, row, HANDLER)
+        return attempt, dead, exc
+
+    def _report_failure(self, inbound_id: int, attempt: int, dead: bool, exc: Exception) -> None:
         log.warning(
             "inbound event %s failed, attempt %d/%d: %r",
             inbound_id,
             attempt,
-            settings.event_max_attempts,
+            self.runtime.settings.event_max_attempts,
             exc,
             exc_info=exc,
         )

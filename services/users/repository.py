@@ -269,8 +269,9 @@ async def bury_inbound(session: AsyncSession, row: InboundEvent, handler: str) -
     await session.execute(
         statement.on_conflict_do_update(
             constraint="uq_dead_letters_inbound_event",
+            # A replay gave the row a fresh round of attempts: this round's count.
             set_={
-                "attempts": DeadLetter.attempts + statement.excluded.attempts,
+                "attempts": statement.excluded.attempts,
                 "last_error": statement.excluded.last_error,
                 "status": "dead",
                 "updated_at": func.now(),
