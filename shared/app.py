@@ -17,6 +17,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import admin_api
+from shared.docs import install_docs
 from shared.errors import error_response, install_error_handlers
 from shared.events import SERVICES
 from shared.idempotency import ReplayedResponse
@@ -122,9 +123,13 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
         + ", ".join(chosen)
         + " services.",
         lifespan=lifespan,
+        # Served from packaged assets by install_docs, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.services = chosen
+    install_docs(app)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 
