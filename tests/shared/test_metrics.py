@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db import unit_of_work
 from shared.events import publish
 from shared.runtime import Runtime
+from shared.scheduler import schedule
 from tests.conftest import ROOT
 from tests.helpers import bearer, make_key, make_tenant
 from tests.points.support import make_brand, make_member
@@ -164,6 +165,55 @@ async def test_every_metric_readme_lists_is_exposed(client: httpx.AsyncClient) -
     exposed = {name for name, _ in await scrape(client)}
     for name in listed:
         assert any(e == name or e.startswith(name + "_") for e in exposed), name
+
+
+async def test_bus_gauges_move_with_the_work_they_measure(committed: Runtime) -> None:
+    """Outbox, queue, inbound and schedule gauges, read at scrape time, follow the work."""
+    brand = await make_brand(committed)
+    member = await make_member(committed, brand)
+    await relay_all(committed)  # tenant.created
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_app(committed)), base_url="http://test"
+    ) as client:
+        idle = await scrape(client)
+        assert sample(idle, "scrm_outbox_pending") == 0
+        assert sample(idle, "scrm_queue_depth", service="points") == 0
+        await _publish_order(committed, brand.tenant_id, member)
+        async with unit_of_work(committed.sessionmaker) as session:
+            await schedule(
+                session,
+                service="points",
+                job="expire_points",
+                due_at=datetime(2020, 1, 1, tzinfo=UTC),
+                tenant_id=brand.tenant_id,
+            )
+        stored = await client.post(
+            "/v1/events",
+            json={
+                "event_id": "gauge-1",
+                "type": "checkin",
+                "occurred_at": "2026-11-20T10:31:00+08:00",
+                "contact": {"phone": "+8613800138000"},
+            },
+            headers=brand.headers("operator"),
+        )
+        assert stored.status_code == 202, stored.text
+        waiting = await scrape(client)
+        assert sample(waiting, "scrm_outbox_pending") == 1
+        assert sample(waiting, "scrm_outbox_lag_seconds") > 0
+        assert sample(waiting, "scrm_scheduled_jobs_overdue") == 1
+        assert sample(waiting, "scrm_inbound_pending") == 1
+        assert sample(waiting, "scrm_inbound_lag_seconds") > 0
+        assert await relay_all(committed) == 1
+        queued = await scrape(client)
+        assert sample(queued, "scrm_outbox_pending") == 0
+        assert sample(queued, "scrm_outbox_lag_seconds") == 0
+        assert sample(queued, "scrm_queue_depth", service="points") == 1
+        await work_until_idle(committed, "points", "users")
+        done = await scrape(client)
+        assert sample(done, "scrm_queue_depth", service="points") == 0
+        assert sample(done, "scrm_inbound_pending") == 0
+        assert sample(done, "scrm_inbound_lag_seconds") == 0
 
 
 def _app(runtime: Runtime) -> object:
