@@ -3,40 +3,58 @@
 Every command finds its servers the same way: DATABASE_URL / REDIS_URL when
 set, otherwise the embedded PostgreSQL and Redis under SCRM_DATA_DIR, started
 on demand and shared with any other `scrm` process using them.
+
+Starting is cheap: this module imports click and the standard library only,
+and each command imports what it needs (settings, SQLAlchemy, a service, the
+app) when it runs, so `scrm --help` does not load the platform. The services'
+command modules (`services/<name>/cli.py`) keep to the same rule; a test
+holds them all to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
+import select
+import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import auth, dlq, migrate, tenancy
-from shared.audit import record_audit
-from shared.config import Settings, SettingsError, get_settings, secret_key
-from shared.db import unit_of_work
-from shared.errors import ScrmError
-from shared.events import SERVICES, load_subscriptions
-from shared.observability import configure_logging
-from shared.process import run_process
-from shared.runtime import Runtime
-from shared.supervisor import supervise
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from shared.config import Settings
+    from shared.runtime import Runtime
 
 T = TypeVar("T")
+
+# shared.events.SERVICES, which cannot be imported here without SQLAlchemy
+# (tests/shared/test_cli_startup.py keeps the two equal).
+SERVICES = ("users", "tagging", "campaigns", "points")
 SERVICE_CHOICE = click.Choice(SERVICES)
+
+TenantSetup = Callable[["AsyncSession", "Runtime", uuid.UUID], Awaitable[None]]
+"""What a service adds to `scrm tenant create`, run in its transaction once the tenant
+exists (with the tenant's id)."""
+
+TenantOptionsHook = Callable[[Mapping[str, Any]], TenantSetup | None]
+"""Given the values of a service's `tenant create` options, before anything is written:
+raises click.UsageError for values that do not go together, else returns the setup to
+run (None: nothing to do)."""
 
 
 def _settings() -> Settings:
+    from shared.config import SettingsError, get_settings, secret_key
+
     try:
         settings = get_settings()
         secret_key(settings)
@@ -68,6 +86,8 @@ def audit_cli(
     session: AsyncSession, action: str, tenant_id: uuid.UUID | None, **target: object
 ) -> None:
     """Commands change things outside any HTTP request; they are audited all the same."""
+    from shared.audit import record_audit
+
     record_audit(
         session,
         None,
@@ -82,12 +102,20 @@ def audit_cli(
 
 def run_with_session(fn: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
     """Run one unit of work against the configured servers (migrating embedded ones)."""
+    import asyncio
+
+    from shared.db import unit_of_work
+    from shared.errors import ScrmError
+    from shared.runtime import Runtime
+
     settings = _settings()
 
     async def go(database_url: str, redis_url: str) -> T:
         runtime = await Runtime.open(settings, database_url, redis_url)
         try:
             if not settings.database_url:
+                from shared import migrate
+
                 await migrate.upgrade(runtime.engine)
             async with unit_of_work(runtime.sessionmaker) as session:
                 return await fn(session, runtime)
@@ -103,13 +131,59 @@ def run_with_session(fn: Callable[[AsyncSession, Runtime], Awaitable[T]]) -> T:
             raise click.ClickException(f"cannot reach the database or Redis: {exc}") from None
 
 
-@click.group()
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe (or socket) that nobody reads any more."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _end_for_closed_output(error: BrokenPipeError) -> NoReturn:
+    """End as `cat` does when its reader goes away (`scrm contacts export | head`):
+    silently, by SIGPIPE, which Python ignores in favour of BrokenPipeError. A broken
+    pipe elsewhere (a server's socket) is an error like any other."""
+    if not _stdout_reader_gone():
+        raise error
+    # Python flushes stdout once more at exit: let that go nowhere, not fail again.
+    with suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # where SIGPIPE did not end the process
+
+
+class _Scrm(click.Group):
+    """The `scrm` group: every command's closed standard output is handled here."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)  # --help, --version
+        except BrokenPipeError as error:
+            _end_for_closed_output(error)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+            # Output still buffered is written now, while a closed reader can be handled.
+            sys.stdout.flush()
+        except BrokenPipeError as error:
+            _end_for_closed_output(error)
+        return result
+
+
+@click.group(cls=_Scrm)
+@click.version_option(package_name="scrm", prog_name="scrm", message="%(prog)s %(version)s")
 def cli() -> None:
     """scrm: private-domain customer operations on WeCom."""
 
 
 def _use_uvloop() -> None:
     """uvloop when installed (it is, with uvicorn[standard]): what uvicorn itself would pick."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -118,6 +192,11 @@ def _use_uvloop() -> None:
 
 
 def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: bool) -> None:
+    import asyncio
+
+    from shared.observability import configure_logging
+    from shared.process import run_process
+
     settings = _settings()
     configure_logging(settings.log_level)
     if workers and not api and settings.worker_nice:
@@ -138,29 +217,35 @@ def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: b
         )
 
 
+async def _migrate(database_url: str) -> None:
+    from shared import migrate
+    from shared.db import create_engine
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
 @cli.command()
 def up() -> None:
     """Migrate, then run every service's API, workers, the outbox relay and the scheduler.
 
-    The API and the workers (SCRM_WORKER_PROCESSES, one per core by default) run as
-    supervised child processes, so processing never slows the acknowledgement of
-    callbacks (and a crashed child is restarted). Ctrl-C or SIGTERM stops them
-    all, the embedded servers too.
+    The API and the workers (SCRM_WORKER_PROCESSES of them; by default the number
+    of cores minus one, from 1 to 4) run as supervised child processes, so
+    processing never slows the acknowledgement of callbacks (and a crashed child
+    is restarted). Ctrl-C or SIGTERM stops them all, the embedded servers too.
     """
+    import asyncio
+
+    from shared.observability import configure_logging
+    from shared.supervisor import supervise
+
     settings = _settings()
     configure_logging(settings.log_level)
     with servers(settings) as (database_url, redis_url):
-
-        async def migrate_now() -> None:
-            from shared.db import create_engine
-
-            engine = create_engine(database_url, pool_size=1)
-            try:
-                await migrate.upgrade(engine)
-            finally:
-                await engine.dispose()
-
-        asyncio.run(migrate_now())
+        asyncio.run(_migrate(database_url))
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         parts = {"api": [sys.executable, "-m", "shared.cli", "run-part", "--api"]}
         for n in range(settings.worker_processes):
@@ -210,19 +295,11 @@ def worker(service: str, dispatch: bool) -> None:
 @cli.command(name="migrate")
 def migrate_command() -> None:
     """Bring the database schema up to date."""
+    import asyncio
+
     settings = _settings()
-
-    async def go(database_url: str) -> None:
-        from shared.db import create_engine
-
-        engine = create_engine(database_url, pool_size=1)
-        try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-
     with servers(settings) as (database_url, _):
-        asyncio.run(go(database_url))
+        asyncio.run(_migrate(database_url))
     click.echo("schema is up to date")
 
 
@@ -231,46 +308,47 @@ def tenant() -> None:
     """Manage tenants (one per brand / WeCom corp)."""
 
 
-@tenant.command(name="create")
+class TenantCreateCommand(click.Command):
+    """`tenant create`, which services extend with options of their own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hooks: list[TenantOptionsHook] = []
+
+
+def extend_tenant_create(
+    cli: click.Group, options: Sequence[click.Option], hook: TenantOptionsHook
+) -> None:
+    """Add a service's `options` to `scrm tenant create` (how the users service adds
+    --wecom-*); `hook` gets their values (see TenantOptionsHook)."""
+    group = cli.commands["tenant"]
+    assert isinstance(group, click.Group)
+    command = group.commands["create"]
+    assert isinstance(command, TenantCreateCommand)
+    command.params.extend(options)
+    command.hooks.append(hook)
+
+
+@tenant.command(name="create", cls=TenantCreateCommand)
 @click.argument("slug")
 @click.option("--name", default=None, help="Display name (defaults to the slug).")
 @click.option("--timezone", default="Asia/Shanghai", show_default=True)
-@click.option("--wecom-corp-id", default=None, help="WeCom corp id (企业ID).")
-@click.option("--wecom-token", default=None, help="Callback Token.")
-@click.option("--wecom-aes-key", default=None, help="Callback EncodingAESKey (43 characters).")
-@click.option("--wecom-secret", default=None, help="App secret used for WeCom API calls.")
+@click.pass_context
 def tenant_create(
-    slug: str,
-    name: str | None,
-    timezone: str,
-    wecom_corp_id: str | None,
-    wecom_token: str | None,
-    wecom_aes_key: str | None,
-    wecom_secret: str | None,
+    ctx: click.Context, /, slug: str, name: str | None, timezone: str, **service_options: Any
 ) -> None:
     """Create a tenant (and its WeCom settings); prints its slug as the last line."""
-    wecom = (wecom_corp_id, wecom_token, wecom_aes_key)
-    if any(wecom) and not all(wecom):
-        raise click.UsageError("--wecom-corp-id, --wecom-token and --wecom-aes-key go together")
-    if wecom_secret and not all(wecom):
-        raise click.UsageError("--wecom-secret needs the other --wecom-* options")
+    command = ctx.command
+    assert isinstance(command, TenantCreateCommand)
+    setups = [setup for hook in command.hooks if (setup := hook(service_options)) is not None]
 
     async def go(session: AsyncSession, runtime: Runtime) -> str:
+        from shared import tenancy
+
         created = await tenancy.create_tenant(session, slug, name=name, timezone=timezone)
         audit_cli(session, "scrm tenant create", created.id, slug=slug)
-        if wecom_corp_id and wecom_token and wecom_aes_key:
-            from services.users.service import configure_wecom
-
-            await configure_wecom(
-                session,
-                runtime.cipher,
-                created.id,
-                corp_id=wecom_corp_id,
-                token=wecom_token,
-                encoding_aes_key=wecom_aes_key,
-                secret=wecom_secret,
-            )
-            audit_cli(session, "scrm wecom configure", created.id, corp_id=wecom_corp_id)
+        for setup in setups:
+            await setup(session, runtime, created.id)
         return f"created tenant {created.slug} ({created.id}, {created.timezone})"
 
     click.echo(run_with_session(go))
@@ -282,6 +360,8 @@ def tenant_list() -> None:
     """List tenants."""
 
     async def go(session: AsyncSession, _: Runtime) -> list[str]:
+        from shared import tenancy
+
         return [
             f"{t.slug}\t{t.name}\t{t.timezone}\t{t.id}" for t in await tenancy.list_tenants(session)
         ]
@@ -312,6 +392,8 @@ def apikey_create(slug: str | None, role: str, name: str, staff_userid: str | No
         raise click.UsageError("a platform key belongs to no tenant; drop --tenant")
 
     async def go(session: AsyncSession, _: Runtime) -> tuple[str, str]:
+        from shared import auth, tenancy
+
         tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id if slug else None
         key, plaintext = await auth.create_api_key(
             session, tenant_id=tenant_id, role=role, name=name, staff_userid=staff_userid
@@ -331,6 +413,8 @@ def apikey_revoke(slug: str, key_id: uuid.UUID) -> None:
     """Revoke an API key."""
 
     async def go(session: AsyncSession, _: Runtime) -> str:
+        from shared import auth, tenancy
+
         tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id
         key = await auth.revoke_api_key(session, tenant_id, key_id)
         audit_cli(session, "scrm apikey revoke", tenant_id, key_id=key.id)
@@ -373,6 +457,8 @@ def dlq_list(slug: str | None, status: str, limit: int) -> None:
     """List dead letters, newest first, one JSON object per line."""
 
     async def go(session: AsyncSession, _: Runtime) -> list[str]:
+        from shared import dlq, tenancy
+
         scope: uuid.UUID | str = dlq.ALL_TENANTS
         if slug:
             scope = (await tenancy.get_tenant_by_slug(session, slug)).id
@@ -394,6 +480,9 @@ def dlq_replay(dead_letter_id: int) -> None:
     """Send a dead letter's event (or job) through its handler again."""
 
     async def go(session: AsyncSession, runtime: Runtime) -> str:
+        from shared import dlq
+        from shared.events import load_subscriptions
+
         load_subscriptions(extra_modules=runtime.settings.extra_task_modules)
         letter = await dlq.replay_dead_letter(session, runtime, dlq.ALL_TENANTS, dead_letter_id)
         audit_cli(session, "scrm dlq replay", letter.tenant_id, dead_letter_id=letter.id)
@@ -418,26 +507,54 @@ def embedded_status() -> None:
     click.echo(json.dumps(status, default=str, indent=2))
 
 
-def _register_service_commands() -> None:
+def _command_module(service: str) -> ModuleType | None:
+    """`services/<service>/cli.py`, if the service has commands, loaded without running
+    the service package's `__init__` (which wires the service up for serving and may
+    load the web and database layers); a command that imports the service runs it."""
+    name = f"services.{service}.cli"
+    if name in sys.modules:
+        return sys.modules[name]
+    import services
+
+    folders = [os.path.join(folder, service) for folder in services.__path__]
+    spec = importlib.machinery.PathFinder.find_spec(name, folders)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def register_service_commands(group: click.Group) -> None:
     """Each service may add its own commands in `services/<name>/cli.py` (`register(cli)`)."""
     for service in SERVICES:
-        try:
-            module = importlib.import_module(f"services.{service}.cli")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"services.{service}.cli":
-                raise
-            continue
-        module.register(cli)
+        module = _command_module(service)
+        if module is not None:
+            module.register(group)
 
 
 def main() -> None:
-    _register_service_commands()
+    register_service_commands(cli)
     try:
         cli(standalone_mode=True)
-    except SettingsError as exc:
+    except Exception as exc:
+        # Only a command that loaded the settings can have failed on them.
+        config = sys.modules.get("shared.config")
+        if config is None or not isinstance(exc, config.SettingsError):
+            raise
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m shared.cli` (how `scrm up` starts its parts) runs this file as
+    # __main__, a second copy of the module: run the importable one, which the
+    # services' command modules extend.
+    from shared.cli import main as run
+
+    run()

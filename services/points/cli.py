@@ -1,13 +1,22 @@
-"""`scrm points ...`: commands of the points service."""
+"""`scrm points ...`: commands of the points service.
+
+Loaded whenever `scrm` starts (see shared.cli): click only at module level, and each
+command imports the service when it runs.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.cli import run_with_session
-from shared.runtime import Runtime
-from shared.tenancy import get_tenant_by_slug
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from services.points.ledger.verify import Violation
+    from shared.runtime import Runtime
 
 
 @click.group()
@@ -19,9 +28,11 @@ def points() -> None:
 @click.option("--tenant", "slug", required=True)
 def points_verify(slug: str) -> None:
     """Check the ledger's invariants over every account; exit 1 on any violation."""
-    from services.points.ledger.verify import Violation, verify_tenant
 
     async def go(session: AsyncSession, _: Runtime) -> tuple[int, list[Violation]]:
+        from services.points.ledger.verify import verify_tenant
+        from shared.tenancy import get_tenant_by_slug
+
         tenant = await get_tenant_by_slug(session, slug)
         return await verify_tenant(session, tenant.id)
 

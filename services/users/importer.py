@@ -35,7 +35,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -641,7 +641,7 @@ class _CsvLine:
 
 async def export_contacts(
     session: AsyncSession, cipher: FieldCipher, tenant_id: uuid.UUID, *, unmask: bool
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """CSV lines (header first) of the tenant's contacts that were not merged away.
 
     Personal data is masked unless `unmask`; the caller audits unmasked exports.

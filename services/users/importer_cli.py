@@ -1,7 +1,9 @@
-"""`scrm contacts import|export`: contacts CSV files from and to the command line."""
+"""What `scrm contacts import|export` do (declared in services/users/cli.py, which
+imports this module only when one of them runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
@@ -15,11 +17,6 @@ from services.users.importer import EXPORT_FIELDS, ImportReport, export_contacts
 from shared.cli import audit_cli, run_with_session
 from shared.runtime import Runtime
 from shared.tenancy import get_tenant_by_slug
-
-
-@click.group(name="contacts")
-def contacts() -> None:
-    """Contacts: CSV import and export."""
 
 
 def _count_records(path: Path) -> int:
@@ -41,23 +38,8 @@ def _write_rejections(report: ImportReport, path: Path) -> None:
             writer.writerow([line, reason, *report.rejected_cells.get(line, [])])
 
 
-@contacts.command(name="import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--tenant", "slug", required=True)
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the rejected rows (default: FILE.rejected.csv, if any).",
-)
-def import_command(file: Path, slug: str, report_path: Path | None) -> None:
-    """Create or update contacts from a CSV file (UTF-8, header row).
-
-    Columns: identity kinds (phone, unionid, ...), name, owner_staff_userid and
-    attr.<name>. Bad rows are reported and skipped; the others load in one
-    transaction. Exits 1 only when the file as a whole is refused.
-    """
+def import_file(file: Path, slug: str, report_path: Path | None) -> None:
+    """`scrm contacts import`: load the file, print the counts, write the rejected rows."""
     total = _count_records(file)
     with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
 
@@ -91,16 +73,9 @@ def import_command(file: Path, slug: str, report_path: Path | None) -> None:
         click.echo(f"rejected rows and reasons: {target}")
 
 
-@contacts.command(name="export")
-@click.option("--tenant", "slug", required=True)
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="File to write (default: standard output).",
-)
-def export_command(slug: str, output: Path | None) -> None:
-    """Write every contact as CSV, personal data unmasked (the read is audited)."""
+def export_file(slug: str, output: Path | None) -> None:
+    """`scrm contacts export`: every contact to `output` (written whole or not at all) or
+    to standard output."""
     partial = output.with_name(output.name + ".partial") if output is not None else None
     if partial is not None:
         # Unmasked personal data: readable by the owner only.
@@ -109,7 +84,7 @@ def export_command(slug: str, output: Path | None) -> None:
     else:
         handle = sys.stdout
 
-    async def go(session: AsyncSession, runtime: Runtime) -> int:
+    async def go(session: AsyncSession, runtime: Runtime) -> tuple[int, bool]:
         tenant = await get_tenant_by_slug(session, slug)
         audit_cli(
             session,
@@ -120,13 +95,27 @@ def export_command(slug: str, output: Path | None) -> None:
             command="scrm contacts export",
         )
         count = -1  # the header is not a contact
-        async for line in export_contacts(session, runtime.cipher, tenant.id, unmask=True):
-            handle.write(line)
-            count += 1
-        return count
+        # A reader that stops early (`| head`) has read what it read: the audit entry
+        # is committed all the same. The stream (a server-side cursor) is closed first.
+        async with contextlib.aclosing(
+            export_contacts(session, runtime.cipher, tenant.id, unmask=True)
+        ) as lines:
+            async for line in lines:
+                try:
+                    handle.write(line)
+                except BrokenPipeError:
+                    return count, False
+                count += 1
+        try:
+            handle.flush()
+        except BrokenPipeError:
+            return count, False
+        return count, True
 
     try:
-        count = run_with_session(go)
+        count, complete = run_with_session(go)
+        if not complete:
+            raise BrokenPipeError  # ends the command as shared.cli ends any with a closed output
     except BaseException:
         if partial is not None:
             handle.close()
