@@ -19,6 +19,7 @@ from shared.cli import TenantSetup, audit_cli, extend_tenant_create, run_with_se
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from services.users.models import WebhookSecret
     from shared.runtime import Runtime
 
 
@@ -50,6 +51,49 @@ def webhook_secret_create(slug: str) -> None:
     summary, value = run_with_session(go)
     click.echo(summary, err=True)
     click.echo(value)
+
+
+def _secret_line(secret: WebhookSecret) -> str:
+    state = "active" if secret.revoked_at is None else f"revoked {secret.revoked_at.isoformat()}"
+    return f"{secret.id}\t{secret.created_at.isoformat()}\t{state}"
+
+
+@webhook_secret.command(name="list")
+@click.option("--tenant", "slug", required=True)
+def webhook_secret_list(slug: str) -> None:
+    """List the tenant's webhook secrets, newest first: id, created at, state (never the
+    secret itself)."""
+
+    async def go(session: AsyncSession, _: Runtime) -> list[str]:
+        from services.users import repository
+        from shared.tenancy import get_tenant_by_slug
+
+        tenant = await get_tenant_by_slug(session, slug)
+        return [_secret_line(s) for s in await repository.list_webhook_secrets(session, tenant.id)]
+
+    for line in run_with_session(go):
+        click.echo(line)
+
+
+@webhook_secret.command(name="revoke")
+@click.option("--tenant", "slug", required=True)
+@click.argument("secret_id", type=click.UUID)
+def webhook_secret_revoke(slug: str, secret_id: uuid.UUID) -> None:
+    """Revoke a webhook secret: webhooks signed with it are refused."""
+
+    async def go(session: AsyncSession, _: Runtime) -> str:
+        from services.users import repository
+        from shared.errors import NotFound
+        from shared.tenancy import get_tenant_by_slug
+
+        tenant = await get_tenant_by_slug(session, slug)
+        revoked = await repository.revoke_webhook_secret(session, tenant.id, secret_id)
+        if revoked is None:
+            raise NotFound("no such webhook secret")
+        audit_cli(session, "scrm webhook-secret revoke", tenant.id, secret_id=revoked.id)
+        return f"revoked webhook secret {revoked.id} at {revoked.revoked_at}"
+
+    click.echo(run_with_session(go))
 
 
 # -- the WeCom settings of `scrm tenant create` ----------------------------------------

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from shared.config import Settings, SettingsError, load_settings, secret_key, sqlalchemy_url
+from shared.db import unit_of_work
 from shared.runtime import Runtime
-from tests.helpers import bearer, run_scrm
+from tests.helpers import bearer, make_tenant, run_scrm
 
 
 async def test_tenant_and_key_commands_print_the_result_last(
@@ -114,3 +115,48 @@ def test_secret_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "secret_key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert secret_key(Settings(data_dir=tmp_path / "data", secret_key="y" * 40)) == b"y" * 40
+
+
+async def test_webhook_secret_list_and_revoke(committed: Runtime, scrm_env: dict[str, str]) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        other = await make_tenant(session)
+    ids, values = [], []
+    for _ in range(2):
+        created = await run_scrm(scrm_env, "webhook-secret", "create", "--tenant", tenant.slug)
+        assert created.returncode == 0, created.stderr
+        ids.append(created.stderr.split()[3])
+        values.append(created.stdout.strip())
+
+    listed = await run_scrm(scrm_env, "webhook-secret", "list", "--tenant", tenant.slug)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [(r[0], r[2]) for r in rows] == [(ids[1], "active"), (ids[0], "active")]
+    assert not any(value in listed.stdout for value in values), "never the secret itself"
+
+    revoked = await run_scrm(scrm_env, "webhook-secret", "revoke", "--tenant", tenant.slug, ids[1])
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.startswith(f"revoked webhook secret {ids[1]} at ")
+    listed = await run_scrm(scrm_env, "webhook-secret", "list", "--tenant", tenant.slug)
+    states = [line.split("\t")[2] for line in listed.stdout.splitlines()]
+    assert states[0].startswith("revoked ") and states[1] == "active"
+
+    elsewhere = await run_scrm(scrm_env, "webhook-secret", "revoke", "--tenant", other.slug, ids[0])
+    assert elsewhere.returncode == 1 and "no such webhook secret" in elsewhere.stderr
+    async with committed.engine.connect() as conn:
+        still_active = await conn.scalar(
+            text("SELECT revoked_at IS NULL FROM webhook_secrets WHERE id = :id"), {"id": ids[0]}
+        )
+        audited = (
+            await conn.execute(
+                text("SELECT action, target FROM audit_log WHERE tenant_id = :t ORDER BY id"),
+                {"t": tenant.id},
+            )
+        ).all()
+    assert still_active, "another tenant's key cannot revoke it"
+    assert [a[0] for a in audited] == [
+        "scrm webhook-secret create",
+        "scrm webhook-secret create",
+        "scrm webhook-secret revoke",
+    ]
+    assert audited[2][1] == {"secret_id": ids[1]}

@@ -61,7 +61,7 @@ def test_starting_scrm_loads_no_platform_or_service_module() -> None:
     assert not any(m.startswith("shared.") and m != "shared.cli" for m in loaded)
     # ... and yet every command is there.
     commands = started["commands"]
-    assert commands["webhook-secret"] == ["create"]
+    assert commands["webhook-secret"] == ["create", "list", "revoke"]
     assert commands["contacts"] == ["export", "import"]
     assert commands["points"] == ["verify"]
     assert {"up", "serve", "worker", "migrate", "tenant", "apikey", "dlq"} <= set(commands)
