@@ -22,9 +22,9 @@ from shared.admin_schemas import (
 )
 from shared.auth import Principal, require
 from shared.db import SessionDep
-from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
 from shared.models import DeadLetter, Tenant
+from shared.params import Cursor, DbId
 
 router = APIRouter(prefix="/v1", tags=["platform"])
 
@@ -33,14 +33,6 @@ TenantAdmin = Annotated[Principal, require("admin")]
 PlatformAdmin = Annotated[Principal, require("platform")]
 AdminOrPlatform = Annotated[Principal, require("admin", "platform")]
 Limit = Annotated[int, Query(ge=1, le=500)]
-
-
-def _cursor(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise InvalidInput("cursor is invalid", details={"field": "cursor"})
-    return int(value)
 
 
 @router.get("/me", response_model=MeOut)
@@ -149,10 +141,10 @@ async def read_audit_log(
     principal: AdminOrPlatform,
     session: SessionDep,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[AuditEntryOut]:
     entries = await audit.list_audit_entries(
-        session, principal.tenant_id, before_id=_cursor(cursor), limit=limit
+        session, principal.tenant_id, before_id=cursor, limit=limit
     )
     next_cursor = str(entries[-1].id) if len(entries) == limit else None
     return Page[AuditEntryOut](
@@ -176,10 +168,10 @@ async def list_dead_letters(
     session: SessionDep,
     status: Annotated[str | None, Query(pattern="^(dead|replayed|resolved)$")] = "dead",
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[DeadLetterOut]:
     letters = await dlq.list_dead_letters(
-        session, _dlq_scope(principal), status=status, before_id=_cursor(cursor), limit=limit
+        session, _dlq_scope(principal), status=status, before_id=cursor, limit=limit
     )
     next_cursor = str(letters[-1].id) if len(letters) == limit else None
     return Page[DeadLetterOut](items=await _described(session, letters), next_cursor=next_cursor)
@@ -187,7 +179,7 @@ async def list_dead_letters(
 
 @router.get("/admin/dlq/{dead_letter_id}", response_model=DeadLetterOut)
 async def get_dead_letter(
-    dead_letter_id: int, principal: AdminOrPlatform, session: SessionDep
+    dead_letter_id: DbId, principal: AdminOrPlatform, session: SessionDep
 ) -> DeadLetterOut:
     letter = await dlq.get_dead_letter(session, _dlq_scope(principal), dead_letter_id)
     [described] = await _described(session, [letter])
@@ -196,7 +188,7 @@ async def get_dead_letter(
 
 @router.post("/admin/dlq/{dead_letter_id}/replay", response_model=DeadLetterOut)
 async def replay_dead_letter(
-    dead_letter_id: int, principal: AdminOrPlatform, session: SessionDep, request: Request
+    dead_letter_id: DbId, principal: AdminOrPlatform, session: SessionDep, request: Request
 ) -> DeadLetterOut:
     letter = await dlq.replay_dead_letter(
         session, request.app.state.runtime, _dlq_scope(principal), dead_letter_id

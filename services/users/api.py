@@ -40,7 +40,8 @@ from services.users.schemas import (
 )
 from shared.auth import Principal, require
 from shared.db import SessionDep
-from shared.errors import InvalidInput, NotFound
+from shared.errors import NotFound
+from shared.params import Cursor
 from shared.runtime import Runtime
 from shared.scope import contact_in_scope
 
@@ -209,14 +210,10 @@ async def list_staff(principal: ContactReader, session: SessionDep) -> list[Staf
 async def list_groups(
     principal: Reader,
     session: SessionDep,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> GroupPage:
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidInput("cursor is invalid", details={"field": "cursor"})
-    groups = await repository.list_groups(
-        session, principal.tenant, after_id=int(cursor) if cursor else None, limit=limit
-    )
+    groups = await repository.list_groups(session, principal.tenant, after_id=cursor, limit=limit)
     next_cursor = str(groups[-1].id) if len(groups) == limit else None
     return GroupPage(items=[GroupOut.model_validate(g) for g in groups], next_cursor=next_cursor)
 
@@ -328,13 +325,11 @@ async def contact_events(
     contact_id: ReadableContact,
     principal: ContactReader,
     session: SessionDep,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> TimelinePage:
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidInput("cursor is invalid", details={"field": "cursor"})
     items, next_cursor = await service.timeline(
-        session, principal, contact_id, before_id=int(cursor) if cursor else None, limit=limit
+        session, principal, contact_id, before_id=cursor, limit=limit
     )
     return TimelinePage(items=items, next_cursor=next_cursor)
 

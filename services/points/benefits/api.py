@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from services.points.benefits import service as benefits
@@ -17,6 +16,7 @@ from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
+from shared.params import Month
 from shared.scope import contact_in_scope
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
@@ -74,11 +74,11 @@ async def claim_benefit(
 async def benefit_report(
     principal: Reader,
     session: SessionDep,
-    month: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
+    month: Month = None,
 ) -> dict[str, Any]:
     """Monthly usage per benefit; `underused` flags fewer than 15% of eligible members."""
     rules = await load_rules(session, principal.tenant)
-    first = date.fromisoformat(f"{month}-01") if month else rules.local_day(now()).replace(day=1)
+    first = month or rules.local_day(now()).replace(day=1)
     return {
         "month": first.strftime("%Y-%m"),
         "benefits": await benefits.monthly_report(session, principal.tenant, first, rules),

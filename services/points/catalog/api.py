@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from services.points.catalog import holds
@@ -26,6 +26,7 @@ from services.points.catalog.schemas import (
 from shared.auth import Principal, require
 from shared.db import SessionDep
 from shared.idempotency import IdempotencyDep
+from shared.params import DbId
 
 # Included by services.points.api's router, under its /v1 prefix and tags.
 router = APIRouter()
@@ -33,7 +34,7 @@ router = APIRouter()
 Reader = Annotated[Principal, require("admin", "operator", "analyst", "staff")]
 Operator = Annotated[Principal, require("admin", "operator")]
 Admin = Annotated[Principal, require("admin")]
-RedemptionId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+RedemptionId = DbId
 
 
 @router.post("/points/items", status_code=201, response_model=ItemOut)

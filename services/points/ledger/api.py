@@ -25,8 +25,8 @@ from services.points.ledger.schemas import (
 )
 from shared.auth import Principal, require
 from shared.db import SessionDep
-from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
+from shared.params import Cursor
 from shared.scope import contact_in_scope
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
@@ -61,7 +61,7 @@ def _booking(booked: Booked, balance: int) -> Booking:
 async def expiry_notices(
     principal: Reader,
     session: SessionDep,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     """'N points expire on D' notices (one per member and date), newest first, kept for
@@ -92,18 +92,12 @@ async def get_ledger(
     contact_id: ReadableMember,
     principal: Reader,
     session: SessionDep,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> LedgerPage:
     """Entries, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidInput("cursor is invalid", details={"field": "cursor"})
     items, next_id = await service.ledger_page(
-        session,
-        principal.tenant,
-        contact_id,
-        before=int(cursor) if cursor else None,
-        limit=limit,
+        session, principal.tenant, contact_id, before=cursor, limit=limit
     )
     return LedgerPage(
         items=[Entry.model_validate(i) for i in items],
