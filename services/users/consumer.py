@@ -15,7 +15,9 @@ back as a whole and its rows go one by one; a row that fails alone is tried
 again after `SCRM_EVENT_RETRY_BASE_SECONDS` (4x longer each time), and after
 `SCRM_EVENT_MAX_ATTEMPTS` it becomes a dead letter that `scrm dlq replay`
 makes due again. Its failure is counted while it is still locked, so its
-attempts never exceed that maximum however many workers meet on it.
+attempts never exceed that maximum however many workers meet on it; an event
+that can never be applied (invalid, stored by an earlier version that did not
+check it at ingest) is a dead letter at its first failure.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from services.users.settings import users_settings
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
 from shared.dlq import replays_inbound_events
+from shared.errors import InvalidInput
 from shared.events import INBOUND_CHANNEL
 from shared.observability import EVENTS_HANDLED
 from shared.relay import wait_any
@@ -52,6 +55,8 @@ async def replay(session: AsyncSession, inbound_id: int) -> None:
 
 # The name inbound events carry in dead letters, logs and metrics.
 HANDLER = "users.process_inbound"
+# Failures that trying again cannot cure: the event is a dead letter at its first.
+_NEVER_APPLICABLE = (processing.UnappliableEvent, InvalidInput)
 
 
 class InboundConsumer:
@@ -144,7 +149,7 @@ class InboundConsumer:
         self, session: AsyncSession, inbound_id: int, exc: Exception
     ) -> tuple[int, bool, Exception] | None:
         """Count the failure on the row this session holds: retried later, or a dead
-        letter at the last attempt."""
+        letter at the last attempt (at once for an event that can never be applied)."""
         settings = self.runtime.settings
         # Stored in text columns, which refuse NUL characters.
         error = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")[:4000]
@@ -152,7 +157,7 @@ class InboundConsumer:
         if attempts is None:
             return None  # applied meanwhile
         attempt = attempts + 1
-        dead = attempt >= settings.event_max_attempts
+        dead = attempt >= settings.event_max_attempts or isinstance(exc, _NEVER_APPLICABLE)
         row = await repository.record_inbound_failure(
             session,
             inbound_id,

@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import phonenumbers
 from sqlalchemy import func, text, update
@@ -40,17 +41,56 @@ def normalise_phone(value: str, region: str = DEFAULT_PHONE_REGION) -> str:
     mobile number with extra digits is refused.
     """
     cleaned = value.strip()
-    if _PHONE_CHARACTERS.fullmatch(cleaned):
-        try:
-            number = phonenumbers.parse(cleaned, region)
-        except phonenumbers.NumberParseException:
-            number = None
-        if number is not None and phonenumbers.is_valid_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    raise InvalidInput(f"invalid phone number {value!r}", details={"kind": "phone"})
+    e164 = _e164(cleaned, region) if _PHONE_CHARACTERS.fullmatch(cleaned) else None
+    if e164 is None:
+        raise InvalidInput(f"invalid phone number {value!r}", details={"kind": "phone"})
+    return e164
 
 
-def legacy_phone_forms(e164: str, region: str = DEFAULT_PHONE_REGION) -> list[str]:
+# A Chinese mobile number, 11 digits from 13 to 19 (not 179, nor 11 or 12: CN's
+# dialling prefixes start so), alone or after +86 / 0086, parses as exactly that
+# national number of country 86: checked against the same metadata, without the
+# parser (about 0.1 ms a number, on every event's way in and every imported row).
+_CN_MOBILE = re.compile(r"(?:\+86|0086)?(1(?:[3-689][0-9]|7[0-8])[0-9]{8})")
+_SEPARATORS = re.compile(r"[ \-.()/]")
+
+
+# The same numbers come back often (a customer's events, the worker reading what
+# ingest wrote).
+@lru_cache(maxsize=16384)
+def _e164(cleaned: str, region: str) -> str | None:
+    mobile = _CN_MOBILE.fullmatch(_SEPARATORS.sub("", cleaned)) if region == "CN" else None
+    if mobile is not None:
+        national = mobile.group(1)
+        number = phonenumbers.PhoneNumber(country_code=86, national_number=int(national))
+        return f"+86{national}" if phonenumbers.is_valid_number(number) else None
+    try:
+        number = phonenumbers.parse(cleaned, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@lru_cache(maxsize=16384)
+def _legacy_forms(e164: str) -> tuple[str, ...]:
+    forms = [e164[1:]]
+    if e164.startswith("+86"):
+        national = e164[3:]
+        if len(national) == 11:
+            forms.append(national)
+        if not (len(national) == 11 and national.startswith("1")):
+            # Landlines and service numbers (0755..., 400...): as dialled at home.
+            # A mobile number is dialled as its 11 digits, already in the list.
+            dialled = phonenumbers.format_number(
+                phonenumbers.parse(e164), phonenumbers.PhoneNumberFormat.NATIONAL
+            )
+            forms.append(re.sub(r"[^\d]", "", dialled))
+    return tuple(f for f in dict.fromkeys(forms) if f != e164)
+
+
+def legacy_phone_forms(e164: str) -> list[str]:
     """The forms earlier versions stored the number in, other than E.164 itself.
 
     They kept what was sent less spaces, dashes and brackets, with +86 / 0086
@@ -59,15 +99,7 @@ def legacy_phone_forms(e164: str, region: str = DEFAULT_PHONE_REGION) -> list[st
     for one sent with its country code and no +. Their identities still have blind
     indexes of those forms, so lookups try them too.
     """
-    number = phonenumbers.parse(e164)
-    national = phonenumbers.national_significant_number(number)
-    forms = [e164[1:]]
-    if number.country_code == 86 and len(national) == 11:
-        forms.append(national)
-    if number.country_code == phonenumbers.country_code_for_region(region):
-        dialled = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
-        forms.append(re.sub(r"[^\d]", "", dialled))
-    return [f for f in dict.fromkeys(forms) if f != e164]
+    return list(_legacy_forms(e164))
 
 
 def normalise(kind: str, value: str) -> str:

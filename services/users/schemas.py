@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from services.users.event_types import INBOUND_EVENT_TYPES, is_known_type, validate_properties
+from services.users.identity import normalise
+from shared.errors import InvalidInput
 from shared.service_status import ServiceStatus
 
-EVENT_TYPES = (
-    "order.paid",
-    "order.refunded",
-    "checkin",
-    "comment",
-    "page.view",
-    "product.view",
-    "cart.add",
-    "share",
-    "live.watch",
-    "consent.opt_in",
-    "consent.opt_out",
-)
-_CUSTOM_TYPE = re.compile(r"^custom\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
-# Integer amounts in fen, never floats: what each documented type must carry.
-_REQUIRED_PROPERTIES: dict[str, dict[str, type]] = {
-    "order.paid": {"order_id": str, "amount_fen": int},
-    "order.refunded": {"order_id": str, "refund_fen": int},
-    "product.view": {"product_id": str},
-    "cart.add": {"product_id": str},
-    "live.watch": {"live_id": str},
-    "consent.opt_in": {"channel": str},
-    "consent.opt_out": {"channel": str},
-}
+EVENT_TYPES = tuple(INBOUND_EVENT_TYPES)
 MAX_BATCH = 1000
+# occurred_at bounds: every time zone's reading of them is a valid date.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class UsersStatus(ServiceStatus):
@@ -48,17 +40,50 @@ class UsersStatus(ServiceStatus):
 
 
 class ContactRef(BaseModel):
-    """The identifiers an event knows its contact by (at least one)."""
+    """The identifiers an event knows its contact by (at least one).
+
+    Each is validated and normalised as OneID stores it (identity.normalise): a
+    phone becomes E.164, an email lower case; a blank one counts as absent.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     external_userid: str | None = Field(default=None, max_length=200)
     unionid: str | None = Field(default=None, max_length=200)
     openid: str | None = Field(default=None, max_length=200)
-    phone: str | None = Field(default=None, max_length=40)
+    phone: str | None = Field(
+        default=None,
+        max_length=40,
+        description="Any usual writing of a valid number (national numbers are Chinese); "
+        "stored as E.164.",
+    )
     shop_customer_id: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=200)
     referral_code: str | None = Field(default=None, max_length=200)
+
+    @field_validator("*")
+    @classmethod
+    def _normalised(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None
+        assert info.field_name is not None
+        try:
+            return normalise(info.field_name, value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_identifiers(cls, data: Any) -> Any:
+        # Pydantic's "extra inputs are not permitted" would not say what is permitted.
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in cls.model_fields)
+            if unknown:
+                raise ValueError(
+                    f"unknown identifier {', '.join(map(repr, unknown))}: "
+                    f"the contact is known by {', '.join(cls.model_fields)}"
+                )
+        return data
 
     @model_validator(mode="after")
     def _at_least_one(self) -> ContactRef:
@@ -67,8 +92,47 @@ class ContactRef(BaseModel):
         return self
 
 
+def _unstorable(document: object) -> str | None:
+    """Why the database could not store this JSON value as it is, or None.
+
+    Postgres text and jsonb refuse NUL characters and unpaired surrogates, and
+    jsonb refuses NaN and infinities. Ingest's JSON loader refuses them too; this
+    check also holds events stored before it did (see processing.UnappliableEvent).
+    """
+    stack: list[tuple[object, str]] = [(document, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and (reason := _bad_text(key)):
+                    return f"a key in {path or 'the event'} {reason}"
+                stack.append((item, f"{path}.{key}" if path else str(key)))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str) and (reason := _bad_text(value)):
+            return f"{path or 'the event'} {reason}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{path or 'the event'} is not a finite number"
+    return None
+
+
+def _bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character (U+0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate (not UTF-8 text)"
+    return None
+
+
 class EventIn(BaseModel):
-    """One business event sent by an integration."""
+    """One business event sent by an integration.
+
+    Validated as far as it can be at ingest, so that what is accepted can be
+    applied: the contact's identifiers (ContactRef), the properties of known
+    types (services/users/event_types.py) and nothing the database would refuse.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,26 +140,43 @@ class EventIn(BaseModel):
     type: str = Field(min_length=1, max_length=100)
     occurred_at: AwareDatetime
     contact: ContactRef
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Typed for the known types (see the event types); free-form for custom.*.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        reason = _unstorable(data)
+        if reason is not None:
+            raise ValueError(reason)
+        return data
 
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        if value not in EVENT_TYPES and not _CUSTOM_TYPE.fullmatch(value):
+        if not is_known_type(value):
             raise ValueError(
                 f"unknown event type {value!r}: one of {', '.join(EVENT_TYPES)}, or custom.<name>"
             )
         return value
 
-    @model_validator(mode="after")
-    def _required_properties(self) -> EventIn:
-        for name, kind in _REQUIRED_PROPERTIES.get(self.type, {}).items():
-            value = self.properties.get(name)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"{self.type} needs properties.{name} ({kind.__name__})")
-            if isinstance(value, int) and value < 0:
-                raise ValueError(f"properties.{name} must not be negative (integer fen)")
-        return self
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        if not EARLIEST <= value < LATEST:
+            raise ValueError(f"occurred_at must be between {EARLIEST.year} and {LATEST.year} (UTC)")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _typed_properties(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Errors come back under properties.<name>; the properties are kept as sent.
+        event_type = info.data.get("type")
+        if isinstance(event_type, str):
+            validate_properties(event_type, value)
+        return value
 
 
 class EventRejection(BaseModel):

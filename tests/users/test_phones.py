@@ -9,7 +9,10 @@ import uuid
 from typing import Any
 
 import httpx
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from services.users.identity import identity_context, normalise
@@ -64,6 +67,37 @@ def test_valid_numbers_are_stored_as_e164(written: str, stored: str) -> None:
 def test_invalid_numbers_are_refused(written: str) -> None:
     with pytest.raises(InvalidInput, match="invalid phone number"):
         normalise("phone", written)
+
+
+def library_answer(written: str) -> str | None:
+    """What phonenumbers itself makes of a writing: E.164, or None if no valid number."""
+    try:
+        number = phonenumbers.parse(written, "CN")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    prefix=st.sampled_from(["", "+86", "0086", "+86 ", "86", "0", "+852"]),
+    digits=st.text("0123456789", min_size=9, max_size=13),
+    lead=st.sampled_from(["1", "13", "17", "179", "11", "12", "19", "2", "0"]),
+    separator=st.sampled_from(["", " ", "-"]),
+)
+def test_phones_are_what_the_phonenumbers_library_says(
+    prefix: str, digits: str, lead: str, separator: str
+) -> None:
+    # Whatever shortcut normalise takes for common numbers, its answer is the library's.
+    national = lead + digits
+    written = prefix + separator.join([national[:3], national[3:7], national[7:]])
+    try:
+        ours: str | None = normalise("phone", written)
+    except InvalidInput:
+        ours = None
+    assert ours == library_answer(written)
 
 
 def event(event_id: str, phone: str) -> dict[str, Any]:
