@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -34,11 +35,17 @@ class IngestConfig:
 
 class TenantDirectory:
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], cipher: FieldCipher, ttl: float
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        cipher: FieldCipher,
+        ttl: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.cipher = cipher
         self.ttl = ttl
+        self._clock = clock
         self._entries: dict[str, tuple[float, IngestConfig]] = {}
         self._loading: dict[str, asyncio.Future[IngestConfig]] = {}
         self._changes: dict[str, int] = {}
@@ -46,7 +53,7 @@ class TenantDirectory:
     async def get(self, slug: str) -> IngestConfig:
         """The tenant's ingestion settings; NotFound for an unknown slug."""
         cached = self._entries.get(slug)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > self._clock():
             return cached[1]
         # One load per slug at a time: when an entry expires under a flood, the
         # requests in flight wait for that one query instead of each running it.
@@ -66,7 +73,7 @@ class TenantDirectory:
         async with self.sessionmaker() as session:
             config = await self._load(session, slug)
         if self._changes.get(slug, 0) == changes:  # not read before a change: keep it
-            self._entries[slug] = (time.monotonic() + self.ttl, config)
+            self._entries[slug] = (self._clock() + self.ttl, config)
         return config
 
     def forget(self, slug: str) -> None:

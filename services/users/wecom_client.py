@@ -25,7 +25,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import httpx
@@ -134,20 +134,27 @@ class _RateLimiter:
     need no lock and are served in arrival order.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         if rate <= 0:
             raise ValueError("qps must be positive")
+        self._clock = clock
+        self._sleep = sleep
         self._interval = 1.0 / rate
         self._burst_window = max(rate - 1.0, 0.0) * self._interval
         self._next_at = 0.0
 
     async def acquire(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         slot = max(self._next_at, now)
         self._next_at = slot + self._interval
         wait = slot - self._burst_window - now
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
 
 _SECRET_QUERY = re.compile(r"((?:access_token|corpsecret)=)[^&\s\"']*")
@@ -187,7 +194,8 @@ def _errcode_of(data: dict[str, Any]) -> int:
 class WeComClient:
     """One corp application's API client; share one instance per (corp, secret) and event loop.
 
-    ``max_retries`` is the number of retries after the first attempt.
+    ``max_retries`` is the number of retries after the first attempt. The rate
+    limit and the backoff wait with ``sleep`` on ``clock`` (tests pass their own).
     """
 
     def __init__(
@@ -201,6 +209,8 @@ class WeComClient:
         max_retries: int = 4,
         backoff_base: float = 0.5,
         qps: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -212,7 +222,8 @@ class WeComClient:
         self._cache: TokenCache = token_cache or MemoryTokenCache()
         self._max_retries = max_retries
         self._backoff_base = backoff_base
-        self._limiter = _RateLimiter(qps)
+        self._sleep = sleep
+        self._limiter = _RateLimiter(qps, clock, sleep)
         # The secret's hash tells apart two apps of one corp without storing the secret.
         self._cache_key = f"{corp_id}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
         self._token_lock = asyncio.Lock()
@@ -314,7 +325,7 @@ class WeComClient:
                 self._max_retries,
                 delay,
             )
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     async def _call(

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.users.directory import IngestConfig, TenantDirectory
 from shared.errors import NotFound
 from shared.runtime import Runtime
+from tests.clock import FakeClock
 from tests.users.support import wecom_tenant
 
 
@@ -24,12 +25,14 @@ class CountingDirectory(TenantDirectory):
 
 async def test_an_expired_entry_is_loaded_once_for_a_flood(committed: Runtime) -> None:
     corp = await wecom_tenant(committed)
-    directory = CountingDirectory(committed.sessionmaker, committed.cipher, ttl=0.2)
+    clock = FakeClock()
+    directory = CountingDirectory(committed.sessionmaker, committed.cipher, ttl=0.2, clock=clock)
     found = await asyncio.gather(*(directory.get(corp.slug) for _ in range(50)))
     assert directory.loads == 1 and {c.slug for c in found} == {corp.slug}
+    clock.advance(0.19)
     assert (await directory.get(corp.slug)).corp_id == found[0].corp_id
     assert directory.loads == 1, "cached"
-    await asyncio.sleep(0.25)
+    clock.advance(0.02)
     await asyncio.gather(*(directory.get(corp.slug) for _ in range(50)))
     assert directory.loads == 2, "expired: one load again"
     directory.forget(corp.slug)

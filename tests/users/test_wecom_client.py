@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -157,14 +156,19 @@ async def test_http_502_is_retried_then_succeeds(fake: FakeWeCom, client: WeComC
 
 
 async def test_backoff_grows_exponentially(fake: FakeWeCom) -> None:
-    async with make_client(fake, backoff_base=0.05, max_retries=3) as wecom:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with make_client(fake, backoff_base=0.05, max_retries=3, sleep=sleep) as wecom:
         await wecom.access_token()
         fake.fail_http(3)
-        started = time.monotonic()
         await wecom.get_user("zhangsan")
-        elapsed = time.monotonic() - started
-    # 0.05 + 0.1 + 0.2 with jitter in [0.5, 1] of each: between 0.175 and 0.35 s.
-    assert 0.17 <= elapsed < 1.0
+    # 0.05, 0.1, 0.2, each with jitter in [0.5, 1].
+    assert len(slept) == 3
+    for delay, base in zip(slept, (0.05, 0.1, 0.2), strict=True):
+        assert base / 2 <= delay <= base
 
 
 async def test_unavailable_after_max_retries_of_5xx(fake: FakeWeCom) -> None:
@@ -308,13 +312,18 @@ async def test_get_external_contact_and_follow_user_list(
 
 
 async def test_client_side_rate_limit(fake: FakeWeCom) -> None:
-    async with make_client(fake, qps=50.0) as wecom:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    # A clock that stands still: all 75 calls arrive at the same instant.
+    async with make_client(fake, qps=50.0, clock=lambda: 1000.0, sleep=sleep) as wecom:
         await wecom.access_token()  # uses one token of the bucket
-        started = time.monotonic()
         await asyncio.gather(*(wecom.get_user("zhangsan") for _ in range(74)))
-        elapsed = time.monotonic() - started
-    # A burst of 50 passes at once; the other 25 wait 1/50 s each.
-    assert elapsed >= 0.45
+    # A burst of 50 passes at once; each of the other 25 waits 1/50 s after the one before.
+    assert slept == pytest.approx([k / 50 for k in range(1, 26)])
+    assert fake.calls[USER_GET] == 74
 
 
 # -- logging ------------------------------------------------------------------
