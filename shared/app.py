@@ -35,6 +35,7 @@ from shared.observability import (
     flush_counters,
     read_counters,
 )
+from shared.openapi import error_responses, install_openapi
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.app")
@@ -130,6 +131,7 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
     app.state.runtime = runtime
     app.state.services = chosen
     install_docs(app)
+    install_openapi(app)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
 
@@ -149,7 +151,11 @@ def create_app(services: Iterable[str] = SERVICES, runtime: Runtime | None = Non
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        responses=error_responses(503, s503="`not_ready`: details name what is unreachable."),
+    )
     async def readyz(request: Request) -> Response:
         rt: Runtime = request.app.state.runtime
         problems: dict[str, str] = {}

@@ -21,6 +21,7 @@ from services.users.ingest_http import (
     verify_wecom_url,
 )
 from services.users.schemas import (
+    MAX_BATCH,
     ConsentIn,
     ContactDetail,
     ContactPage,
@@ -39,6 +40,7 @@ from services.users.schemas import (
     WeComSettingsOut,
 )
 from shared.auth import Principal, require
+from shared.catalog import events_request_body
 from shared.db import SessionDep
 from shared.errors import NotFound
 from shared.params import Cursor
@@ -79,9 +81,70 @@ async def status(principal: Reader, session: SessionDep, request: Request) -> Us
 # -- WeCom callbacks, signed webhooks and the event API ---------------------------------
 # These routes document the contract; under load the same functions answer
 # through IngestFastPath (services/users/ingest_http.py), which skips routing.
+# They read their body themselves, so its schema is given here (openapi_extra).
+
+_WECOM_QUERY = [
+    {"name": "msg_signature", "in": "query", "description": "WeCom's SHA1 signature."},
+    {
+        "name": "timestamp",
+        "in": "query",
+        "description": "Unix seconds; refused further than SCRM_WECOM_MAX_SKEW_SECONDS from now.",
+    },
+    {"name": "nonce", "in": "query", "description": "WeCom's random string."},
+]
+_WECOM_ERRORS = {
+    "x-scrm-errors": [400, 401, 413, 422, 503],
+    "responses": {
+        "400": {"description": "`wecom_rejected`, `bad_timestamp`, `stale_timestamp`."},
+        "401": {
+            "description": "`invalid_signature`, also for an unknown tenant or one without "
+            "WeCom settings."
+        },
+        "422": {"description": "`validation_error`: a query parameter is missing."},
+        "503": {"description": "`unavailable`: could not store it; WeCom retries."},
+    },
+}
+_WEBHOOK_HEADERS = [
+    {
+        "name": "X-Scrm-Timestamp",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        "description": "Unix seconds; refused further than SCRM_WEBHOOK_MAX_SKEW_SECONDS from now.",
+    },
+    {
+        "name": "X-Scrm-Signature",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+        "description": '`sha256=` + hex HMAC-SHA256(secret, timestamp + "." + body), with one '
+        "of the tenant's webhook secrets (two are active while rotating).",
+    },
+]
+_EVENT_ERRORS = {
+    "400": {
+        "description": "`malformed_json`; for the webhook also `bad_timestamp`, `stale_timestamp`."
+    },
+    "422": {
+        "description": "`batch_too_large`, or `validation_error` when no event is valid "
+        "(details: each rejection with its index)."
+    },
+    "503": {"description": "`unavailable`: could not store them; retry."},
+}
 
 
-@router.get("/wecom/{tenant_slug}/callback", response_class=PlainTextResponse)
+@router.get(
+    "/wecom/{tenant_slug}/callback",
+    response_class=PlainTextResponse,
+    openapi_extra={
+        "parameters": [
+            *_WECOM_QUERY,
+            {"name": "echostr", "in": "query", "description": "The encrypted echo string."},
+        ],
+        **_WECOM_ERRORS,
+        "x-scrm-errors": [400, 401, 422],
+    },
+)
 async def wecom_verify_url(
     tenant_slug: str,
     request: Request,
@@ -97,7 +160,25 @@ async def wecom_verify_url(
     return PlainTextResponse(plain)
 
 
-@router.post("/wecom/{tenant_slug}/callback", response_class=PlainTextResponse)
+@router.post(
+    "/wecom/{tenant_slug}/callback",
+    response_class=PlainTextResponse,
+    openapi_extra={
+        "parameters": _WECOM_QUERY,
+        "requestBody": {
+            "required": True,
+            "description": "WeCom's encrypted callback (the event is in `Encrypt`).",
+            "content": {
+                "text/xml": {
+                    "schema": {"type": "string"},
+                    "example": "<xml><ToUserName><![CDATA[ww0f3a5c7e9b1d2f4a]]></ToUserName>"
+                    "<Encrypt><![CDATA[...]]></Encrypt><AgentID><![CDATA[]]></AgentID></xml>",
+                }
+            },
+        },
+        **_WECOM_ERRORS,
+    },
+)
 async def wecom_callback(
     tenant_slug: str, request: Request, msg_signature: str, timestamp: str, nonce: str
 ) -> PlainTextResponse:
@@ -109,7 +190,23 @@ async def wecom_callback(
     return PlainTextResponse(answer)
 
 
-@router.post("/webhooks/{tenant_slug}/events", status_code=202, response_model=IngestResult)
+@router.post(
+    "/webhooks/{tenant_slug}/events",
+    status_code=202,
+    response_model=IngestResult,
+    openapi_extra={
+        "parameters": _WEBHOOK_HEADERS,
+        "requestBody": events_request_body(MAX_BATCH),
+        "x-scrm-errors": [400, 401, 413, 422, 503],
+        "responses": {
+            **_EVENT_ERRORS,
+            "401": {
+                "description": "`invalid_signature`: a missing, stale or wrong signature, "
+                "also for an unknown tenant or one without a webhook secret."
+            },
+        },
+    },
+)
 async def webhook_events(tenant_slug: str, request: Request) -> Response:
     """Signed events from a shop, mini-program or live-stream tool: one or a batch.
     An unknown tenant, or one without a secret, is answered as a bad signature is (401
@@ -120,7 +217,16 @@ async def webhook_events(tenant_slug: str, request: Request) -> Response:
     return Response(result.model_dump_json(), status_code=202, media_type="application/json")
 
 
-@router.post("/events", status_code=202, response_model=IngestResult)
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=IngestResult,
+    openapi_extra={
+        "requestBody": events_request_body(MAX_BATCH),
+        "x-scrm-errors": [400, 401, 403, 413, 422, 503],
+        "responses": _EVENT_ERRORS,
+    },
+)
 async def api_events(principal: Operator, request: Request) -> Response:
     """The same events as the webhook, sent with an operator API key."""
     result = await accept_events(_ingest(request), principal.tenant, await request.body(), "api")
