@@ -18,6 +18,7 @@ from shared.db import unit_of_work
 from shared.events import publish, publish_many, registry
 from shared.relay import DELIVER_JOB, OutboxRelay
 from shared.runtime import Runtime
+from tests.clock import wait_until
 from tests.helpers import bearer, make_key, make_tenant, run_scrm
 from tests.shared.bus_support import (
     effects,
@@ -230,19 +231,24 @@ async def test_worker_killed_midway_loses_and_repeats_nothing(
     second = subprocess.Popen(command, env=env)
     try:
         await _wait_for_effects(committed, 61, seconds=60)
-        await asyncio.sleep(0.5)  # anything extra would show up now
+
+        # Until every job is done (one the kill left behind too): a repeat would show.
+        async def queue_empty() -> bool:
+            return await committed.redis.zcard(committed.queue_name("points")) == 0
+
+        await wait_until(queue_empty, "the points queue worked off", seconds=120, every=0.05)
     finally:
         second.send_signal(signal.SIGTERM)
-        second.wait(timeout=20)
+        second.wait(timeout=60)
     handled = await effects(committed, "test.slow")
     assert len(handled) == 61 and len(set(handled)) == 61, "each event exactly once"
 
 
 async def _wait_for_effects(runtime: Runtime, count: int, *, seconds: float) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if len(await effects(runtime, "test.slow")) >= count:
-            return
-        await asyncio.sleep(0.05)
+    async def enough() -> bool:
+        return len(await effects(runtime, "test.slow")) >= count
+
+    await wait_until(enough, f"{count} test.slow effects", seconds=seconds, every=0.05)
 
 
 async def test_publish_rejects_nothing_silently(committed: Runtime) -> None:

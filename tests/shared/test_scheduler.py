@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +11,7 @@ from shared.db import unit_of_work
 from shared.dlq import ALL_TENANTS, list_dead_letters, replay_dead_letter
 from shared.runtime import Runtime
 from shared.scheduler import Scheduler, cancel_scheduled, schedule
+from tests.clock import wait_until
 from tests.shared.bus_support import effects, ensure_test_tables, schedule_and_work, switch_on
 
 
@@ -89,12 +89,12 @@ async def test_failing_job_dead_letters_and_replays(committed: Runtime) -> None:
             args={"fail": True},
             due_at=datetime.now(UTC),
         )
-    for _ in range(40):
+
+    async def dead() -> bool:
         await schedule_and_work(committed, "campaigns")
-        if await status_of(committed, job_id) == "dead":
-            break
-        await asyncio.sleep(0.1)
-    assert await status_of(committed, job_id) == "dead"
+        return await status_of(committed, job_id) == "dead"
+
+    await wait_until(dead, "the failing job dead-lettered", every=0.1)
     async with unit_of_work(committed.sessionmaker) as session:
         [letter] = await list_dead_letters(session, ALL_TENANTS)
         assert letter.scheduled_job_id == job_id

@@ -17,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+# Servers of their own on ports picked when they start: one test at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("embedded-servers")]
 
 
 def free_port() -> int:
@@ -87,12 +88,11 @@ class Up:
             time.sleep(0.1)
         return False
 
-    def stop(self, sig: int = signal.SIGTERM) -> float:
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Its exit status; it has to exit (a generous deadline, not a measure)."""
         assert self.proc is not None
-        started = time.monotonic()
         self.proc.send_signal(sig)
-        self.proc.wait(timeout=25)
-        return time.monotonic() - started
+        return self.proc.wait(timeout=90)
 
     def scrm(self, *args: str) -> str:
         result = subprocess.run(
@@ -117,7 +117,7 @@ def test_up_on_embedded_servers_keeps_data_across_restarts(data_dir: Path) -> No
     tenants = httpx.get(f"{up.url}/v1/admin/tenants", headers={"Authorization": f"Bearer {key}"})
     assert [t["slug"] for t in tenants.json()] == ["kept-brand"]
 
-    assert up.stop(signal.SIGTERM) < 20
+    assert up.stop(signal.SIGTERM) == 0
     assert embedded_processes(data_dir) == [], "the embedded servers stop with scrm up"
 
     up.start()
@@ -136,7 +136,7 @@ def test_up_on_embedded_servers_keeps_data_across_restarts(data_dir: Path) -> No
     ).json()
     postgres_after = {p.pid for p in embedded_processes(data_dir) if p.name() == "postgres"}
     assert postgres_before & postgres_after, "the same postmaster was re-attached"
-    assert up.stop(signal.SIGINT) < 20
+    assert up.stop(signal.SIGINT) == 0
     assert embedded_processes(data_dir) == []
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from services.users.settings import users_settings
 from shared.runtime import Runtime
+from tests.clock import wait_until
 from tests.helpers import bearer, run_scrm
 from tests.users.fake_wecom import FakeWeCom
 from tests.users.support import CORP_ID, WeComTenant, contact_event, post, process_all, wecom_tenant
@@ -75,11 +76,12 @@ async def test_contact_exists_while_api_is_down_and_is_enriched_later(
     await process_all(committed)
     assert (await contact_of(committed_client, corp))["name"] is None
     fake.down = False
-    for _ in range(50):
+
+    async def enriched() -> bool:
         await process_all(committed)
-        if (await contact_of(committed_client, corp))["name"]:
-            break
-        await asyncio.sleep(0.1)
+        return bool((await contact_of(committed_client, corp))["name"])
+
+    await wait_until(enriched, "the contact enriched once WeCom is back", every=0.1)
     after = await contact_of(committed_client, corp)
     assert after["name"] == "王小明" and after["corp_name"] == "小明茶行"
     assert sorted(i["kind"] for i in after["identities"]) == ["external_userid", "unionid"]
