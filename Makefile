@@ -34,6 +34,7 @@ lint: $(VENV)/.installed-test
 types: $(VENV)/.installed-test
 	$(BIN)/mypy
 
+# In parallel, one process per core (addopts in pyproject.toml); `pytest -n 0` for one process.
 pytest: $(VENV)/.installed-test
 	$(BIN)/pytest
 
