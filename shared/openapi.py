@@ -147,7 +147,6 @@ def _refine_operation(
 ) -> None:
     calls = _dependency_calls(dependant)
     roles = sorted({role for call in calls for role in roles_required(call) or ()})
-    _merge_parameters(operation)
     if _idempotency_call() in calls:
         operation.setdefault("parameters", []).append(
             {
@@ -160,6 +159,7 @@ def _refine_operation(
                 "request is refused (422 `idempotency_key_reused`).",
             }
         )
+    _merge_parameters(operation)
     statuses = {422}
     declared = operation.pop("x-scrm-errors", None)
     if roles:
