@@ -290,11 +290,11 @@ async def test_a_flood_holds_this_machines_workers_to_one_batch_per_hold(
     committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
 ) -> None:
     key = flood_key(committed)
-    await send_orders(committed_client, corp, [f"h{i}" for i in range(200)], phones=200)
+    await send_orders(committed_client, corp, [f"h{i}" for i in range(40)], phones=40)
     await committed.redis.set(key, b"1")  # a flood, as this machine's API reports it
     clock = FakeClock()
     stop = asyncio.Event()
-    consumer = InboundConsumer(committed, batch_size=50, concurrency=1, sleep=clock.sleep)
+    consumer = InboundConsumer(committed, batch_size=10, concurrency=1, sleep=clock.sleep)
     running = asyncio.create_task(consumer.run(stop))
     try:
         await clock.until_sleeping()
@@ -302,12 +302,12 @@ async def test_a_flood_holds_this_machines_workers_to_one_batch_per_hold(
         for batches in (1, 2):
             clock.advance(HOLD_SECONDS)
             await clock.until_sleeping()
-            assert await applied(committed) == 50 * batches, "one batch (of 50) per hold"
+            assert await applied(committed) == 10 * batches, "one batch (of 10) per hold"
         await committed.redis.delete(key)  # the flood is over
         clock.advance(HOLD_SECONDS)
 
         async def all_applied() -> bool:
-            return await applied(committed) == 200
+            return await applied(committed) == 40
 
         await wait_until(all_applied, "full speed again after the flood")
         assert clock.slept == [HOLD_SECONDS] * 3, "no hold once the flood is over"
@@ -322,16 +322,16 @@ async def test_a_flood_on_another_machine_holds_no_worker_here_back(
 ) -> None:
     elsewhere = flood_key(committed, f"not-{socket.gethostname()}")
     assert elsewhere != flood_key(committed)
-    await send_orders(committed_client, corp, [f"h{i}" for i in range(200)], phones=200)
+    await send_orders(committed_client, corp, [f"h{i}" for i in range(40)], phones=40)
     await committed.redis.set(elsewhere, b"1")  # that machine's API absorbs a flood
     clock = FakeClock()
     stop = asyncio.Event()
-    consumer = InboundConsumer(committed, batch_size=50, concurrency=1, sleep=clock.sleep)
+    consumer = InboundConsumer(committed, batch_size=10, concurrency=1, sleep=clock.sleep)
     running = asyncio.create_task(consumer.run(stop))
     try:
 
         async def all_applied() -> bool:
-            return await applied(committed) == 200
+            return await applied(committed) == 40
 
         await wait_until(all_applied, "the backlog applied at full speed")
         assert clock.slept == [], "never held back"
