@@ -92,17 +92,14 @@ _WECOM_QUERY = [
     },
     {"name": "nonce", "in": "query", "description": "WeCom's random string."},
 ]
-_WECOM_ERRORS = {
-    "x-scrm-errors": [400, 401, 413, 422, 503],
-    "responses": {
-        "400": {"description": "`wecom_rejected`, `bad_timestamp`, `stale_timestamp`."},
-        "401": {
-            "description": "`invalid_signature`, also for an unknown tenant or one without "
-            "WeCom settings."
-        },
-        "422": {"description": "`validation_error`: a query parameter is missing."},
-        "503": {"description": "`unavailable`: could not store it; WeCom retries."},
+_WECOM_RESPONSES: dict[str, dict[str, str]] = {
+    "400": {"description": "`wecom_rejected`, `bad_timestamp`, `stale_timestamp`."},
+    "401": {
+        "description": "`invalid_signature`, also for an unknown tenant or one without "
+        "WeCom settings."
     },
+    "422": {"description": "`validation_error`: a query parameter is missing."},
+    "503": {"description": "`unavailable`: could not store it; WeCom retries."},
 }
 _WEBHOOK_HEADERS = [
     {
@@ -141,8 +138,8 @@ _EVENT_ERRORS = {
             *_WECOM_QUERY,
             {"name": "echostr", "in": "query", "description": "The encrypted echo string."},
         ],
-        **_WECOM_ERRORS,
         "x-scrm-errors": [400, 401, 422],
+        "responses": {k: v for k, v in _WECOM_RESPONSES.items() if k != "503"},
     },
 )
 async def wecom_verify_url(
@@ -176,7 +173,8 @@ async def wecom_verify_url(
                 }
             },
         },
-        **_WECOM_ERRORS,
+        "x-scrm-errors": [400, 401, 413, 422, 503],
+        "responses": _WECOM_RESPONSES,
     },
 )
 async def wecom_callback(
