@@ -20,6 +20,7 @@ from shared import admin_api
 from shared.docs import install_docs
 from shared.errors import error_response, install_error_handlers
 from shared.events import SERVICES
+from shared.http_guard import RequestGuard
 from shared.idempotency import ReplayedResponse
 from shared.observability import (
     DLQ_SIZE,
@@ -77,8 +78,16 @@ class ScrmApp(FastAPI):
         # Front doors take floods: their successes are logged as a summary line per
         # route every 10 s; anything else they answer is logged request by request.
         self.access_summary = AccessSummary()
+        # Both ways pass the RequestGuard (NUL in the target, body size, JSON) inside
+        # the request context: front doors here, FastAPI's routes through this
+        # middleware, which the request context create_app adds later wraps.
+        self.add_middleware(RequestGuard)
         self._front_doors: list[tuple[FrontDoor, ASGIApp]] = [
-            (door, RequestContextMiddleware(door, self.access_summary)) for door in front_doors
+            (
+                door,
+                RequestContextMiddleware(RequestGuard(door, check_json=False), self.access_summary),
+            )
+            for door in front_doors
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     scheduler_horizon_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
         default=60.0, validation_alias="SCRM_SCHEDULER_HORIZON_SECONDS"
     )
+    # Every request body, front doors included; a route that needs more says so
+    # (shared.http_guard.body_limit: the CSV import).
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = Field(
+        default=1024 * 1024, validation_alias="SCRM_MAX_BODY_BYTES"
+    )
 
     @field_validator("database_url")
     @classmethod

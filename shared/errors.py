@@ -76,6 +76,16 @@ class Unavailable(ScrmError):
     code = "unavailable"
 
 
+class RequestRefused(StarletteHTTPException):
+    """A ScrmError found while the request is received (its body too large, its JSON
+    refused: see shared.http_guard). An HTTPException, because FastAPI passes those
+    raised by a body read on to the handlers and turns any other error into a 400."""
+
+    def __init__(self, error: ScrmError) -> None:
+        super().__init__(error.status_code, error.message)
+        self.error = error
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
@@ -93,6 +103,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -116,6 +127,14 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
 async def _scrm_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ScrmError)
     return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+
+async def _request_refused(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestRefused)
+    error = exc.error
+    # The client may still be sending a body refused for its size.
+    headers = {"Connection": "close"} if error.status_code == 413 else None
+    return error_response(error.status_code, error.code, error.message, error.details, headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -146,6 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ScrmError, _scrm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestRefused, _request_refused)
     app.add_exception_handler(IntegrityError, _integrity_error)
     # Anything else is answered (500, with the request id) by
     # shared.observability.RequestContextMiddleware.

@@ -15,7 +15,8 @@ from services.users import SERVICE, importer
 from shared.audit import audit_note
 from shared.auth import Principal, require
 from shared.db import SessionDep, unit_of_work
-from shared.errors import PayloadTooLarge, UnsupportedMediaType
+from shared.errors import UnsupportedMediaType
+from shared.http_guard import body_limit
 from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
@@ -50,22 +51,18 @@ async def _csv_body(request: Request) -> bytes:
             "send the CSV file as the request body with Content-Type: text/csv",
             details={"content_type": media_type or None},
         )
-    too_large = PayloadTooLarge(
-        f"the CSV file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it",
-        details={"max_bytes": MAX_IMPORT_BYTES},
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
-        raise too_large
+    # Its size is limited as it is received (see the route's body_limit).
     body = bytearray()
     async for part in request.stream():
         body += part
-        if len(body) > MAX_IMPORT_BYTES:
-            raise too_large
     return bytes(body)
 
 
 @import_router.post("/contacts/import", response_model=ImportReportOut)
+@body_limit(
+    MAX_IMPORT_BYTES,
+    f"the CSV file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it",
+)
 async def import_contacts(
     principal: Operator, session: SessionDep, request: Request
 ) -> ImportReportOut:

@@ -32,10 +32,10 @@ from services.users.schemas import MAX_BATCH, EventIn, EventRejection, IngestRes
 from services.users.settings import users_settings
 from services.users.wecom_crypto import WeComCrypto, WeComCryptoError, parse_xml
 from services.users.wecom_events import dedupe_key, event_type
+from shared import jsonbody
 from shared.errors import (
     InvalidInput,
     NotFound,
-    PayloadTooLarge,
     ScrmError,
     Unauthorized,
     Unavailable,
@@ -197,10 +197,9 @@ async def accept_events(
     state: IngestState, tenant_id: uuid.UUID, body: bytes, via: str
 ) -> IngestResult:
     """Validate each event (rejections come back with their index) and store the valid ones."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ScrmError("request body is not valid JSON", code="malformed_json") from None
+    document = jsonbody.parse(body)
+    # Text the database cannot store (U+0000) rejects its event, like any invalid field.
+    check_text = jsonbody.may_hold_unstorable_text(body)
     raw = (
         document.get("events") if isinstance(document, dict) and "events" in document else document
     )
@@ -210,20 +209,22 @@ async def accept_events(
     items: list[Inbound] = []
     rejected: list[EventRejection] = []
     for index, candidate in enumerate(raw):
-        try:
-            event = _EVENT.validate_python(candidate)
-        except ValidationError as exc:
+        errors = (
+            [{"loc": p["loc"], "message": p["message"]} for p in jsonbody.text_problems(candidate)]
+            if check_text
+            else []
+        )
+        if not errors:
+            try:
+                event = _EVENT.validate_python(candidate)
+            except ValidationError as exc:
+                errors = [
+                    {"loc": [str(p) for p in e["loc"]], "message": e["msg"]} for e in exc.errors()
+                ]
+        if errors:
             event_id = candidate.get("event_id") if isinstance(candidate, dict) else None
-            rejected.append(
-                EventRejection(
-                    index=index,
-                    event_id=event_id if isinstance(event_id, str) else None,
-                    errors=[
-                        {"loc": [str(p) for p in e["loc"]], "message": e["msg"]}
-                        for e in exc.errors()
-                    ],
-                )
-            )
+            shown_id = event_id if isinstance(event_id, str) and "\x00" not in event_id else None
+            rejected.append(EventRejection(index=index, event_id=shown_id, errors=errors))
             continue
         payload: dict[str, Any] = event.model_dump(mode="json", exclude_none=True)
         payload["via"] = via
@@ -242,7 +243,6 @@ async def accept_events(
 
 _WECOM = re.compile(r"^/v1/wecom/([a-z0-9-]{1,63})/callback$")
 _WEBHOOK = re.compile(r"^/v1/webhooks/([a-z0-9-]{1,63})/events$")
-MAX_BODY = 8 * 1024 * 1024
 
 
 class _RouteLabel:
@@ -288,15 +288,11 @@ class IngestFastPath:
 
 
 async def _read_body(receive: Receive) -> bytes:
+    # Its size is limited by the app's RequestGuard (shared.http_guard), as every body's.
     chunks: list[bytes] = []
-    size = 0
     while True:
         message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"request body is larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
 
