@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = Field(
         default=1024 * 1024, validation_alias="SCRM_MAX_BODY_BYTES"
     )
+    # A connection whose request head, or whole body, takes longer is closed (a body
+    # with 408 first): slow clients cannot hold connections open (shared.http_server).
+    http_header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, validation_alias="SCRM_HTTP_HEADER_TIMEOUT_SECONDS"
+    )
+    http_body_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = Field(
+        default=30.0, validation_alias="SCRM_HTTP_BODY_TIMEOUT_SECONDS"
+    )
 
     @field_validator("database_url")
     @classmethod

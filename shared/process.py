@@ -17,11 +17,13 @@ from collections.abc import Generator, Sequence
 
 import uvicorn
 from arq.worker import Worker
+from starlette.types import ASGIApp
 
 from shared import migrate
 from shared.app import create_app
 from shared.config import Settings
 from shared.events import load_subscriptions
+from shared.http_server import http_protocol
 from shared.relay import OutboxRelay
 from shared.runtime import Runtime
 from shared.scheduler import Scheduler, jobs
@@ -38,6 +40,21 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def api_server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """How the API is served: uvicorn, with deadlines for receiving each request."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=http_protocol(settings),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        proxy_headers=True,
+    )
 
 
 def _install_stop_signals(stop: asyncio.Event) -> None:
@@ -82,18 +99,7 @@ async def run_process(
         tasks: list[asyncio.Task[None]] = []
         server: _Server | None = None
         if api_services:
-            app = create_app(api_services, runtime)
-            config = uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=5,
-                proxy_headers=True,
-            )
-            server = _Server(config)
+            server = _Server(api_server_config(create_app(api_services, runtime), settings))
             tasks.append(asyncio.create_task(server.serve(), name="api"))
         workers: list[Worker] = [
             build_worker(runtime, service, registry, jobs) for service in worker_services
