@@ -183,16 +183,25 @@ async def emptying_sql(runtime: Runtime) -> str:
     return "; ".join(statements)
 
 
-@pytest.fixture
-async def committed(runtime: Runtime, emptying_sql: str) -> AsyncIterator[Runtime]:
-    """For tests that need real commits: the runtime, with every table emptied after."""
-    yield runtime
+async def _empty(runtime: Runtime, emptying_sql: str) -> None:
     async with runtime.engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
         await raw.execute(emptying_sql)  # several statements, one implicit transaction
     for service in SERVICES:
         await runtime.redis.delete(runtime.queue_name(service))
+
+
+@pytest.fixture
+async def committed(runtime: Runtime, emptying_sql: str) -> AsyncIterator[Runtime]:
+    """For tests that need real commits: the runtime, every table empty before and after.
+
+    Before too: ingestion writes outside the rolled-back session (its own autocommit
+    statements), so a test on `client` that stores an event leaves it behind.
+    """
+    await _empty(runtime, emptying_sql)
+    yield runtime
+    await _empty(runtime, emptying_sql)
 
 
 @pytest.fixture
