@@ -32,9 +32,11 @@ def mask(value: str, kind: PersonalKind) -> str:
     if kind == "phone":
         digits = value.strip()
         if len(digits) >= 8:
-            # 138****1234 for 11 digits or more; shorter numbers give up leading
-            # digits so that at least four stay hidden.
-            return f"{digits[: min(3, len(digits) - 8)]}****{digits[-4:]}"
+            # 138****1234 for 11 digits or more (+86138****1234 in E.164: the country
+            # code does not count); shorter numbers give up leading digits so that at
+            # least four stay hidden.
+            shown = 6 if digits.startswith("+") else 3
+            return f"{digits[: min(shown, len(digits) - 8)]}****{digits[-4:]}"
         return "*" * max(len(digits), 1)
     if kind == "name":
         if len(value) == 1:

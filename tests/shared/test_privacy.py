@@ -37,7 +37,7 @@ def principal(role: Role, staff: str | None = None) -> Principal:
     ("value", "kind", "masked"),
     [
         ("13812341234", "phone", "138****1234"),
-        ("+8613812341234", "phone", "+86****1234"),
+        ("+8613812341234", "phone", "+86138****1234"),
         ("12345", "phone", "*****"),
         ("张三丰", "name", "张**"),
         ("Li", "name", "L*"),

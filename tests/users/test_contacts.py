@@ -115,7 +115,7 @@ async def test_masking_per_role_and_audited_unmasked_reads(
         seen[role] = (body["name"], {i["kind"]: i["value"] for i in body["identities"]})
     assert seen["admin"] == ("张三丰", {"phone": PHONE_E164, "unionid": "oUNION1234567890"})
     assert seen["operator"] == seen["admin"]
-    assert seen["analyst"] == ("张**", {"phone": "+86****1234", "unionid": "oUNI****7890"})
+    assert seen["analyst"] == ("张**", {"phone": "+86138****1234", "unionid": "oUNI****7890"})
     listed = (await committed_client.get("/v1/contacts", headers=bearer(roles["analyst"]))).json()[
         "items"
     ]

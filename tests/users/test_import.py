@@ -352,7 +352,7 @@ async def test_export_is_masked_for_analysts_and_audited_when_unmasked(
     masked = analyst[first["id"]]
     assert (masked["name"], masked["phone"], masked["unionid"], masked["email"]) == (
         "张**",
-        "+86****1234;+86****0000",
+        "+86138****1234;+86138****0000",
         "oUNI****7890",
         "a***@example.com",
     )
@@ -389,7 +389,7 @@ async def test_export_masks_personal_data_unless_unmasked(
         [row] = list(csv.DictReader(io.StringIO("".join(lines))))
         exported[unmask] = (row["name"], row["phone"], row["email"], row["attr.tier"])
     assert exported[True] == ("Bo Li", "+8613812341234", "bo@example.com", "gold")
-    assert exported[False] == ("B****", "+86****1234", "b***@example.com", "gold")
+    assert exported[False] == ("B****", "+86138****1234", "b***@example.com", "gold")
 
 
 async def test_payload_over_50_mb_is_refused(
