@@ -58,7 +58,26 @@ async def _csv_body(request: Request) -> bytes:
     return bytes(body)
 
 
-@import_router.post("/contacts/import", response_model=ImportReportOut)
+@import_router.post(
+    "/contacts/import",
+    response_model=ImportReportOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The CSV file (UTF-8, a header row; the columns are in README's "
+            "Contacts CSV section), at most 50 MB.",
+            "content": {
+                media: {
+                    "schema": {"type": "string"},
+                    "example": "phone,name,owner_staff_userid,attr.city\n"
+                    "13800138000,Li Lei,zhangsan,Hangzhou\n",
+                }
+                for media in sorted(CSV_MEDIA_TYPES)
+            },
+        },
+        "x-scrm-errors": [400, 401, 403, 409, 413, 415, 422],
+    },
+)
 @body_limit(
     MAX_IMPORT_BYTES,
     f"the CSV file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB; split it",
