@@ -21,7 +21,7 @@ from shared.admin_schemas import (
     TenantOut,
 )
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 from shared.idempotency import IdempotencyDep
 from shared.models import DeadLetter, Tenant
 from shared.params import Cursor, DbId

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import admin_api
 from shared.docs import install_docs
-from shared.errors import error_response, install_error_handlers
+from shared.error_handlers import error_response, install_error_handlers
 from shared.events import SERVICES
 from shared.http_guard import RequestGuard
 from shared.idempotency import ReplayedResponse

@@ -7,14 +7,16 @@ when the change it describes was committed.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import Request
 
 from shared.models import AuditEntry
 from shared.observability import current_request_id
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 
 def record_audit(

@@ -392,7 +392,8 @@ def apikey_create(slug: str | None, role: str, name: str, staff_userid: str | No
         raise click.UsageError("a platform key belongs to no tenant; drop --tenant")
 
     async def go(session: AsyncSession, _: Runtime) -> tuple[str, str]:
-        from shared import auth, tenancy
+        from shared import apikeys as auth
+        from shared import tenancy
 
         tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id if slug else None
         key, plaintext = await auth.create_api_key(
@@ -413,7 +414,8 @@ def apikey_revoke(slug: str, key_id: uuid.UUID) -> None:
     """Revoke an API key."""
 
     async def go(session: AsyncSession, _: Runtime) -> str:
-        from shared import auth, tenancy
+        from shared import apikeys as auth
+        from shared import tenancy
 
         tenant_id = (await tenancy.get_tenant_by_slug(session, slug)).id
         key = await auth.revoke_api_key(session, tenant_id, key_id)

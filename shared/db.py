@@ -12,9 +12,8 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, event, func
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import DisconnectionError
@@ -116,16 +115,3 @@ async def unit_of_work(
     """One transaction for a job or a command: committed if the block succeeds."""
     async with sessionmaker() as session, session.begin():
         yield session
-
-
-async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.runtime.sessionmaker
-    async with unit_of_work(sessionmaker) as session:
-        yield session
-
-
-# scope="function": the commit happens when the endpoint returns and before the
-# response is sent, so a failed commit becomes an error response, never a 200
-# for a change that was not saved.
-SessionDep = Annotated[AsyncSession, Depends(_request_session, scope="function")]
-get_session = _request_session

@@ -13,7 +13,7 @@
   themselves (a batch of events, a CSV file) are left to do so.
 
 Refusals found while the body is read are raised from `receive` as
-shared.errors.RequestRefused, an HTTPException, which FastAPI lets through
+shared.error_handlers.RequestRefused, an HTTPException, which FastAPI lets through
 from a body read to the error handlers; what escapes them is answered here.
 """
 
@@ -30,7 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import jsonbody
 from shared.config import Settings
-from shared.errors import InvalidInput, PayloadTooLarge, RequestRefused, ScrmError, error_body
+from shared.error_handlers import RequestRefused
+from shared.errors import InvalidInput, PayloadTooLarge, ScrmError, error_body
 
 _BODY_LIMIT_ATTRIBUTE = "__scrm_body_limit__"
 _NUL_MESSAGE = "must not contain the NUL character (U+0000)"

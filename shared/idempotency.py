@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import SessionDep
+from shared.deps import SessionDep
 from shared.errors import InvalidInput, ScrmError
 from shared.models import IdempotencyRecord
 

@@ -12,13 +12,13 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
-from starlette.routing import Match, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "scrm_request_id", default=None
@@ -229,6 +229,8 @@ _TEMPLATES: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDict
 
 
 def _app_templates(app: Any) -> dict[int, str]:
+    from fastapi.routing import APIRoute, iter_route_contexts
+
     return {
         id(context.original_route): context.path_format or ""
         for context in iter_route_contexts(app.routes)
@@ -241,6 +243,11 @@ def route_template(scope: Scope) -> str | None:
     (`/v1/contacts/{contact_id}`, `/docs`), or None when no route matched.
 
     Metrics label requests by it and the audit log names actions by it."""
+    # The web framework is imported here, not with the module: workers and commands
+    # log and count through this module without serving requests.
+    from fastapi.routing import APIRoute
+    from starlette.routing import Match, Mount, Route
+
     route = scope.get("route")
     app = scope.get("app")
     if isinstance(route, APIRoute):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import Request
 
-from shared.auth import Principal, audit_as
+from shared.apikeys import Principal, audit_as
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 PersonalKind = Literal["phone", "name", "email", "identifier", "address"]
 

@@ -12,17 +12,17 @@ package is imported. Without one, every scoped request fails (500): a missing
 resolver must never mean "everyone sees everything".
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the dependency below is defined inside a
+# function that imports the web framework, and FastAPI reads its annotations as
+# objects. The module itself imports none, so the users package can register its
+# resolver without loading FastAPI (its commands do not serve requests).
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.auth import Principal
-from shared.db import SessionDep
+from shared.apikeys import Principal
 from shared.errors import NotFound
 
 ContactResolver = Callable[[AsyncSession, Principal, uuid.UUID], Awaitable[bool]]
@@ -44,6 +44,9 @@ def contact_in_scope(principal_dependency: Any) -> Any:
     """A dependency giving the path's `contact_id` once it is checked to be in the scope
     of the caller that `principal_dependency` (the route's own `require(...)`)
     admits; FastAPI resolves that one dependency once for both."""
+    from fastapi import Depends
+
+    from shared.deps import SessionDep
 
     async def dependency(
         contact_id: uuid.UUID,

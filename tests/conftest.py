@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared import migrate
 from shared.app import create_app
 from shared.config import Settings, plain_postgres_url
-from shared.db import get_session
+from shared.deps import get_session
 from shared.events import SERVICES, load_subscriptions
 from shared.runtime import Runtime
 

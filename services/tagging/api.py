@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from services.tagging import SERVICE, service
 from services.tagging.schemas import TaggingStatus
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 
 router = APIRouter(prefix="/v1", tags=[SERVICE])
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from shared.auth import Principal
+    from shared.apikeys import Principal
 
 SERVICE = "users"
 

@@ -41,7 +41,7 @@ from services.users.schemas import (
 )
 from shared.auth import Principal, require
 from shared.catalog import events_request_body
-from shared.db import SessionDep
+from shared.deps import SessionDep
 from shared.errors import NotFound
 from shared.params import Cursor
 from shared.runtime import Runtime

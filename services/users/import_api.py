@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from services.users import SERVICE, importer
 from shared.audit import audit_note
 from shared.auth import Principal, require
-from shared.db import SessionDep, unit_of_work
+from shared.db import unit_of_work
+from shared.deps import SessionDep
 from shared.errors import UnsupportedMediaType
 from shared.http_guard import body_limit
 from shared.privacy import audit_unmasked_read

@@ -29,7 +29,7 @@ from services.users.schemas import (
     UsersStatus,
 )
 from services.users.wecom_crypto import check_encoding_aes_key
-from shared.auth import Principal
+from shared.apikeys import Principal
 from shared.crypto import FieldCipher
 from shared.errors import InvalidInput, NotFound
 from shared.privacy import (

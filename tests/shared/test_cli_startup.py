@@ -77,3 +77,39 @@ async def test_version_comes_from_the_package_metadata(scrm_env: dict[str, str])
     result = await run_scrm(scrm_env, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"scrm {version('scrm')}\n"
+
+
+# What the database commands load (`tenant list`, `apikey create`, `dlq list`,
+# `webhook-secret`, `contacts export`, `points verify`): the storage, never the
+# web framework, which costs more to import than the command takes to run.
+_COMMAND_MODULES = """
+import json, sys
+import services.points.ledger.verify
+import services.users
+import services.users.importer
+import services.users.repository
+import services.users.service
+import shared.apikeys
+import shared.audit
+import shared.db
+import shared.dlq
+import shared.errors
+import shared.migrate
+import shared.privacy
+import shared.runtime
+import shared.tenancy
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_database_commands_do_not_load_the_web_framework() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _COMMAND_MODULES],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    loaded = json.loads(result.stdout)
+    web = sorted(m for m in loaded if m.split(".")[0] in ("fastapi", "starlette", "uvicorn"))
+    assert web == []

@@ -13,7 +13,7 @@ from services.points.benefits.schemas import BenefitIn, BenefitOut
 from services.points.ledger.booking import now
 from services.points.rules.service import load_rules
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 from shared.errors import InvalidInput
 from shared.idempotency import IdempotencyDep
 from shared.params import Month

@@ -24,7 +24,7 @@ from services.points.catalog.schemas import (
     RedemptionOut,
 )
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 from shared.idempotency import IdempotencyDep
 from shared.params import DbId
 

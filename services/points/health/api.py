@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from services.points.health import service as health
 from services.points.ledger.booking import now
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
 router = APIRouter()

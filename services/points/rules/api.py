@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from services.points.rules.schemas import PointsRules
 from services.points.rules.service import load_rules, save_rules
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
 router = APIRouter()

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from services.points.tiers import service
 from services.points.tiers.schemas import TierStatus
 from shared.auth import Principal, require
-from shared.db import SessionDep
+from shared.deps import SessionDep
 from shared.scope import contact_in_scope
 
 # Included by services.points.api, whose router adds the /v1 prefix and the tag.
