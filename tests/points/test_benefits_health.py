@@ -207,3 +207,25 @@ async def test_weekly_health_and_an_inflation_alert_posted_once(
     ).json()
     assert len(alerts) == 1
     assert alerts[0]["delivered_at"] is not None
+
+
+@pytest.mark.parametrize("state", ["erased", "merged"])
+async def test_an_erased_or_merged_contact_claims_nothing(
+    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand, state: str
+) -> None:
+    member = await make_member(committed, brand)
+    survivor = await make_member(committed, brand)
+    async with unit_of_work(committed.sessionmaker) as session:
+        from sqlalchemy import text
+
+        change = "erased_at = now()" if state == "erased" else "merged_into_id = :survivor"
+        await session.execute(
+            text(f"UPDATE contacts SET {change} WHERE id = :id"),
+            {"id": member, "survivor": survivor},
+        )
+    answer = await claim(committed_client, brand, member, "free_shipping")
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["code"] == "contact_not_found"
+    assert await rows(committed, "SELECT count(*) FROM points_benefit_claims") == [(0,)]
+    assert await rows(committed, "SELECT count(*) FROM points_benefit_usage") == [(0,)]
+    assert (await claim(committed_client, brand, survivor, "free_shipping")).status_code == 201

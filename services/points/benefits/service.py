@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.exceptions import BenefitRefused
 from services.points.ledger import repository
+from services.points.members import require_live_member
 from services.points.rules.service import TenantRules, load_rules
 
 # What SPEC §4 describes: basic benefits for all, scarce ones with a tenant-wide quota.
@@ -132,6 +133,7 @@ async def claim(
     now: datetime,
 ) -> dict[str, Any]:
     """Claim one unit of a benefit for a member, or raise BenefitRefused (nothing kept)."""
+    await require_live_member(session, tenant_id, contact_id)
     await ensure_defaults(session, tenant_id)
     rules = await load_rules(session, tenant_id)
     benefit = (

@@ -29,12 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.catalog import repository as catalog_sql
 from services.points.catalog.schemas import ItemIn
-from services.points.exceptions import UnknownContact
 from services.points.ledger import booking, repository
 from services.points.ledger.repository import LockedAccount
 from services.points.ledger.schemas import MAX_POINTS
+from services.points.members import require_live_member
 from services.points.rules.service import load_rules
-from services.users import contact_status
 from shared.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger("scrm.points.catalog")
@@ -219,12 +218,6 @@ async def check_draw(
 # -- redeeming ------------------------------------------------------------------------
 
 
-async def _member(session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID) -> None:
-    found = await contact_status(session, tenant_id, contact_id)
-    if found != "active":
-        raise UnknownContact(found)
-
-
 async def _find_item(session: AsyncSession, tenant_id: uuid.UUID, ref: str) -> dict[str, Any]:
     """An item by id, or by sku."""
     try:
@@ -250,7 +243,7 @@ async def redeem_item(
     """Redeem one unit of an item (by id or sku) for a member: the redemption, as
     RedemptionOut. Refusals change nothing: 409 `out_of_stock`, `limit_reached`,
     `item_inactive`, `order_already_held`, or InsufficientPoints."""
-    await _member(session, tenant_id, contact_id)
+    await require_live_member(session, tenant_id, contact_id)
     found = await _find_item(session, tenant_id, item_ref)
     if (found["kind"] == "points_cash") != (order_id is not None):
         raise InvalidInput(

@@ -12,14 +12,14 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from services.points import SERVICE
-from services.points.exceptions import InsufficientPoints, UnknownContact
+from services.points.exceptions import InsufficientPoints
 from services.points.ledger import booking, repository
 from services.points.ledger.booking import Booked
 from services.points.ledger.repository import LockedAccount
 from services.points.ledger.schemas import PointsStatus
+from services.points.members import require_live_member
 from services.points.rules.service import TenantRules, apply_multiplier, load_rules
 from services.points.tiers import service as tiers
-from services.users import contact_status
 from shared.runtime import Runtime
 from shared.service_status import service_status
 
@@ -29,13 +29,6 @@ T = TypeVar("T")
 async def status(session: AsyncSession, runtime: Runtime, tenant_id: uuid.UUID) -> PointsStatus:
     found = await service_status(session, runtime, SERVICE, tenant_id)
     return PointsStatus.model_validate(found.model_dump())
-
-
-async def _member(session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID) -> None:
-    """Points move only for a live contact of the tenant (merged: use the survivor)."""
-    found = await contact_status(session, tenant_id, contact_id)
-    if found != "active":
-        raise UnknownContact(found)
 
 
 # -- operator and member requests -----------------------------------------------------
@@ -50,7 +43,7 @@ async def adjust(
     actor: str,
 ) -> Booked:
     """An operator's correction: a credit (a new lot) or a debit (never below zero)."""
-    await _member(session, tenant_id, contact_id)
+    await require_live_member(session, tenant_id, contact_id)
     account = await repository.lock_account(session, tenant_id, contact_id)
     source_key = f"adjustment:{uuid.uuid4()}"
     if points > 0:
@@ -88,7 +81,7 @@ async def redeem_points(
     details: dict[str, Any] | None = None,
 ) -> Booked:
     """Spend `points` (oldest lots first) or raise InsufficientPoints, changing nothing."""
-    await _member(session, tenant_id, contact_id)
+    await require_live_member(session, tenant_id, contact_id)
     account = await repository.lock_account(session, tenant_id, contact_id)
     booked = await booking.spend(
         session,
@@ -109,7 +102,7 @@ async def account_view(
     rules = await load_rules(session, tenant_id)
     row = await repository.account_row(session, tenant_id, contact_id)
     if row is None:
-        await _member(session, tenant_id, contact_id)
+        await require_live_member(session, tenant_id, contact_id)
         return {
             "contact_id": contact_id,
             "balance": 0,

@@ -20,12 +20,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points.exceptions import UnknownContact
 from services.points.ledger import booking, repository
 from services.points.ledger.repository import LockedAccount
+from services.points.members import require_live_member
 from services.points.rules.schemas import PointsRules, Tier
 from services.points.rules.service import TenantRules, add_months, load_rules
-from services.users import contact_status
 from shared.events import publish
 
 _GROWTH = {
@@ -297,13 +296,6 @@ async def tier_view(
     }
 
 
-async def _member(session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID) -> None:
-    """Tiers are shown only for a live contact of the tenant (merged: use the survivor)."""
-    found = await contact_status(session, tenant_id, contact_id)
-    if found != "active":
-        raise UnknownContact(found)
-
-
 async def tier_status(
     session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
 ) -> dict[str, Any]:
@@ -311,5 +303,5 @@ async def tier_status(
     rules = await load_rules(session, tenant_id)
     account = await repository.account_row(session, tenant_id, contact_id)
     if account is None:
-        await _member(session, tenant_id, contact_id)
+        await require_live_member(session, tenant_id, contact_id)
     return await tier_view(session, account, rules, booking.now())
