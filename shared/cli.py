@@ -256,7 +256,9 @@ def up() -> None:
                 "run-part",
                 "--workers",
             ]
-        supervise(parts, env)
+        crashing = supervise(parts, env)
+    if crashing is not None:
+        raise click.ClickException(f"{crashing} kept crashing; everything was stopped")
 
 
 @cli.command(name="run-part", hidden=True)

@@ -27,9 +27,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass  # elsewhere the child's parent watchdog (shared.process) notices
 
 
-def supervise(parts: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> None:
-    """Run `parts` (name -> command) until a stop signal; restart crashed ones."""
+def supervise(parts: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> str | None:
+    """Run `parts` (name -> command) until a stop signal; restart crashed ones.
+
+    Returns None after a stop signal, or the name of the part that kept crashing
+    (more than MAX_RESTARTS_PER_MINUTE restarts in a minute), after stopping the rest:
+    the caller must not report that as a clean stop."""
     stopping = False
+    gave_up: str | None = None
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -62,6 +67,7 @@ def supervise(parts: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> Non
                 if len(restarts[name]) > MAX_RESTARTS_PER_MINUTE:
                     log.error("%s keeps crashing (exit %s); stopping everything", name, code)
                     stopping = True
+                    gave_up = name
                     break
                 log.error("%s exited with %s; restarting it", name, code)
                 start(name)
@@ -79,3 +85,4 @@ def supervise(parts: Mapping[str, Sequence[str]], env: Mapping[str, str]) -> Non
                 proc.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return gave_up
