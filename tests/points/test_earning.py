@@ -205,3 +205,38 @@ async def test_bad_config_is_refused_whole(
     assert operator.status_code == 403
     current = await committed_client.get("/v1/points/config", headers=brand.headers())
     assert current.json()["earning"]["checkin"]["points"] == 5
+
+
+async def test_the_largest_order_at_the_highest_rates_earns_the_most_one_entry_holds(
+    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand
+) -> None:
+    """The most ingestion accepts (2^31 - 1 fen) at 1,000,000 points per ¥1 and a 10x
+    promotion is far more than a ledger entry holds: it earns no more than MAX_POINTS
+    (its base is capped so that the highest multiplier stays within it), and is neither
+    refused by the database nor a dead letter."""
+    from services.points.ledger.schemas import MAX_POINTS
+
+    now = datetime.now(UTC)
+    await configure(
+        committed_client,
+        brand,
+        earning={"order_paid": {"points_per_yuan": 1_000_000}},
+        promotions=[
+            {
+                "name": "tenfold",
+                "multiplier": "10",
+                "starts_at": (now - timedelta(days=1)).isoformat(),
+                "ends_at": (now + timedelta(days=1)).isoformat(),
+            }
+        ],
+    )
+    member = await make_member(committed, brand)
+    await send(committed, brand, "order.paid", member, order_id="SO-BIG", amount_fen=2**31 - 1)
+    earned = await balance(committed_client, brand, member)
+    assert MAX_POINTS // 2 < earned <= MAX_POINTS
+    assert await rows(committed, "SELECT count(*) FROM dead_letters") == [(0,)]
+    [(uncapped,)] = await rows(
+        committed, "SELECT details->>'base_points_uncapped' FROM points_ledger"
+    )
+    assert int(uncapped) == (2**31 - 1) // 100 * 1_000_000
+    assert await verify(committed, brand) == []

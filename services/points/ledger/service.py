@@ -4,9 +4,11 @@ the engine, to book an earning as a transaction of its own)."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -16,7 +18,7 @@ from services.points.exceptions import InsufficientPoints
 from services.points.ledger import booking, repository
 from services.points.ledger.booking import Booked
 from services.points.ledger.repository import LockedAccount
-from services.points.ledger.schemas import PointsStatus
+from services.points.ledger.schemas import MAX_POINTS, PointsStatus
 from services.points.members import require_live_member
 from services.points.rules.service import TenantRules, apply_multiplier, load_rules
 from services.points.tiers import service as tiers
@@ -174,6 +176,13 @@ async def earn_by_rule(
         t.name: str(rules.rules.multiplier(rule, occurred_at, t.name)) for t in rules.rules.tiers
     }
     multipliers[""] = str(rules.rules.multiplier(rule, occurred_at, None))
+    # One entry holds at most MAX_POINTS: an earning beyond (the largest order at the
+    # highest rate and multipliers) earns that much, rather than overflowing the ledger
+    # and failing its event for good.
+    ceiling = MAX_POINTS // max(1, math.ceil(max(Decimal(m) for m in multipliers.values())))
+    if base_points > ceiling:
+        details = {**(details or {}), "base_points_uncapped": base_points}
+        base_points = ceiling
     found = await repository.earn_by_rule(
         db,
         tenant_id=tenant_id,
