@@ -12,6 +12,13 @@ connection, and the request's task, for as long as it likes. Here:
   head; if not, the client gets 408 with the error envelope (unless a
   response has started) and the connection is closed. The application sees
   the client as gone.
+
+A connection is closed after a 408 as a careful server closes one whose client
+is still sending: the server's side is shut first (the client reads the answer,
+then the end), and what the client still sends is read and dropped for up to
+LINGER_SECONDS before the socket is closed. Closing a socket with unread data
+resets the connection, and a reset can make the client lose the answer that
+was written just before it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from shared.config import Settings
 from shared.errors import error_body
 
 log = logging.getLogger("scrm.http")
+
+LINGER_SECONDS = 2.0
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -69,6 +78,8 @@ class _Deadlines:
 
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
+    _linger_timer: asyncio.TimerHandle | None = None
+    _lingering = False
 
     def _current_cycle(self) -> _Cycle | None:
         raise NotImplementedError
@@ -94,6 +105,21 @@ class _Deadlines:
     def _cancel_deadlines(self) -> None:
         self._head_received()
         self._body_received()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+
+    def _close_lingering(self) -> None:
+        """Shuts the server's side (the client reads what was written, then the
+        end) and drops what the client still sends until it closes its side,
+        or for LINGER_SECONDS at most."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -107,7 +133,7 @@ class _Deadlines:
 
     def _body_too_slow(self) -> None:
         self._body_timer = None
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._lingering:
             return
         log.info(
             "request body not received within %gs; connection closed",
@@ -122,7 +148,7 @@ class _Deadlines:
             # whatever it still sends is dropped.
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        self._close_lingering()
 
 
 class H11WithDeadlines(_Deadlines, H11Protocol):
@@ -141,6 +167,8 @@ class H11WithDeadlines(_Deadlines, H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.IDLE:
@@ -171,6 +199,11 @@ if HttpToolsProtocol is not None:
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_deadlines()
             super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator, Generator
 
 import pytest
@@ -35,6 +36,7 @@ class _Server(uvicorn.Server):
 class Address:
     host: str
     port: int
+    server: uvicorn.Server
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(self.host, self.port)
@@ -58,7 +60,7 @@ async def server(request: pytest.FixtureRequest, runtime: Runtime) -> AsyncItera
         while not server.started:
             await asyncio.sleep(0.01)
     try:
-        yield Address(host, port)
+        yield Address(host, port, server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, PATIENCE)
@@ -158,6 +160,50 @@ async def test_a_body_trickling_in_gets_408_and_is_closed(server: Address, targe
     error = json.loads(body)["error"]
     assert error["code"] == "request_timeout"
     assert error["details"] == {"timeout_seconds": DEADLINE}
+
+
+def _send_and_read_later(
+    address: Address, head_sent: threading.Event, send_body: threading.Event, read: threading.Event
+) -> bytes:
+    """A blocking client that sends a head, then part of the body when told, and reads
+    only when told."""
+    with socket.create_connection((address.host, address.port), timeout=PATIENCE) as client:
+        client.sendall(
+            b"POST /v1/admin/tenants HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        head_sent.set()
+        send_body.wait(PATIENCE)
+        client.sendall(b" " * 65536)
+        read.wait(PATIENCE)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        return answer
+
+
+async def test_the_408_survives_body_bytes_the_server_has_not_read(server: Address) -> None:
+    """When the deadline passes, body bytes the server has not read yet are waiting in
+    its socket (here it has paused reading, as uvicorn does while the application is
+    behind): the server reads and drops them before it closes, so the connection is
+    not reset and the 408 is not lost. (Closing a socket with unread data resets the
+    connection, and the reset can discard the answer waiting in the client's buffer.)"""
+    head_sent, send_body, read = threading.Event(), threading.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+    client = loop.run_in_executor(None, _send_and_read_later, server, head_sent, send_body, read)
+    try:
+        async with asyncio.timeout(PATIENCE):
+            while not head_sent.is_set() or not server.server.server_state.connections:
+                await asyncio.sleep(0.01)
+        (connection,) = server.server.server_state.connections
+        connection.transport.pause_reading()
+        send_body.set()
+        await asyncio.sleep(DEADLINE * 2)
+    finally:
+        send_body.set()
+        read.set()
+    answer = await asyncio.wait_for(client, PATIENCE)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
 
 
 async def test_a_body_arriving_in_time_is_served(server: Address) -> None:
