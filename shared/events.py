@@ -45,6 +45,9 @@ class Event:
 
 
 EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+# A handler of many events at once (set-based): called with up to MANY_BATCH_SIZE
+# events in one transaction, in outbox order, or with one event when retried alone.
+BatchEventHandler = Callable[[AsyncSession, list[Event]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class Subscription:
     # handlers, but a handler that touches rows shared between events (and
     # runs many statements) should take one short transaction per event.
     batch: bool = True
+    # Set for handlers registered with `subscribe_many`: `handler` then calls it
+    # with one event.
+    many: BatchEventHandler | None = None
 
 
 @dataclass
@@ -85,6 +91,33 @@ class SubscriptionRegistry:
 
         return register
 
+    def subscribe_many(
+        self, service: str, *event_types: str, name: str | None = None
+    ) -> Callable[[BatchEventHandler], BatchEventHandler]:
+        """Register a set-based handler: it gets a list of events (in outbox order)
+        and applies them in the caller's transaction, with a few statements per
+        batch rather than per event."""
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}")
+        if not event_types:
+            raise ValueError("subscribe to at least one event type")
+
+        def register(many: BatchEventHandler) -> BatchEventHandler:
+            handler_name = name or f"{service}.{many.__name__}"
+            existing = self._by_name.get(handler_name)
+            if existing is not None and existing.many is not many:
+                raise ValueError(f"handler name {handler_name!r} is already taken")
+
+            async def one(session: AsyncSession, event: Event) -> None:
+                await many(session, [event])
+
+            self._by_name[handler_name] = Subscription(
+                service, handler_name, frozenset(event_types), one, True, many
+            )
+            return many
+
+        return register
+
     def unsubscribe(self, name: str) -> None:
         self._by_name.pop(name, None)
 
@@ -107,6 +140,7 @@ class SubscriptionRegistry:
 
 registry = SubscriptionRegistry()
 subscribe = registry.subscribe
+subscribe_many = registry.subscribe_many
 
 
 def load_subscriptions(

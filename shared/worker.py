@@ -32,6 +32,8 @@ log = logging.getLogger("scrm.worker")
 
 # Batchable deliveries per transaction.
 BATCH_SIZE = 25
+# Events per call of a set-based handler (`subscribe_many`), in one transaction.
+MANY_BATCH_SIZE = 500
 
 _CLAIM_MANY = text(
     """
@@ -103,10 +105,17 @@ class EventDelivery:
         deadline = loop.time() + budget
         remaining: list[tuple[Event, Subscription]] = []
         if attempt == 1:
-            # Batchable deliveries go in transactions of BATCH_SIZE: few commits, and a
-            # failed or slow batch throws away little work before its events go alone.
-            while batchable:
-                chunk, batchable = batchable[:BATCH_SIZE], batchable[BATCH_SIZE:]
+            # Batchable deliveries go in transactions of BATCH_SIZE (a set-based
+            # handler's, MANY_BATCH_SIZE): few commits, and a failed or slow batch
+            # throws away little work before its events go alone.
+            chunks: list[list[tuple[Event, Subscription]]] = []
+            single = [pair for pair in batchable if pair[1].many is None]
+            chunks += [single[i : i + BATCH_SIZE] for i in range(0, len(single), BATCH_SIZE)]
+            for name in sorted({s.name for _, s in batchable if s.many is not None}):
+                own = [pair for pair in batchable if pair[1].name == name]
+                step = MANY_BATCH_SIZE
+                chunks += [own[i : i + step] for i in range(0, len(own), step)]
+            for chunk in chunks:
                 left = deadline - loop.time()
                 if len(chunk) == 1 or left <= 0:
                     remaining += chunk
@@ -185,9 +194,18 @@ class EventDelivery:
                 {"ids": [e.id for e, _ in pairs], "handlers": [s.name for _, s in pairs]},
             )
             fresh = {(event_id, name) for event_id, name in claimed}
+            by_many: dict[str, list[Event]] = {}
             for event, sub in pairs:
-                if (event.id, sub.name) in fresh:
+                if (event.id, sub.name) not in fresh:
+                    continue
+                if sub.many is not None:
+                    by_many.setdefault(sub.name, []).append(event)
+                else:
                     await sub.handler(session, event)
+            for name, events in sorted(by_many.items()):
+                many = self.registry.get(name)
+                assert many is not None and many.many is not None
+                await many.many(session, events)
         EVENTS_HANDLED.labels(self.service, "ok").inc(len(fresh))
         if len(pairs) > len(fresh):
             EVENTS_HANDLED.labels(self.service, "duplicate").inc(len(pairs) - len(fresh))

@@ -9,7 +9,7 @@ import asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.events import Event, subscribe
+from shared.events import Event, subscribe, subscribe_many
 from shared.scheduler import ScheduledWork, scheduled_job
 
 SCHEMA = [
@@ -40,6 +40,20 @@ async def record_ping(session: AsyncSession, event: Event) -> None:
 @subscribe("tagging", "test.ping", name="test.record_in_tagging")
 async def record_ping_in_tagging(session: AsyncSession, event: Event) -> None:
     await record(session, event.id, "test.record_in_tagging")
+
+
+@subscribe_many("points", "test.many", "test.many_fail", name="test.many")
+async def record_many(session: AsyncSession, events: list[Event]) -> None:
+    """One statement for the whole batch; fails on a `test.many_fail` until healed."""
+    if any(e.type == "test.many_fail" for e in events) and not await switched_on(session, "healed"):
+        raise RuntimeError("set-based handler broken")
+    await session.execute(
+        text(
+            "INSERT INTO test_effects (event_id, handler) "
+            "SELECT unnest(CAST(:ids AS bigint[])), 'test.many:' || :n"
+        ),
+        {"ids": [e.id for e in events], "n": str(len(events))},
+    )
 
 
 @subscribe("points", "test.fail", name="test.fails_until_healed")

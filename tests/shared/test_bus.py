@@ -129,6 +129,40 @@ async def test_same_message_delivered_twice_is_handled_once(committed: Runtime) 
     assert sorted(await effects(committed, "test.record")) == ids
 
 
+async def test_a_set_based_handler_gets_the_batch_once(committed: Runtime) -> None:
+    ids = await publish_committed(committed, "test.many", 30)
+    queue = committed.queue_name("points")
+    for _ in range(2):
+        await committed.redis.enqueue_job(DELIVER_JOB, ids, _queue_name=queue)
+    await asyncio.gather(work_until_idle(committed, "points"), work_until_idle(committed, "points"))
+    async with committed.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT event_id, handler FROM test_effects WHERE handler LIKE 'test.many:%'")
+            )
+        ).all()
+    assert sorted(event_id for event_id, _ in rows) == ids, "each event once"
+    # One call for the 30 events (the duplicate job found them all done).
+    assert {handler for _, handler in rows} == {"test.many:30"}
+
+
+async def test_a_failing_set_based_batch_goes_one_by_one(committed: Runtime) -> None:
+    good = await publish_committed(committed, "test.many", 4)
+    [bad] = await publish_committed(committed, "test.many_fail")
+    await committed.redis.enqueue_job(
+        DELIVER_JOB, [*good, bad], _queue_name=committed.queue_name("points")
+    )
+    await work_until_idle(committed, "points")
+    async with committed.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text("SELECT event_id, handler FROM test_effects WHERE handler LIKE 'test.many:%'")
+            )
+        ).all()
+    # The batch rolled back as a whole; each event then went alone.
+    assert sorted(rows) == [(event_id, "test.many:1") for event_id in good]
+
+
 async def test_failing_handler_ends_in_dlq_and_replays(
     committed: Runtime, committed_client: httpx.AsyncClient
 ) -> None:
