@@ -14,6 +14,7 @@ Each (event, handler) pair runs at most once to completion (`processed_events`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -108,6 +109,7 @@ class SubscriptionRegistry:
             if existing is not None and existing.many is not many:
                 raise ValueError(f"handler name {handler_name!r} is already taken")
 
+            @functools.wraps(many)
             async def one(session: AsyncSession, event: Event) -> None:
                 await many(session, [event])
 

@@ -210,6 +210,18 @@ class ContactImported(_Payload):
     source: Literal["import"]
 
 
+class ContactProfileChanged(_Payload):
+    """The contact was created, or its profile facts changed (owner, channel,
+    attributes): the full current values, for the read models of other services.
+    Names, phones and other personal data never travel in it."""
+
+    contact_id: uuid.UUID
+    created_at: AwareDatetime
+    owner_staff: str | None
+    channel: str | None
+    attributes: dict[str, Any]
+
+
 class ConsentChanged(_Payload):
     """A consent change was recorded (API, opt-in/out events)."""
 
@@ -345,6 +357,17 @@ EVENTS: list[EventType] = [
     ),
     _domain("contact.erased", ContactErased, {"contact_id": _CONTACT, "pseudonym": "erased-3f9a"}),
     _domain("contact.imported", ContactImported, {"contact_id": _CONTACT, "source": "import"}),
+    _domain(
+        "contact.profile_changed",
+        ContactProfileChanged,
+        {
+            "contact_id": _CONTACT,
+            "created_at": _AT,
+            "owner_staff": "zhangsan",
+            "channel": "live-1111",
+            "attributes": {"city": "Hangzhou", "vip": True},
+        },
+    ),
     _domain(
         "consent.changed",
         ConsentChanged,

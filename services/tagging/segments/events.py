@@ -1,0 +1,7 @@
+"""Event types the tagging service's segments part publishes (see shared/catalog.py)."""
+
+from __future__ import annotations
+
+from shared.catalog import EventType
+
+EVENTS: list[EventType] = []

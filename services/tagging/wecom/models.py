@@ -1,0 +1,3 @@
+"""Tables of the tagging service's wecom part."""
+
+from __future__ import annotations
