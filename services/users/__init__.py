@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from services.users.wecom_client import WeComClient
     from shared.apikeys import Principal
 
 SERVICE = "users"
@@ -39,6 +40,63 @@ async def contact_status(session: AsyncSession, tenant_id: UUID, contact_id: UUI
     if row.merged_into_id is not None:
         return f"merged:{row.merged_into_id}"
     return "erased" if row.erased_at is not None else "active"
+
+
+async def wecom_client(
+    session: AsyncSession, tenant_id: UUID, *, max_retries: int = 0
+) -> WeComClient | None:
+    """The tenant's WeCom API client, or None without an app secret: for the WeCom calls
+    other services make from their workers (never on a request path)."""
+    from services.users.sync import client_for
+
+    return await client_for(session, tenant_id, max_retries=max_retries)
+
+
+async def wecom_handles(
+    session: AsyncSession, tenant_id: UUID, contact_ids: list[UUID]
+) -> dict[UUID, tuple[str, str]]:
+    """For each of these live contacts known on WeCom: (its external_userid, the userid of
+    a staff member following it there: the owner if they follow it, else the latest)."""
+    from sqlalchemy import select
+
+    from services.users.identity import identity_context
+    from services.users.models import Contact, ContactFollow, ContactIdentity
+    from shared.runtime import runtime_of
+
+    if not contact_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(
+                ContactIdentity.contact_id, ContactIdentity.value_enc, ContactFollow.staff_userid
+            )
+            .join(Contact, Contact.id == ContactIdentity.contact_id)
+            .join(
+                ContactFollow,
+                (ContactFollow.contact_id == Contact.id) & (ContactFollow.status == "active"),
+            )
+            .where(
+                ContactIdentity.tenant_id == tenant_id,
+                ContactIdentity.kind == "external_userid",
+                ContactIdentity.contact_id.in_(contact_ids),
+                Contact.merged_into_id.is_(None),
+                Contact.erased_at.is_(None),
+            )
+            .distinct(ContactIdentity.contact_id)
+            .order_by(
+                ContactIdentity.contact_id,
+                (ContactFollow.staff_userid == Contact.owner_staff_userid).desc(),
+                ContactFollow.added_at.desc().nulls_last(),
+                ContactIdentity.id,
+            )
+        )
+    ).all()
+    cipher = runtime_of(session).cipher
+    context = identity_context(tenant_id, "external_userid")
+    return {
+        row.contact_id: (cipher.decrypt(row.value_enc, context=context), row.staff_userid)
+        for row in rows
+    }
 
 
 async def contact_in_scope(session: AsyncSession, principal: Principal, contact_id: UUID) -> bool:
