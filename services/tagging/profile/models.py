@@ -10,8 +10,8 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Index, Integer, String, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Date, Float, Index, Integer, SmallInteger, String, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
@@ -57,6 +57,18 @@ class TaggingProfile(Base):
     last_order_at: Mapped[datetime | None]
     last_interaction_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    # RFM (profile.scores, migration 0014): the raw values over the tenant's window, the
+    # 1-5 scores, the 8-cell grid's code, the value tier and the health score (0-100).
+    recency_days: Mapped[int | None]
+    frequency: Mapped[int | None]
+    monetary_fen: Mapped[int | None] = mapped_column(BigInteger)
+    r_score: Mapped[int | None] = mapped_column(SmallInteger)
+    f_score: Mapped[int | None] = mapped_column(SmallInteger)
+    m_score: Mapped[int | None] = mapped_column(SmallInteger)
+    rfm_cell: Mapped[str | None] = mapped_column(String(32))
+    value_tier: Mapped[str | None] = mapped_column(String(16))
+    health_score: Mapped[int | None] = mapped_column(SmallInteger)
+    scored_at: Mapped[datetime | None]
 
 
 class TaggingEventDay(Base):
@@ -119,3 +131,44 @@ class TaggingGroupMember(Base):
     chat_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     contact_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     joined_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class TaggingOrder(Base):
+    """An order as RFM sees it: who paid how much when, and what was refunded since."""
+
+    __tablename__ = "tagging_orders"
+    __table_args__ = (Index("ix_tagging_orders_contact", "tenant_id", "contact_id", "paid_at"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    contact_id: Mapped[uuid.UUID]
+    # None while only a refund of it is known (events can arrive out of order).
+    paid_at: Mapped[datetime | None]
+    amount_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    refunded_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class TaggingSettings(Base):
+    """A tenant's lifecycle and score settings (profile.settings.ProfileSettings)."""
+
+    __tablename__ = "tagging_settings"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class TaggingScoreBoundaries(Base):
+    """A tenant's quintile boundaries (four cut points each) of recency, frequency and
+    monetary over its buyers, and the engagement that scores full health, as the
+    periodic job last computed them; per-event scoring only compares against them."""
+
+    __tablename__ = "tagging_score_boundaries"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    recency_days: Mapped[list[float]] = mapped_column(ARRAY(Float))
+    frequency: Mapped[list[float]] = mapped_column(ARRAY(Float))
+    monetary_fen: Mapped[list[float]] = mapped_column(ARRAY(Float))
+    engagement_max: Mapped[float] = mapped_column(Float, server_default="0")
+    buyers: Mapped[int] = mapped_column(Integer, server_default="0")
+    computed_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
