@@ -191,6 +191,7 @@ async def resolve(
         contact_id = uuid.uuid4()
         session.add(Contact(id=contact_id, tenant_id=tenant_id))
         await session.flush()
+        await repository.publish_profiles(session, [contact_id])
         created = True
     resolution = Resolution(contact_id, created)
     for other in known:
@@ -269,15 +270,21 @@ async def merge(
     params = {"t": tenant_id, "survivor": survivor_id, "merged": merged_id}
     for statement in _MOVE:
         await session.execute(text(statement), params)
+    before = (survivor.owner_staff_userid, survivor.channel_state, survivor.attributes)
+    after = (
+        survivor.owner_staff_userid or merged.owner_staff_userid,
+        survivor.channel_state or merged.channel_state,
+        {**merged.attributes, **survivor.attributes},
+    )
     await session.execute(
         update(Contact)
         .where(Contact.id == survivor_id)
         .values(
-            attributes={**merged.attributes, **survivor.attributes},
+            attributes=after[2],
             name_enc=survivor.name_enc or merged.name_enc,
             name_grams=survivor.name_grams or merged.name_grams,
-            owner_staff_userid=survivor.owner_staff_userid or merged.owner_staff_userid,
-            channel_state=survivor.channel_state or merged.channel_state,
+            owner_staff_userid=after[0],
+            channel_state=after[1],
             updated_at=func.now(),
         )
     )
@@ -304,3 +311,6 @@ async def merge(
         {"survivor_id": str(survivor_id), "merged_id": str(merged_id), "reason": reason},
         tenant_id=tenant_id,
     )
+    if after != before:
+        # The survivor took the merged contact's owner, channel or attributes.
+        await repository.publish_profiles(session, [survivor_id])

@@ -308,6 +308,25 @@ _PUBLISH_IMPORTED = f"""
            jsonb_build_object('contact_id', id::text, 'source', '{SOURCE}')
       FROM import_new_contacts
 """
+# contact.profile_changed (see repository.publish_profiles) for each created contact,
+# and for each matched one whose owner or attributes this chunk changed.
+_PROFILE_PAYLOAD = """
+    SELECT gen_random_uuid(), c.tenant_id, 'contact.profile_changed',
+           jsonb_build_object('contact_id', c.id::text, 'created_at', to_jsonb(c.created_at),
+                              'owner_staff', c.owner_staff_userid, 'channel', c.channel_state,
+                              'attributes', c.attributes)
+"""
+_PUBLISH_CREATED_PROFILES = f"""
+    INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+    {_PROFILE_PAYLOAD}
+      FROM import_new_contacts n JOIN contacts c ON c.tenant_id = :t AND c.id = n.id
+"""
+_PUBLISH_CHANGED_PROFILES = f"""
+    INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+    {_PROFILE_PAYLOAD}
+      FROM import_changed_contacts u JOIN contacts c ON c.tenant_id = :t AND c.id = u.id
+     WHERE u.owner IS NOT NULL OR u.attributes::jsonb <> '{{}}'::jsonb
+"""
 _UPDATE_CONTACTS = """
     UPDATE contacts c
        SET name_enc = COALESCE(u.name_enc, c.name_enc),
@@ -367,6 +386,7 @@ class _Loader:
         self.name_context = name_context(tenant_id)
         self.identity_contexts = {k: identity_context(tenant_id, k) for k in IDENTITY_KINDS}
         self._grams: dict[str, bytes] = {}  # gram -> blind index; grams repeat a lot
+        self.published = False  # profile changes of matched contacts went to the outbox
 
     def blind_indexes(self, rows: list[_Row]) -> list[tuple[int, str, bytes]]:
         """What to look each row's identities up by; a row's new identities get the
@@ -517,8 +537,11 @@ class _Loader:
         if plan.new_contacts:
             await self._execute(_INSERT_CONTACTS)
             await self._execute(_PUBLISH_IMPORTED)
+            await self._execute(_PUBLISH_CREATED_PROFILES)
         if plan.changed_contacts:
             await self._execute(_UPDATE_CONTACTS)
+            if await self._execute(_PUBLISH_CHANGED_PROFILES):
+                self.published = True
         if plan.new_identities:
             attached = await self._execute(_INSERT_IDENTITIES)
             if attached != len(plan.new_identities):
@@ -597,7 +620,7 @@ async def import_contacts(
             # Let the reader thread finish before the caller closes its file.
             with contextlib.suppress(Exception):
                 await ahead
-    if created:
+    if created or loader.published:
         # NOTIFY is transactional: the relay wakes when these events are committed.
         await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     report.rejected.sort()

@@ -132,6 +132,8 @@ class Contact(Base, TenantScoped):
     owner_staff_userid: Mapped[str | None] = mapped_column(String(64), index=True)
     channel_state: Mapped[str | None] = mapped_column(String(64))
     lifecycle_stage: Mapped[str] = mapped_column(String(16), server_default="potential", index=True)
+    # When the stage took effect (the tagging service's `since`): older changes are stale.
+    lifecycle_since: Mapped[datetime | None] = mapped_column()
     enriched_at: Mapped[datetime | None] = mapped_column()
     merged_into_id: Mapped[uuid.UUID | None] = mapped_column()
     erased_at: Mapped[datetime | None] = mapped_column()

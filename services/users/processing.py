@@ -15,13 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import consent, repository
 from services.users.identity import resolve
 from services.users.ingest import read_payload
-from services.users.models import Contact
 from services.users.repository import StoredEvent
 from services.users.schemas import EventIn
 from services.users.wecom_crypto import parse_xml
@@ -129,16 +127,10 @@ async def _contact_change(
             added_at=occurred if adding else None,
             removed_at=None if adding else occurred,
         )
-        if adding:
-            await session.execute(
-                update(Contact)
-                .where(Contact.id == contact_id)
-                .values(
-                    owner_staff_userid=func.coalesce(Contact.owner_staff_userid, staff),
-                    channel_state=func.coalesce(Contact.channel_state, msg.get("State") or None),
-                    updated_at=func.now(),
-                )
-            )
+        if adding and await repository.claim_owner(
+            session, contact_id, staff, msg.get("State") or None
+        ):
+            await repository.publish_profiles(session, [contact_id])
     if change in ("add_external_contact", "add_half_external_contact"):
         facts.update(state=msg.get("State") or None, welcome_code=msg.get("WelcomeCode") or None)
     if change == "transfer_fail":
@@ -163,9 +155,7 @@ async def _contact_change(
     elif change == "edit_external_contact":
         await publish(session, "contact.updated", payload, tenant_id=tenant_id)
     elif change == "del_follow_user":
-        await session.execute(
-            update(Contact).where(Contact.id == contact_id).values(lifecycle_stage="churned")
-        )
+        await repository.churn(session, contact_id, occurred)
         await publish(
             session,
             "contact.lost",

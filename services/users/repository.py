@@ -24,6 +24,7 @@ from services.users.models import (
     WebhookSecret,
     WeComSettings,
 )
+from shared.events import NOTIFY_CHANNEL
 from shared.models import DeadLetter
 
 MAX_ACTIVE_WEBHOOK_SECRETS = 2
@@ -358,6 +359,66 @@ async def add_identity(
     return owner
 
 
+PROFILE_CHANGED = "contact.profile_changed"
+# contact.profile_changed with each contact's current profile facts, straight from its
+# row (one statement however many): never names, phones or other personal data.
+_PUBLISH_PROFILES = text(
+    f"""
+    INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+    SELECT gen_random_uuid(), c.tenant_id, '{PROFILE_CHANGED}',
+           jsonb_build_object('contact_id', c.id::text, 'created_at', to_jsonb(c.created_at),
+                              'owner_staff', c.owner_staff_userid, 'channel', c.channel_state,
+                              'attributes', c.attributes)
+      FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS u(id, n)
+      JOIN contacts c ON c.id = u.id
+     WHERE c.merged_into_id IS NULL AND c.erased_at IS NULL
+     ORDER BY u.n
+    """
+)
+
+
+async def publish_profiles(session: AsyncSession, contact_ids: Sequence[uuid.UUID]) -> None:
+    """Publish `contact.profile_changed` for these contacts (created, or their owner,
+    channel or attributes changed), each once, with its current values."""
+    ids = list(dict.fromkeys(contact_ids))
+    if not ids:
+        return
+    await session.execute(_PUBLISH_PROFILES, {"ids": ids})
+    # NOTIFY is transactional: the relay wakes when these events are committed.
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+async def claim_owner(
+    session: AsyncSession,
+    contact_id: uuid.UUID,
+    staff_userid: str | None,
+    channel_state: str | None,
+) -> bool:
+    """Give the contact this owner and channel where it has none yet; True if that
+    changed anything (its profile then changed)."""
+    unset = [
+        column.is_(None)
+        for column, value in (
+            (Contact.owner_staff_userid, staff_userid),
+            (Contact.channel_state, channel_state),
+        )
+        if value is not None
+    ]
+    if not unset:
+        return False
+    changed = await session.scalar(
+        update(Contact)
+        .where(Contact.id == contact_id, or_(*unset))
+        .values(
+            owner_staff_userid=func.coalesce(Contact.owner_staff_userid, staff_userid),
+            channel_state=func.coalesce(Contact.channel_state, channel_state),
+            updated_at=func.now(),
+        )
+        .returning(Contact.id)
+    )
+    return changed is not None
+
+
 async def lock_contact(
     session: AsyncSession, tenant_id: uuid.UUID, contact_id: uuid.UUID
 ) -> Contact | None:
@@ -613,3 +674,57 @@ async def group_members(
     if not include_left:
         query = query.where(GroupMember.left_at.is_(None))
     return (await session.scalars(query.order_by(GroupMember.id))).all()
+
+
+# -- lifecycle stages (computed by the tagging service) ----------------------------------
+
+LIFECYCLE_STAGES = ("potential", "new", "active", "silent", "churned")
+# Per contact the latest change of the batch; applied unless the contact holds a newer
+# one, or is merged, erased or unknown.
+_FOLLOW_LIFECYCLE = text(
+    """
+    UPDATE contacts c
+       SET lifecycle_stage = u.stage, lifecycle_since = u.since, updated_at = now()
+      FROM (SELECT DISTINCT ON (tenant_id, contact_id) tenant_id, contact_id, stage, since
+              FROM unnest(CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[]),
+                          CAST(:stages AS text[]), CAST(:sinces AS timestamptz[]))
+                   WITH ORDINALITY AS e(tenant_id, contact_id, stage, since, n)
+             ORDER BY tenant_id, contact_id, since DESC, n DESC) u
+     WHERE c.tenant_id = u.tenant_id AND c.id = u.contact_id
+       AND c.merged_into_id IS NULL AND c.erased_at IS NULL
+       AND (c.lifecycle_since IS NULL OR c.lifecycle_since <= u.since)
+       AND (c.lifecycle_stage, c.lifecycle_since) IS DISTINCT FROM (u.stage, u.since)
+    """
+)
+
+
+async def follow_lifecycle(
+    session: AsyncSession, changes: Sequence[tuple[uuid.UUID, uuid.UUID, str, datetime]]
+) -> int:
+    """Set contacts' lifecycle stages from (tenant, contact, stage, since) changes, in
+    one statement; returns how many contacts changed."""
+    if not changes:
+        return 0
+    result = await session.execute(
+        _FOLLOW_LIFECYCLE,
+        {
+            "tenants": [c[0] for c in changes],
+            "contacts": [c[1] for c in changes],
+            "stages": [c[2] for c in changes],
+            "sinces": [c[3] for c in changes],
+        },
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def churn(session: AsyncSession, contact_id: uuid.UUID, at: datetime) -> None:
+    """The contact deleted its staff member: churned from `at`, unless a newer stage
+    is already on record."""
+    await session.execute(
+        update(Contact)
+        .where(
+            Contact.id == contact_id,
+            or_(Contact.lifecycle_since.is_(None), Contact.lifecycle_since <= at),
+        )
+        .values(lifecycle_stage="churned", lifecycle_since=at)
+    )

@@ -322,7 +322,10 @@ async def patch_contact(
     if name is not None:
         values["name_enc"] = cipher.encrypt(name, context=name_context(contact.tenant_id))
         values["name_grams"] = name_grams(cipher, contact.tenant_id, name)
+    profile_changed = values["attributes"] != contact.attributes
     await session.execute(update(Contact).where(Contact.id == contact.id).values(**values))
+    if profile_changed:
+        await repository.publish_profiles(session, [contact.id])
 
 
 async def timeline(

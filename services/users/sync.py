@@ -87,6 +87,7 @@ async def apply_contact(
         values["name_enc"] = cipher.encrypt(str(name), context=name_context(tenant_id))
         values["name_grams"] = name_grams(cipher, tenant_id, str(name))
     await session.execute(update(Contact).where(Contact.id == found.contact_id).values(**values))
+    profile_changed = False
     for follow in follows:
         userid = follow.get("userid")
         if not userid:
@@ -103,14 +104,11 @@ async def apply_contact(
             add_way=follow.get("add_way"),
             added_at=_ts(follow.get("createtime")),
         )
-        await session.execute(
-            update(Contact)
-            .where(Contact.id == found.contact_id)
-            .values(
-                owner_staff_userid=func.coalesce(Contact.owner_staff_userid, str(userid)),
-                channel_state=func.coalesce(Contact.channel_state, follow.get("state") or None),
-            )
+        profile_changed |= await repository.claim_owner(
+            session, found.contact_id, str(userid), follow.get("state") or None
         )
+    if profile_changed:
+        await repository.publish_profiles(session, [found.contact_id])
     return found.contact_id
 
 

@@ -7,10 +7,11 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.users import sync
+from services.users import lifecycle, sync
 from services.users.consumer import InboundConsumer
 from services.users.settings import users_settings
 from services.users.wecom_client import WeComApiError, WeComUnavailable
+from shared.events import Event, subscribe_many
 from shared.runtime import Runtime
 from shared.scheduler import RetryLater, ScheduledWork, deferral_seconds, scheduled_job
 from shared.worker import worker_loop
@@ -24,6 +25,12 @@ log = logging.getLogger("scrm.users.tasks")
 def inbound_consumer(runtime: Runtime) -> InboundConsumer:
     """Stored callbacks and business events, claimed and applied by every users worker."""
     return InboundConsumer(runtime)
+
+
+@subscribe_many("users", lifecycle.LIFECYCLE_CHANGED, name="users.follow_lifecycle")
+async def follow_lifecycle(session: AsyncSession, events: list[Event]) -> None:
+    """Contacts' lifecycle stages as the tagging service computes them (set-based)."""
+    await lifecycle.follow(session, events)
 
 
 @scheduled_job("users", "enrich_contact")
