@@ -30,10 +30,11 @@ RuleName = Annotated[str, Field(min_length=1, max_length=100)]
 EventTypeName = Annotated[str, Field(min_length=1, max_length=100)]
 PropertyName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s]+$")]
 Weight = Annotated[
-    float, Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False, description="Tag weight units.")
+    float,
+    Field(strict=True, gt=0, le=MAX_WEIGHT, allow_inf_nan=False, description="Tag weight units."),
 ]
-MinCount = Annotated[int, Field(ge=1, le=MAX_COUNT)]
-WindowDays = Annotated[int, Field(ge=1, le=MAX_WINDOW_DAYS)]
+MinCount = Annotated[int, Field(strict=True, ge=1, le=MAX_COUNT)]
+WindowDays = Annotated[int, Field(strict=True, ge=1, le=MAX_WINDOW_DAYS)]
 PropertyValue = (
     Annotated[StrictStr, Field(max_length=MAX_VALUE)]
     | StrictBool
@@ -98,11 +99,6 @@ class RuleIn(_Strict):
     cap: Weight | None = None
     target: Target
     status: RuleStatus = "active"
-
-    @model_validator(mode="after")
-    def _shape(self) -> RuleIn:
-        _check_shape(self.min_count, self.window_days, self.action, self.cap)
-        return self
 
 
 class RulePatch(_Strict):

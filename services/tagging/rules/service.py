@@ -36,7 +36,17 @@ def _field_error(loc: list[str], message: str, kind: str) -> InvalidInput:
 
 async def _check(session: AsyncSession, tenant_id: uuid.UUID, rule: RuleIn) -> None:
     """What the schema cannot know: the event type is one scrm has, the tag or group is
-    the tenant's."""
+    the tenant's; and what depends on several fields."""
+    if rule.min_count > 1 and rule.window_days is None:
+        raise _field_error(
+            ["body", "window_days"],
+            "min_count above 1 needs window_days (the events are counted in it)",
+            "window_needed",
+        )
+    if rule.action == "set" and rule.cap is not None:
+        raise _field_error(
+            ["body", "cap"], "cap applies to raise only (set stores weight as it is)", "cap_on_set"
+        )
     if not (is_known_type(rule.event_type) or rule.event_type in CONTACT_EVENT_TYPES):
         raise _field_error(
             ["body", "event_type"],
