@@ -76,3 +76,30 @@ class InvalidTagImport(InvalidInput):
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message, details=details)
+
+
+class UnknownTag(InvalidInput):
+    """The body names a tag the tenant does not have."""
+
+    code = "unknown_tag"
+
+    def __init__(self, tag_id: int) -> None:
+        super().__init__("no such tag", details={"field": "tag_id", "tag_id": tag_id})
+
+
+class UnknownSegment(InvalidInput):
+    code = "unknown_segment"
+
+    def __init__(self, segment_id: int) -> None:
+        super().__init__(
+            "no such segment", details={"field": "segment_id", "segment_id": segment_id}
+        )
+
+
+class ContactNotFound(NotFound):
+    """Tags belong to live contacts: a merged contact's are its survivor's."""
+
+    code = "contact_not_found"
+
+    def __init__(self, status: str) -> None:
+        super().__init__("no such live contact", details={"status": status})
