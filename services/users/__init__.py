@@ -42,7 +42,7 @@ async def contact_status(session: AsyncSession, tenant_id: UUID, contact_id: UUI
     return "erased" if row.erased_at is not None else "active"
 
 
-async def wecom_client(
+async def wecom_api_client(
     session: AsyncSession, tenant_id: UUID, *, max_retries: int = 0
 ) -> WeComClient | None:
     """The tenant's WeCom API client, or None without an app secret: for the WeCom calls
