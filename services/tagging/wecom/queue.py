@@ -1,0 +1,209 @@
+"""The WeCom op queue's worker: every tagging worker process runs one (`worker_loop`).
+
+A round, per tenant with ops due: claim (one short transaction), plan what each op
+sends (one more), call WeCom outside any transaction, then store each answer and
+mark its op done in a transaction of its own. A failed call goes back to pending
+with backoff (45033, an unreachable WeCom, a 5xx: anything transient) and, after
+`SCRM_TAGGING_WECOM_MAX_ATTEMPTS`, stays as a failed op that ops list
+(`GET /v1/wecom/tags/ops?status=failed`) and retry by hand; an error trying again
+cannot cure (an unknown tag id, a name WeCom refuses) fails it at once.
+
+At most 5 calls per corp are in flight, across every worker process: claiming
+takes the tenant's advisory lock (held until the claim commits), counts the ops
+already in flight under a live lease and claims no more than the rest, and each op
+stays in flight until its outcome is stored. A worker that dies leaves its ops in
+flight until their lease runs out, then they are claimed again (their attempt
+counted). Within a process a semaphore per corp holds the same line.
+
+The loop wakes on `NOTIFY scrm_wecom_tags` (sent when ops are queued) and polls
+once a second for retries that fall due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+import asyncpg  # type: ignore[import-untyped]
+
+from services import users
+from services.tagging import clock
+from services.tagging.wecom import corp_tags, service
+from services.tagging.wecom import repository as repo
+from services.tagging.wecom.settings import wecom_tag_settings
+from services.users.wecom_client import WeComApiError, WeComClient
+from shared.config import plain_postgres_url
+from shared.db import unit_of_work
+from shared.relay import wait_any
+from shared.runtime import Runtime
+
+log = logging.getLogger("scrm.tagging.wecom")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before the next try after failed attempt number `attempt` (1-based)."""
+    settings = wecom_tag_settings()
+    return float(min(settings.retry_max_seconds, settings.retry_base_seconds * 4 ** (attempt - 1)))
+
+
+class WeComTagQueue:
+    def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 1.0) -> None:
+        self.runtime = runtime
+        self.idle_poll_seconds = idle_poll_seconds
+        self._semaphores: dict[uuid.UUID, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(wecom_tag_settings().max_concurrent_calls)
+        )
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    async def step(self) -> int:
+        """One round for every tenant with ops due; how many ops it ran."""
+        now = clock.now()
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            tenants = await repo.due_tenants(session, now)
+        counts = await asyncio.gather(*(self.run_tenant(t) for t in tenants))
+        return sum(counts)
+
+    async def run_tenant(self, tenant_id: uuid.UUID) -> int:
+        settings = wecom_tag_settings()
+        now = clock.now()
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            ops = await repo.claim(
+                session,
+                tenant_id,
+                now,
+                max_in_flight=settings.max_concurrent_calls,
+                lease_seconds=settings.lease_seconds,
+            )
+        if not ops:
+            return 0
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            client = await users.wecom_api_client(session, tenant_id)
+            plans = await service.plan(session, tenant_id, ops)
+        by_id = {op.id: op for op in ops}
+        for op_id, reason in plans.failures.items():
+            await self._failed(by_id[op_id], reason, retry=False)
+        done = {i: j.result for i, j in plans.jobs.items() if isinstance(j, service.Done)}
+        if done:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                await repo.finish_many(session, done, clock.now())
+        calls = {i: j for i, j in plans.jobs.items() if not isinstance(j, service.Done)}
+        if not calls:
+            return len(ops)
+        if client is None:
+            for op_id in calls:
+                await self._failed(by_id[op_id], "the tenant has no WeCom app secret", retry=True)
+            return len(ops)
+        async with client:
+            await asyncio.gather(
+                *(
+                    self._run(client, by_id[op_id], job, self._semaphores[tenant_id])
+                    for op_id, job in calls.items()
+                )
+            )
+        return len(ops)
+
+    async def _run(
+        self,
+        client: WeComClient,
+        op: repo.Op,
+        job: service.Job,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            async with slots:
+                answer = await job.call(client)
+        except service.OpFailed as exc:
+            await self._failed(op, str(exc), retry=False)
+            return
+        except WeComApiError as exc:
+            await self._failed(op, str(exc), retry=corp_tags.retryable(exc))
+            return
+        except Exception as exc:  # transport errors, 5xx, anything else: try again later
+            await self._failed(op, f"{type(exc).__name__}: {exc}", retry=True)
+            return
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                now = clock.now()
+                result = await job.apply(session, op.tenant_id, answer, now)
+                await repo.finish(session, op.id, result, now)
+        except Exception as exc:
+            log.exception("wecom tag op %s (%s) answered but not stored", op.id, op.kind)
+            await self._failed(op, f"storing the answer failed: {type(exc).__name__}: {exc}", True)
+
+    async def _failed(self, op: repo.Op, error: str, retry: bool) -> None:
+        """Back to pending with backoff, or failed for good (no retry, or the last one)."""
+        settings = wecom_tag_settings()
+        give_up = not retry or op.attempts >= settings.max_attempts
+        now = clock.now()
+        delay = 0.0 if give_up else backoff(op.attempts)
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            await repo.retry_later(
+                session,
+                op.id,
+                error,
+                now + timedelta(seconds=delay),
+                give_up=give_up,
+            )
+        if give_up:
+            log.error(
+                "wecom tag op %s (%s, tenant %s) failed after %d attempts: %s",
+                op.id,
+                op.kind,
+                op.tenant_id,
+                op.attempts,
+                error,
+            )
+        else:
+            log.warning(
+                "wecom tag op %s (%s, tenant %s) attempt %d failed, retry in %.0f s: %s",
+                op.id,
+                op.kind,
+                op.tenant_id,
+                op.attempts,
+                delay,
+                error,
+            )
+
+    async def drain(self) -> int:
+        """Run every op due now (tests, burst runs); retries due later are left."""
+        total = 0
+        while handled := await self.step():
+            total += handled
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._listen()
+        try:
+            while not stop.is_set():
+                wake = self._wake
+                try:
+                    handled = await self.step()
+                except Exception:
+                    log.exception("wecom tag queue: a round failed; retrying in 1 s")
+                    await wait_any(stop, None, 1.0)
+                    await self._listen()
+                    continue
+                if not handled:
+                    await wait_any(stop, wake, self.idle_poll_seconds)
+        finally:
+            if self._listener is not None and not self._listener.is_closed():
+                await self._listener.close()
+
+    def _notified(self, *_: object) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
+            await conn.add_listener(repo.NOTIFY_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("wecom tag queue: LISTEN unavailable (%s); polling only", exc)
+            return
+        self._listener = conn
