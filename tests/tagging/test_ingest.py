@@ -436,12 +436,20 @@ async def test_over_the_bus_a_duplicate_delivery_counts_once(committed: Runtime)
         )
     await relay_all(committed)
     await work_until_idle(committed, "tagging")
-    # The same outbox rows offered again (a relay crash before marking them) do nothing.
+    # The same outbox rows delivered again, the bus's record of them gone too (a replay
+    # from the dead-letter queue): the read model still counts each once.
     async with unit_of_work(committed.sessionmaker) as session:
-        await session.execute(text("UPDATE outbox SET published_at = NULL"))
+        await session.execute(text("UPDATE outbox_events SET published_at = NULL"))
+        await session.execute(
+            text("DELETE FROM processed_events WHERE handler = 'tagging.apply_events'")
+        )
     await relay_all(committed)
     await work_until_idle(committed, "tagging")
     async with unit_of_work(committed.sessionmaker) as session:
+        handled = await session.scalar(
+            text("SELECT count(*) FROM processed_events WHERE handler = 'tagging.apply_events'")
+        )
+        assert handled == 2, "both events were delivered again"
         assert await days(session, contact) == [
             ("order.paid", "2026-11-20", 1),
             ("product.view", "2026-11-20", 1),

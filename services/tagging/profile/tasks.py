@@ -3,11 +3,13 @@ stages (every minute, only the profiles due) and the tenants' score boundaries."
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging import clock
-from services.tagging.facts import Changes
-from services.tagging.profile import lifecycle, repository
+from services.tagging.facts import Changes, Fact
+from services.tagging.profile import lifecycle, repository, scores
 from services.tagging.segments import live
 from shared.scheduler import ScheduledWork, recurring_job
 
@@ -39,3 +41,19 @@ async def sweep_due_stages(session: AsyncSession) -> int:
 @recurring_job("tagging", "tagging.lifecycle_sweep", every_seconds=60)
 async def lifecycle_sweep(session: AsyncSession, work: ScheduledWork) -> None:
     await sweep_due_stages(session)
+
+
+async def rescore(session: AsyncSession) -> dict[uuid.UUID, dict[uuid.UUID, set[Fact]]]:
+    """Every tenant's score boundaries and every live contact's scores, at now; the
+    segments reading a changed score re-evaluated. Returns what changed, per tenant."""
+    now = clock.now()
+    changes = Changes()
+    await scores.rescore_tenants(session, changes, now)
+    changed = {tenant: changes.contacts(tenant) for tenant in changes.tenants()}
+    await live.reevaluate(session, changes, now)
+    return changed
+
+
+@recurring_job("tagging", "tagging.score_boundaries", every_seconds=3600)
+async def score_boundaries(session: AsyncSession, work: ScheduledWork) -> None:
+    await rescore(session)
