@@ -3,6 +3,7 @@ bad rules refused with 422 naming the field and nothing changed."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections import Counter
@@ -15,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging import clock
+from shared.db import unit_of_work
+from shared.runtime import Runtime
 from tests.helpers import bearer, make_key, make_tenant
 from tests.tagging.test_rules_support import make_group, make_tag, record
 
@@ -319,3 +322,41 @@ async def test_dry_run_counts_what_a_brute_force_count_says(
                 f"/v1/tag-rules/{created.json()['id']}/dry-run", headers=brand.headers()
             )
             assert saved.json() == unsaved.json()
+
+
+async def test_a_retried_create_answers_the_first_and_racing_names_conflict(
+    committed: Runtime, committed_client: httpx.AsyncClient
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        brand = await make_brand(session)
+        tag = await make_tag(session, brand.tenant_id, await make_group(session, brand.tenant_id))
+    body = {"name": "sharers", "event_type": "share", "weight": 3, "target": {"tag_id": tag}}
+    headers = {**brand.headers(), "Idempotency-Key": "create-sharers"}
+    first = await committed_client.post("/v1/tag-rules", json=body, headers=headers)
+    retried = await committed_client.post("/v1/tag-rules", json=body, headers=headers)
+    assert first.status_code == retried.status_code == 201
+    assert retried.json() == first.json()
+    assert retried.headers.get("Idempotent-Replayed") == "true"
+    other = await committed_client.post(
+        "/v1/tag-rules", json={**body, "name": "other"}, headers=headers
+    )
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+    racing = await asyncio.gather(
+        *(
+            committed_client.post(
+                "/v1/tag-rules", json={**body, "name": "raced"}, headers=brand.headers()
+            )
+            for _ in range(4)
+        )
+    )
+    assert sorted(r.status_code for r in racing) == [201, 409, 409, 409]
+    async with committed.engine.connect() as conn:
+        names = (
+            await conn.execute(
+                text("SELECT name FROM tag_rules WHERE tenant_id = :t AND default_key IS NULL"),
+                {"t": brand.tenant_id},
+            )
+        ).scalars()
+        assert sorted(names) == ["raced", "sharers"]

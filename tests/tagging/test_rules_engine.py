@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import services.tagging.tasks  # noqa: F401  (registers the handlers)
+from services.tagging import clock, pipeline
 from services.tagging.facts import tag_fact
 from services.tagging.rules import service
+from shared.events import Event
 from tests.helpers import make_tenant
 from tests.tagging.test_rules_support import (
     add_rule,
@@ -297,3 +301,60 @@ async def test_defaults_are_installed_once_and_tag_as_spec_says(session: AsyncSe
         session, tenant.id, status=None, event_type=None, cursor=None, limit=50
     )
     assert len(rules) == 3
+
+
+async def test_through_the_pipeline_the_defaults_tag_interest_and_the_inviter(
+    session: AsyncSession,
+) -> None:
+    """Bus events as the users and points services publish them, through every stage."""
+    tenant = await make_tenant(session)
+    contact, inviter = uuid.uuid4(), uuid.uuid4()
+    ids = iter(range(1, 100))
+
+    def event(kind: str, payload: dict[str, Any], at: datetime) -> Event:
+        return Event(
+            id=next(ids),
+            event_id=uuid.uuid4(),
+            type=kind,
+            tenant_id=tenant.id,
+            payload=payload,
+            created_at=at,
+        )
+
+    def business(kind: str, at: datetime, **properties: Any) -> Event:
+        return event(
+            kind,
+            {
+                "contact_id": str(contact),
+                "event_id": uuid.uuid4().hex,
+                "occurred_at": at.isoformat(),
+                "properties": properties,
+                "source": "event",
+            },
+            at,
+        )
+
+    views = [
+        business("product.view", T0 + i * DAY, product_id="p", category="tea") for i in range(3)
+    ]
+    referral = event(
+        "referral.succeeded",
+        {"inviter_contact_id": str(inviter), "occurred_at": (T0 + 2 * DAY).isoformat()},
+        T0 + 2 * DAY,
+    )
+    with clock.use(lambda: T0 + 2 * DAY + MIN):
+        await pipeline.apply_events(session, views[:2])
+        await pipeline.apply_events(session, [views[2], referral])
+        # Delivered again in a later batch: applied once, fired once.
+        await pipeline.apply_events(session, [views[2], referral])
+    rows = await session.execute(
+        text(
+            "SELECT ct.contact_id, t.name, ct.weight, ct.source FROM contact_tags ct"
+            " JOIN tags t ON t.id = ct.tag_id WHERE ct.tenant_id = :t"
+        ),
+        {"t": tenant.id},
+    )
+    assert {(r.contact_id, r.name): (r.weight, r.source) for r in rows} == {
+        (contact, "tea"): (10.0, "rule"),
+        (inviter, "referrer"): (50.0, "rule"),
+    }
