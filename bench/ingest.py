@@ -46,6 +46,13 @@ CORP_ID = "wwbench0000000001"
 TOKEN = "BenchToken1"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 SLUG = "bench"
+# How the workers run, taken from the environment (other SCRM_* settings are not).
+WORKER_KNOBS = (
+    "SCRM_WORKER_PROCESSES",
+    "SCRM_WORKER_NICE",
+    "SCRM_INBOUND_BATCH_SIZE",
+    "SCRM_INBOUND_CONCURRENCY",
+)
 
 
 def free_port() -> int:
@@ -159,7 +166,7 @@ async def main(args: argparse.Namespace) -> None:
     database_url = admin_url.rpartition("/")[0] + "/" + name
     port, ceiling_port = free_port(), free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SCRM_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith("SCRM_") or k in WORKER_KNOBS},
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SCRM_QUEUE_PREFIX": f"bench{RUN}",
@@ -169,6 +176,15 @@ async def main(args: argparse.Namespace) -> None:
         "PYTHONPATH": str(ROOT),
     }
     processes: list[subprocess.Popen[bytes]] = []
+    cores = os.cpu_count() or 1
+    workers = (
+        f"scrm up's {os.environ.get('SCRM_WORKER_PROCESSES', max(1, min(4, cores - 1)))} "
+        "worker process(es) (each runs every service's worker, at nice "
+        f"{os.environ.get('SCRM_WORKER_NICE', '10')}) on {cores} cores, each claiming "
+        f"{os.environ.get('SCRM_INBOUND_BATCH_SIZE', '100')} stored events a transaction in "
+        f"{os.environ.get('SCRM_INBOUND_CONCURRENCY', '2')} concurrent transactions, plus one "
+        "`scrm worker --service users` SIGKILLed while the callbacks come in"
+    )
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"scrm-bench-ingest-{RUN}.log", "wb")  # noqa: SIM115, S108
     try:
         scrm(env, "migrate")
@@ -282,6 +298,16 @@ async def main(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.5)
         drained = time.monotonic() - started
+        # Applying: from the first stored row (its acknowledgement) until the last one
+        # was applied, as the database saw it.
+        window = await conn.fetchrow(
+            """SELECT count(*) AS rows,
+                      EXTRACT(EPOCH FROM max(processed_at) - min(received_at)) AS seconds,
+                      EXTRACT(EPOCH FROM max(processed_at) - max(received_at)) AS after
+                 FROM inbound_events"""
+        )
+        apply_seconds = float(window["seconds"] or 0.0)
+        apply_rate = window["rows"] / apply_seconds if apply_seconds else 0.0
         row = await conn.fetchrow(
             """SELECT (SELECT count(*) FROM inbound_events) AS stored,
                       (SELECT count(*) FROM contacts WHERE merged_into_id IS NULL) AS contacts,
@@ -304,6 +330,12 @@ async def main(args: argparse.Namespace) -> None:
             "dead": 0,
         }
         print(f"processing finished {drained:.1f} s after the last request")
+        print(
+            f"  applying: {window['rows']} stored events applied {apply_seconds:.1f} s after the "
+            f"first was acknowledged: {apply_rate:.0f} events/s "
+            f"(the last {float(window['after'] or 0):.1f} s after the last was stored)"
+        )
+        print(f"  users workers: {workers}")
         ok = True
         print(f"  merges   {row['merges']:>8}  (orders that raced their contact's add: merged)")
         for key, want in expected.items():
@@ -328,6 +360,12 @@ async def main(args: argparse.Namespace) -> None:
                         "events_per_s": scrm_wh.rate * args.batch,
                         "p50_ms": scrm_wh.quantile(0.5),
                         "p99_ms": scrm_wh.quantile(0.99),
+                    },
+                    "apply": {
+                        "events": window["rows"],
+                        "seconds": apply_seconds,
+                        "events_per_s": apply_rate,
+                        "workers": workers,
                     },
                     "counts": dict(row),
                     "ok": ok,

@@ -88,9 +88,12 @@ class InboundConsumer:
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 rows = await repository.claim_inbound(session, self.batch_size)
                 claimed = [row.id for row in rows]
-                applied = [(row, await processing.apply_inbound(session, row)) for row in rows]
-                if applied:
-                    await repository.mark_inbound_applied(session, applied)
+                if rows:
+                    # Together: a few statements for the whole batch (inbound_batch.py).
+                    outcomes = await processing.apply_batch(session, rows)
+                    await repository.mark_inbound_applied(
+                        session, list(zip(rows, outcomes, strict=True))
+                    )
         except Exception as exc:
             if not claimed:
                 raise  # nothing claimed: the database itself is in trouble

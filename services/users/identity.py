@@ -171,8 +171,12 @@ async def resolve(
     *,
     source: str,
     create: bool = True,
+    announce: bool = True,
 ) -> Resolution | None:
-    """The contact these identifiers belong to: found, created, or merged into one."""
+    """The contact these identifiers belong to: found, created, or merged into one.
+
+    A contact created is announced (`contact.profile_changed`) unless `announce` is
+    False: the caller then publishes its profile once it has set it."""
     normalised = {kind: normalise(kind, value) for kind, value in identities.items() if value}
     if not normalised:
         raise InvalidInput("at least one contact identifier is needed")
@@ -191,7 +195,8 @@ async def resolve(
         contact_id = uuid.uuid4()
         session.add(Contact(id=contact_id, tenant_id=tenant_id))
         await session.flush()
-        await repository.publish_profiles(session, [contact_id])
+        if announce:
+            await repository.publish_profiles(session, [contact_id])
         created = True
     resolution = Resolution(contact_id, created)
     for other in known:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import consent, repository
 from services.users.identity import resolve
+from services.users.inbound_batch import InboundBatch, PlannedRow, contact_identities
 from services.users.ingest import read_payload
 from services.users.repository import StoredEvent
 from services.users.schemas import EventIn
@@ -43,6 +44,27 @@ def _ts(value: str | None) -> datetime:
         return datetime.now(UTC)
 
 
+# Where apply_batch keeps its InboundBatch in the session, for apply_inbound to find.
+_BATCH = "scrm.users.inbound_batch"
+
+
+async def apply_batch(session: AsyncSession, rows: list[StoredEvent]) -> list[str]:
+    """Apply rows the caller claimed, together (inbound_batch.py); returns each outcome.
+
+    Each row is read by `apply_inbound`, which hands the common kinds over to the
+    batch; the batch applies them with a few statements for all. The rows are left
+    alone as in `apply_inbound`.
+    """
+    batch = InboundBatch(runtime_of(session).cipher, bulk=True)
+    session.info[_BATCH] = batch
+    try:
+        outcomes = [await apply_inbound(session, row) for row in rows]
+        await batch.flush(session)
+    finally:
+        session.info.pop(_BATCH, None)
+    return [batch.outcomes.get(r.id, outcome) for r, outcome in zip(rows, outcomes, strict=True)]
+
+
 async def apply_inbound(session: AsyncSession, row: StoredEvent) -> str:
     """Apply one inbound event the caller claimed; returns its outcome.
 
@@ -50,132 +72,71 @@ async def apply_inbound(session: AsyncSession, row: StoredEvent) -> str:
     and `row.contact_id`) at the end of its transaction. Until then the row is
     only locked, not updated, so a retried delivery of the same event checking
     its dedupe key does not wait for this transaction.
+
+    Within `apply_batch` a row of a common kind is only read and checked here, and
+    applied with the batch (its outcome may then become "duplicate"); a row of
+    another kind is applied at once, after the rows before it.
     """
     if row.payload_enc is None:  # erased before it was applied
         return "erased"
-    payload = read_payload(runtime_of(session).cipher, row.tenant_id, row.payload_enc)
+    cipher = runtime_of(session).cipher
+    payload = read_payload(cipher, row.tenant_id, row.payload_enc)
+    batch: InboundBatch | None = session.info.get(_BATCH)
     if row.source == "wecom":
-        return await _apply_wecom(session, row, payload)
-    return await _apply_business_event(session, row, payload)
+        xml: str = payload["xml"]
+        # Stored before the XML alone was: the reading came along.
+        msg: dict[str, str] = payload["msg"] if "msg" in payload else parse_xml(xml)
+        planned, outcome = _plan_wecom(row, msg)
+    else:
+        planned, outcome = _plan_business_event(row, payload), str(payload.get("type"))
+    if planned is None:
+        if batch is not None:
+            await batch.flush(session)  # the rows before this one come first
+        return await _chat_change(session, row, msg, msg.get("ChangeType", ""), xml)
+    if batch is None:
+        batch = InboundBatch(cipher, bulk=False)
+        batch.add(planned)
+        await batch.flush(session)
+    else:
+        batch.add(planned)
+    return batch.outcomes.get(row.id, outcome)
 
 
 # -- WeCom -------------------------------------------------------------------------------
 
 
-async def _apply_wecom(session: AsyncSession, row: StoredEvent, payload: dict[str, Any]) -> str:
-    xml: str = payload["xml"]
-    # Stored before the XML alone was: the reading came along.
-    msg: dict[str, str] = payload["msg"] if "msg" in payload else parse_xml(xml)
+def _plan_wecom(row: StoredEvent, msg: dict[str, str]) -> tuple[PlannedRow | None, str]:
+    """The row for the batch (None for a customer group change: applied alone)."""
     event = msg.get("Event", "")
     change = msg.get("ChangeType", "")
-    if event == "change_external_contact" and change:
-        return await _contact_change(session, row, msg, change)
-    if event == "change_external_chat" and change:
-        return await _chat_change(session, row, msg, change, xml)
-    if event == "change_external_tag" and change:
-        await publish(
-            session,
-            "wecom.tag_changed",
-            {
-                "change_type": change,
-                "tag_type": msg.get("TagType"),
-                "id": msg.get("Id"),
-                "strategy_id": msg.get("StrategyId"),
-                "occurred_at": _ts(msg.get("CreateTime")).isoformat(),
-            },
-            tenant_id=row.tenant_id,
-        )
-        return f"tag.{change}"
-    return "ignored"
-
-
-async def _contact_change(
-    session: AsyncSession, row: StoredEvent, msg: dict[str, str], change: str
-) -> str:
-    tenant_id = row.tenant_id
-    staff = msg.get("UserID", "")
-    external = msg.get("ExternalUserID", "")
     occurred = _ts(msg.get("CreateTime"))
-    if staff:
-        await repository.upsert_staff(session, tenant_id, staff)
-    if not external:
-        return f"{change}:no_contact"
-    cipher = runtime_of(session).cipher
-    found = await resolve(session, cipher, tenant_id, {"external_userid": external}, source="wecom")
-    assert found is not None
-    contact_id = found.contact_id
-    row.contact_id = contact_id
-    # Identifiers stay out of events and the timeline: consumers use contact_id.
-    facts: dict[str, Any] = {"staff_userid": staff}
-    status = {
-        "add_external_contact": "active",
-        "add_half_external_contact": "half",
-        "del_external_contact": "deleted_by_staff",
-        "del_follow_user": "deleted_by_contact",
-    }.get(change)
-    previous = None
-    if status is not None and staff:
-        adding = status in ("active", "half")
-        previous = await repository.upsert_follow(
-            session,
-            tenant_id,
-            contact_id,
-            staff,
-            status=status,
-            state=msg.get("State") or None,
-            welcome_code=msg.get("WelcomeCode") or None,
-            added_at=occurred if adding else None,
-            removed_at=None if adding else occurred,
-        )
-        if adding and await repository.claim_owner(
-            session, contact_id, staff, msg.get("State") or None
-        ):
-            await repository.publish_profiles(session, [contact_id])
-    if change in ("add_external_contact", "add_half_external_contact"):
-        facts.update(state=msg.get("State") or None, welcome_code=msg.get("WelcomeCode") or None)
-    if change == "transfer_fail":
-        facts["fail_reason"] = msg.get("FailReason")
-    await repository.add_timeline_event(
-        session,
-        tenant_id,
-        contact_id,
-        type=f"wecom.{change}",
-        source="wecom",
-        source_event_id=row.dedupe_key,
+    if event == "change_external_chat" and change:
+        return None, ""
+    if event == "change_external_tag" and change:
+        tag_change = {
+            "change_type": change,
+            "tag_type": msg.get("TagType"),
+            "id": msg.get("Id"),
+            "strategy_id": msg.get("StrategyId"),
+            "occurred_at": occurred.isoformat(),
+        }
+        return PlannedRow(row, "tag", "wecom", tag_change=tag_change), f"tag.{change}"
+    if not (event == "change_external_contact" and change):
+        return PlannedRow(row, "ignored", "wecom"), "ignored"
+    external = msg.get("ExternalUserID", "")
+    planned = PlannedRow(
+        row,
+        "contact",
+        "wecom",
+        identities=contact_identities({"external_userid": external}) if external else {},
         occurred_at=occurred,
-        properties=facts,
+        change=change,
+        staff=msg.get("UserID", ""),
+        state=msg.get("State") or None,
+        welcome_code=msg.get("WelcomeCode") or None,
+        fail_reason=msg.get("FailReason"),
     )
-    payload = {"contact_id": str(contact_id), "occurred_at": occurred.isoformat(), **facts}
-    if change == "add_external_contact" and previous != "active":
-        await publish(
-            session, "contact.added", {**payload, "new_contact": found.created}, tenant_id=tenant_id
-        )
-    elif change == "add_half_external_contact":
-        await publish(session, "contact.half_added", payload, tenant_id=tenant_id)
-    elif change == "edit_external_contact":
-        await publish(session, "contact.updated", payload, tenant_id=tenant_id)
-    elif change == "del_follow_user":
-        await repository.churn(session, contact_id, occurred)
-        await publish(
-            session,
-            "contact.lost",
-            {**payload, "reason": "deleted_by_contact"},
-            tenant_id=tenant_id,
-        )
-    elif change == "del_external_contact":
-        await publish(session, "contact.removed_by_staff", payload, tenant_id=tenant_id)
-        if not await repository.active_follow_count(session, tenant_id, contact_id):
-            await publish(
-                session,
-                "contact.lost",
-                {**payload, "reason": "deleted_by_staff"},
-                tenant_id=tenant_id,
-            )
-    elif change == "transfer_fail":
-        await publish(session, "contact.transfer_failed", payload, tenant_id=tenant_id)
-    if change in ("add_external_contact", "edit_external_contact", "add_half_external_contact"):
-        await schedule_enrichment(session, tenant_id, contact_id)
-    return f"contact.{change}"
+    return planned, f"contact.{change}" if external else f"{change}:no_contact"
 
 
 async def schedule_enrichment(
@@ -352,50 +313,18 @@ def _checked(row: StoredEvent, event: dict[str, Any]) -> EventIn:
         ) from None
 
 
-async def _apply_business_event(
-    session: AsyncSession, row: StoredEvent, event: dict[str, Any]
-) -> str:
-    tenant_id = row.tenant_id
-    cipher = runtime_of(session).cipher
+def _plan_business_event(row: StoredEvent, event: dict[str, Any]) -> PlannedRow:
     checked = _checked(row, event)
-    contact = checked.contact.model_dump(exclude_none=True)
-    found = await resolve(session, cipher, tenant_id, contact, source=row.source)
-    assert found is not None
-    row.contact_id = found.contact_id
-    occurred = datetime.fromisoformat(event["occurred_at"])
     properties: dict[str, Any] = event.get("properties") or {}
-    fresh = await repository.add_timeline_event(
-        session,
-        tenant_id,
-        found.contact_id,
-        type=event["type"],
-        source=row.source,
-        source_event_id=event["event_id"],
-        occurred_at=occurred,
+    if event["type"] in ("consent.opt_in", "consent.opt_out"):
+        consent.check_channel(str(properties.get("channel", "all")))
+    return PlannedRow(
+        row,
+        "business",
+        row.source,
+        identities=contact_identities(checked.contact.model_dump(exclude_none=True)),
+        occurred_at=datetime.fromisoformat(event["occurred_at"]),
+        event_type=str(event["type"]),
+        event_id=str(event["event_id"]),
         properties=properties,
     )
-    if not fresh:
-        return "duplicate"
-    if event["type"] in ("consent.opt_in", "consent.opt_out"):
-        await consent.record(
-            session,
-            tenant_id,
-            found.contact_id,
-            channel=str(properties.get("channel", "all")),
-            opted_in=event["type"] == "consent.opt_in",
-            source=f"{row.source}:{event['event_id']}",
-            note=properties.get("note"),
-        )
-    await publish(
-        session,
-        event["type"],
-        {
-            "contact_id": str(found.contact_id),
-            "event_id": event["event_id"],
-            "occurred_at": occurred.isoformat(),
-            "properties": properties,
-            "source": row.source,
-        },
-        tenant_id=tenant_id,
-    )
-    return str(event["type"])

@@ -728,3 +728,299 @@ async def churn(session: AsyncSession, contact_id: uuid.UUID, at: datetime) -> N
         )
         .values(lifecycle_stage="churned", lifecycle_since=at)
     )
+
+
+# -- batches of inbound events (inbound_batch.py): one statement for many rows ----------
+
+
+async def identity_owners(
+    session: AsyncSession, keys: Sequence[tuple[uuid.UUID, str, bytes]]
+) -> dict[tuple[uuid.UUID, str, bytes], uuid.UUID]:
+    """The live contact each (tenant, kind, blind index) belongs to, if any."""
+    if not keys:
+        return {}
+    rows = await session.execute(
+        text(
+            """
+            SELECT i.tenant_id, i.kind, i.value_bidx, COALESCE(c.merged_into_id, c.id)
+              FROM unnest(CAST(:tenants AS uuid[]), CAST(:kinds AS text[]),
+                          CAST(:keys AS bytea[])) AS k(tenant_id, kind, bidx)
+              JOIN contact_identities i
+                ON i.tenant_id = k.tenant_id AND i.kind = k.kind AND i.value_bidx = k.bidx
+              JOIN contacts c ON c.id = i.contact_id
+            """
+        ),
+        {
+            "tenants": [k[0] for k in keys],
+            "kinds": [k[1] for k in keys],
+            "keys": [k[2] for k in keys],
+        },
+    )
+    return {(tenant, kind, bytes(bidx)): owner for tenant, kind, bidx, owner in rows}
+
+
+async def insert_contacts(
+    session: AsyncSession, contacts: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> None:
+    """New contacts, (id, tenant) each, with nothing known of them yet."""
+    if not contacts:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO contacts (id, tenant_id) "
+            "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS uuid[]))"
+        ),
+        {"ids": [c[0] for c in contacts], "tenants": [c[1] for c in contacts]},
+    )
+
+
+async def insert_identities(
+    session: AsyncSession,
+    identities: Sequence[tuple[uuid.UUID, uuid.UUID, str, bytes, bytes, str]],
+) -> int:
+    """Attach (tenant, contact, kind, blind index, encrypted value, source) identities
+    that no contact has; returns how many were attached (fewer: some one has)."""
+    if not identities:
+        return 0
+    ordered = sorted(identities, key=lambda i: (str(i[0]), i[2], i[3]))  # one lock order
+    result = await session.execute(
+        text(
+            """
+            INSERT INTO contact_identities
+                   (tenant_id, contact_id, kind, value_bidx, value_enc, source)
+            SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[]),
+                                 CAST(:kinds AS text[]), CAST(:keys AS bytea[]),
+                                 CAST(:values AS bytea[]), CAST(:sources AS text[]))
+                ON CONFLICT ON CONSTRAINT uq_contact_identities_value DO NOTHING
+            """
+        ),
+        {
+            "tenants": [i[0] for i in ordered],
+            "contacts": [i[1] for i in ordered],
+            "kinds": [i[2] for i in ordered],
+            "keys": [i[3] for i in ordered],
+            "values": [i[4] for i in ordered],
+            "sources": [i[5] for i in ordered],
+        },
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def upsert_staff_many(session: AsyncSession, staff: Sequence[tuple[uuid.UUID, str]]) -> None:
+    """Record staff members (tenant, userid) not known yet; takes no row locks."""
+    if not staff:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO staff (tenant_id, userid) "
+            "SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:userids AS text[])) "
+            "ON CONFLICT ON CONSTRAINT uq_staff_userid DO NOTHING"
+        ),
+        {"tenants": [s[0] for s in staff], "userids": [s[1] for s in staff]},
+    )
+
+
+async def follow_statuses(
+    session: AsyncSession, contact_ids: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, str, str]]:
+    """(contact, staff userid, status) of every follow of these contacts, locked."""
+    if not contact_ids:
+        return []
+    rows = await session.execute(
+        text(
+            "SELECT contact_id, staff_userid, status FROM contact_follows "
+            "WHERE contact_id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+        ),
+        {"ids": list(contact_ids)},
+    )
+    return [(contact, staff, status) for contact, staff, status in rows]
+
+
+_FOLLOW_COLUMNS = ("status", "state", "welcome_code", "added_at", "removed_at")
+
+
+async def upsert_follows(
+    session: AsyncSession,
+    follows: Sequence[tuple[uuid.UUID, uuid.UUID, str, dict[str, Any]]],
+) -> None:
+    """Create or update (tenant, contact, staff userid, values) follows: each value
+    given replaces the stored one, the others are kept."""
+    if not follows:
+        return
+    columns = {c: [f[3].get(c) for f in follows] for c in _FOLLOW_COLUMNS}
+    await session.execute(
+        text(
+            """
+            INSERT INTO contact_follows AS f
+                   (tenant_id, contact_id, staff_userid, status, state, welcome_code,
+                    added_at, removed_at)
+            SELECT * FROM unnest(CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[]),
+                                 CAST(:staff AS text[]), CAST(:status AS text[]),
+                                 CAST(:state AS text[]), CAST(:welcome_code AS text[]),
+                                 CAST(:added_at AS timestamptz[]),
+                                 CAST(:removed_at AS timestamptz[]))
+                ON CONFLICT ON CONSTRAINT uq_contact_follows_pair DO UPDATE
+               SET status = EXCLUDED.status,
+                   state = COALESCE(EXCLUDED.state, f.state),
+                   welcome_code = COALESCE(EXCLUDED.welcome_code, f.welcome_code),
+                   added_at = COALESCE(EXCLUDED.added_at, f.added_at),
+                   removed_at = COALESCE(EXCLUDED.removed_at, f.removed_at),
+                   updated_at = now()
+            """
+        ),
+        {
+            "tenants": [f[0] for f in follows],
+            "contacts": [f[1] for f in follows],
+            "staff": [f[2] for f in follows],
+            **columns,
+        },
+    )
+
+
+async def claim_owners(
+    session: AsyncSession, claims: Sequence[tuple[uuid.UUID, str | None, str | None]]
+) -> list[uuid.UUID]:
+    """Give each contact this (contact, owner, channel) owner and channel where it has
+    none yet (as claim_owner does); returns the contacts that changed."""
+    if not claims:
+        return []
+    rows = await session.execute(
+        text(
+            """
+            UPDATE contacts c
+               SET owner_staff_userid = COALESCE(c.owner_staff_userid, u.owner),
+                   channel_state = COALESCE(c.channel_state, u.channel),
+                   updated_at = now()
+              FROM unnest(CAST(:ids AS uuid[]), CAST(:owners AS text[]),
+                          CAST(:channels AS text[])) AS u(id, owner, channel)
+             WHERE c.id = u.id
+               AND ((c.owner_staff_userid IS NULL AND u.owner IS NOT NULL)
+                    OR (c.channel_state IS NULL AND u.channel IS NOT NULL))
+            RETURNING c.id
+            """
+        ),
+        {
+            "ids": [c[0] for c in claims],
+            "owners": [c[1] for c in claims],
+            "channels": [c[2] for c in claims],
+        },
+    )
+    return [contact_id for (contact_id,) in rows]
+
+
+async def churn_many(session: AsyncSession, churned: Sequence[tuple[uuid.UUID, datetime]]) -> None:
+    """`churn` for many (contact, since) at once."""
+    if not churned:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE contacts c SET lifecycle_stage = 'churned', lifecycle_since = u.at
+              FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS u(id, at)
+             WHERE c.id = u.id AND (c.lifecycle_since IS NULL OR c.lifecycle_since <= u.at)
+            """
+        ),
+        {"ids": [c[0] for c in churned], "ats": [c[1] for c in churned]},
+    )
+
+
+async def add_timeline_events(
+    session: AsyncSession, entries: Sequence[tuple[Any, ...]]
+) -> set[tuple[uuid.UUID, str, str]]:
+    """Record (tenant, contact, type, source, source event id, occurred at, properties
+    as JSON text) timeline entries once each; returns the (tenant, source, source event
+    id) of those that were not there yet."""
+    if not entries:
+        return set()
+    rows = await session.execute(
+        text(
+            """
+            INSERT INTO contact_events
+                   (tenant_id, contact_id, type, source, source_event_id, occurred_at,
+                    properties)
+            SELECT tenant_id, contact_id, type, source, source_event_id, occurred_at,
+                   CAST(properties AS jsonb)
+              FROM unnest(CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[]),
+                          CAST(:types AS text[]), CAST(:sources AS text[]),
+                          CAST(:ids AS text[]), CAST(:ats AS timestamptz[]),
+                          CAST(:properties AS text[]))
+                   WITH ORDINALITY AS e(tenant_id, contact_id, type, source, source_event_id,
+                                        occurred_at, properties, n)
+             ORDER BY n
+                ON CONFLICT ON CONSTRAINT uq_contact_events_source DO NOTHING
+            RETURNING tenant_id, source, source_event_id
+            """
+        ),
+        {
+            "tenants": [e[0] for e in entries],
+            "contacts": [e[1] for e in entries],
+            "types": [e[2] for e in entries],
+            "sources": [e[3] for e in entries],
+            "ids": [e[4] for e in entries],
+            "ats": [e[5] for e in entries],
+            "properties": [e[6] for e in entries],
+        },
+    )
+    return {(tenant, source, event_id) for tenant, source, event_id in rows}
+
+
+async def add_consent_changes(session: AsyncSession, changes: Sequence[tuple[Any, ...]]) -> None:
+    """Record (tenant, contact, channel, status, source, note) consent changes, in order."""
+    if not changes:
+        return
+    await session.execute(
+        text(
+            """
+            INSERT INTO consent_changes (tenant_id, contact_id, channel, status, source, note)
+            SELECT tenant_id, contact_id, channel, status, source, note
+              FROM unnest(CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[]),
+                          CAST(:channels AS text[]), CAST(:statuses AS text[]),
+                          CAST(:sources AS text[]), CAST(:notes AS text[]))
+                   WITH ORDINALITY AS c(tenant_id, contact_id, channel, status, source, note, n)
+             ORDER BY n
+            """
+        ),
+        {
+            "tenants": [c[0] for c in changes],
+            "contacts": [c[1] for c in changes],
+            "channels": [c[2] for c in changes],
+            "statuses": [c[3] for c in changes],
+            "sources": [c[4] for c in changes],
+            "notes": [c[5] for c in changes],
+        },
+    )
+
+
+async def tenants_with_wecom_api(
+    session: AsyncSession, tenant_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Which of these tenants configured an app secret (see has_wecom_api)."""
+    rows = await session.scalars(
+        select(WeComSettings.tenant_id).where(
+            WeComSettings.tenant_id.in_(list(tenant_ids)), WeComSettings.secret_enc.is_not(None)
+        )
+    )
+    return set(rows)
+
+
+async def schedule_enrichments(
+    session: AsyncSession,
+    contacts: Sequence[tuple[uuid.UUID, uuid.UUID | None]],
+    *,
+    due_at: datetime,
+) -> None:
+    """The `enrich_contact` job (see processing.schedule_enrichment) for each (tenant,
+    contact), in one statement."""
+    wanted = [(t, c) for t, c in contacts if c is not None]
+    if not wanted:
+        return
+    await session.execute(
+        text(
+            """
+            INSERT INTO scheduled_jobs (tenant_id, service, job, args, due_at)
+            SELECT t, 'users', 'enrich_contact', jsonb_build_object('contact_id', c::text), :due
+              FROM unnest(CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[])) AS u(t, c)
+            """
+        ),
+        {"tenants": [w[0] for w in wanted], "contacts": [w[1] for w in wanted], "due": due_at},
+    )
