@@ -58,6 +58,7 @@ async def wecom_handles(
     """For each of these live contacts known on WeCom: (its external_userid, the userid of
     a staff member following it there: the owner if they follow it, else the latest)."""
     from sqlalchemy import select
+    from sqlalchemy.dialects.postgresql import distinct_on
 
     from services.users.identity import identity_context
     from services.users.models import Contact, ContactFollow, ContactIdentity
@@ -82,7 +83,7 @@ async def wecom_handles(
                 Contact.merged_into_id.is_(None),
                 Contact.erased_at.is_(None),
             )
-            .distinct(ContactIdentity.contact_id)
+            .ext(distinct_on(ContactIdentity.contact_id))
             .order_by(
                 ContactIdentity.contact_id,
                 (ContactFollow.staff_userid == Contact.owner_staff_userid).desc(),
