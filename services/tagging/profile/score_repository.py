@@ -28,55 +28,63 @@ class Boundaries:
 
 
 # Per contact over the window: orders not wholly refunded, what they netted, the last
-# of them; interactions counted by tenant-local day over the engagement window.
+# of them; interactions counted by tenant-local day over the engagement window. Each
+# part is materialized once and read by contact id (`{only}`: the batch's contacts, or
+# none for the whole tenant), so a plan stays linear even before the tables have
+# statistics.
 _FACTS = """
-    o AS (
+    o AS MATERIALIZED (
         SELECT o.contact_id,
                count(*) AS frequency,
                sum(o.amount_fen - o.refunded_fen) AS monetary,
                max(o.paid_at) AS last_paid
-          FROM tagging_orders o JOIN c USING (contact_id)
-         WHERE o.tenant_id = :tenant AND o.amount_fen > o.refunded_fen
+          FROM tagging_orders o
+         WHERE o.tenant_id = :tenant {only_o} AND o.amount_fen > o.refunded_fen
            AND o.paid_at > CAST(:now AS timestamptz) - make_interval(days => :window_days)
            AND o.paid_at <= CAST(:now AS timestamptz)
          GROUP BY o.contact_id
-    ), e AS (
+    ), e AS MATERIALIZED (
         SELECT d.contact_id, sum(d.n) AS n
-          FROM tagging_event_days d JOIN c USING (contact_id)
-         WHERE d.tenant_id = :tenant
+          FROM tagging_event_days d
+         WHERE d.tenant_id = :tenant {only_d}
            AND d.day > (SELECT (CAST(:now AS timestamptz)
                                 AT TIME ZONE coalesce(max(t.timezone), 'Asia/Shanghai'))::date
                           FROM tenants t WHERE t.id = :tenant) - CAST(:engagement_days AS int)
            AND d.event_type <> ALL(CAST(:not_interaction AS text[]))
          GROUP BY d.contact_id
-    ), calc AS (
+    ), calc AS MATERIALIZED (
         SELECT p.contact_id, p.first_order_at, p.created_at,
+               p.rfm_cell AS old_cell, p.value_tier AS old_tier, p.health_score AS old_health,
+               (p.recency_days::int, p.frequency::int, p.monetary_fen::bigint, p.r_score::int,
+                p.f_score::int, p.m_score::int, p.rfm_cell::text, p.value_tier::text,
+                p.health_score::int) AS old_row,
                o.frequency, o.monetary,
                floor(extract(epoch FROM CAST(:now AS timestamptz) - o.last_paid) / 86400)::int
                    AS recency,
                coalesce(e.n, 0) AS interactions
-          FROM tagging_profiles p JOIN c USING (contact_id)
+          FROM tagging_profiles p
           LEFT JOIN o USING (contact_id) LEFT JOIN e USING (contact_id)
-         WHERE p.tenant_id = :tenant AND p.status = 'live'
+         WHERE p.tenant_id = :tenant {only_p} AND p.status = 'live'
     )
 """
 
-_SCORE = """
-    WITH c AS ({contacts}),
-    {facts},
-    scored AS (
+# 1 + how many of the four cut points the value is under (recency) or above (F, M).
+_R = "1 + " + " + ".join(f"(recency <= b.r[{i}])::int" for i in range(1, 5))
+_F = "1 + " + " + ".join(f"(frequency > b.f[{i}])::int" for i in range(1, 5))
+_M = "1 + " + " + ".join(f"(monetary > b.m[{i}])::int" for i in range(1, 5))
+
+_SCORE = f"""
+    WITH {{facts}},
+    b AS (
+        SELECT CAST(:r_bounds AS float8[]) AS r, CAST(:f_bounds AS float8[]) AS f,
+               CAST(:m_bounds AS float8[]) AS m
+    ), scored AS MATERIALIZED (
         SELECT calc.*,
-               CASE WHEN recency IS NOT NULL THEN 1 + (
-                   SELECT count(*) FROM unnest(CAST(:r_bounds AS float8[])) b
-                    WHERE recency <= b) END AS r,
-               CASE WHEN frequency IS NOT NULL THEN 1 + (
-                   SELECT count(*) FROM unnest(CAST(:f_bounds AS float8[])) b
-                    WHERE frequency > b) END AS f,
-               CASE WHEN monetary IS NOT NULL THEN 1 + (
-                   SELECT count(*) FROM unnest(CAST(:m_bounds AS float8[])) b
-                    WHERE monetary > b) END AS m
-          FROM calc
-    ), graded AS (
+               CASE WHEN recency IS NOT NULL THEN {_R} END AS r,
+               CASE WHEN frequency IS NOT NULL THEN {_F} END AS f,
+               CASE WHEN monetary IS NOT NULL THEN {_M} END AS m
+          FROM calc, b
+    ), graded AS MATERIALIZED (
         SELECT scored.*,
                CASE WHEN r IS NULL THEN NULL
                     ELSE CASE WHEN m >= :high THEN 'important_' ELSE 'general_' END ||
@@ -98,35 +106,34 @@ _SCORE = """
                          / 86400.0 / :tenure_days)))
                )::int AS health
           FROM scored
-    ), old AS (
-        SELECT p.contact_id, p.rfm_cell, p.value_tier, p.health_score
-          FROM tagging_profiles p JOIN c USING (contact_id) WHERE p.tenant_id = :tenant
     )
     UPDATE tagging_profiles p
        SET recency_days = g.recency, frequency = g.frequency, monetary_fen = g.monetary,
            r_score = g.r, f_score = g.f, m_score = g.m, rfm_cell = g.cell,
            value_tier = g.tier, health_score = g.health, scored_at = CAST(:now AS timestamptz)
-      FROM graded g JOIN old USING (contact_id)
+      FROM graded g
      WHERE p.tenant_id = :tenant AND p.contact_id = g.contact_id
-       AND (p.recency_days, p.frequency, p.monetary_fen, p.r_score, p.f_score, p.m_score,
-            p.rfm_cell, p.value_tier, p.health_score)
-           IS DISTINCT FROM
-           (g.recency, g.frequency, g.monetary, g.r, g.f, g.m, g.cell, g.tier, g.health)
+       AND g.old_row IS DISTINCT FROM
+           (g.recency::int, g.frequency::int, g.monetary::bigint, g.r::int, g.f::int, g.m::int,
+            g.cell::text, g.tier::text, g.health::int)
     RETURNING p.contact_id,
-              old.rfm_cell IS DISTINCT FROM g.cell AS cell_changed,
-              old.value_tier IS DISTINCT FROM g.tier AS tier_changed,
-              old.health_score IS DISTINCT FROM g.health AS health_changed
+              g.old_cell IS DISTINCT FROM g.cell AS cell_changed,
+              g.old_tier IS DISTINCT FROM g.tier AS tier_changed,
+              g.old_health IS DISTINCT FROM g.health AS health_changed
 """
 
 
-def _score_sql(contacts: str) -> Any:
-    return text(_SCORE.format(contacts=contacts, facts=_FACTS.strip()))
+def _facts(batch: bool) -> str:
+    only = "AND {}.contact_id = ANY(CAST(:contacts AS uuid[]))"
+    return _FACTS.strip().format(
+        only_o=only.format("o") if batch else "",
+        only_d=only.format("d") if batch else "",
+        only_p=only.format("p") if batch else "",
+    )
 
 
-_SCORE_CONTACTS = _score_sql("SELECT unnest(CAST(:contacts AS uuid[])) AS contact_id")
-_SCORE_TENANT = _score_sql(
-    "SELECT contact_id FROM tagging_profiles WHERE tenant_id = :tenant AND status = 'live'"
-)
+_SCORE_CONTACTS = text(_SCORE.format(facts=_facts(True)))
+_SCORE_TENANT = text(_SCORE.format(facts=_facts(False)))
 
 
 @dataclass(frozen=True)
@@ -185,9 +192,8 @@ async def score(
 
 
 _BOUNDARIES = text(
-    "WITH c AS (SELECT contact_id FROM tagging_profiles WHERE tenant_id = :tenant "
-    "AND status = 'live'), "
-    + _FACTS.strip()
+    "WITH "
+    + _facts(False)
     + """
     INSERT INTO tagging_score_boundaries
            (tenant_id, recency_days, frequency, monetary_fen, engagement_max, buyers,
