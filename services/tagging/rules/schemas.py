@@ -86,6 +86,31 @@ class RuleIn(_Strict):
     `window_days`, `raise` the target tag by `weight` (never above `cap`) or `set` it to
     `weight`. It fires on every qualifying event once the count is met."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Interest from views",
+                    "event_type": "product.view",
+                    "min_count": 3,
+                    "window_days": 7,
+                    "weight": 10,
+                    "cap": 100,
+                    "target": {"group_id": 3, "from_property": "category"},
+                },
+                {
+                    "name": "Tea buyers",
+                    "event_type": "order.paid",
+                    "where": {"category": "tea"},
+                    "action": "set",
+                    "weight": 50,
+                    "target": {"tag_id": 12},
+                },
+            ]
+        },
+    )
+
     name: RuleName
     event_type: EventTypeName = Field(
         description="A business event type (order.paid, product.view, share, ...), "
