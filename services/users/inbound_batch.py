@@ -255,9 +255,11 @@ class InboundBatch:
                 if r.change in _ENRICHED:
                     enrich.append(r)
             elif r.kind == "business":
-                if (tenant, r.row.source, r.event_id) not in fresh:
+                key = (tenant, r.row.source, r.event_id)
+                if key not in fresh:  # on the timeline already (maybe from earlier here)
                     self.outcomes[r.row.id] = "duplicate"
                     continue
+                fresh.discard(key)
                 if r.event_type in ("consent.opt_in", "consent.opt_out"):
                     channel = str(r.properties.get("channel", "all"))
                     status = "opted_in" if r.event_type == "consent.opt_in" else "opted_out"

@@ -762,13 +762,19 @@ async def identity_owners(
 async def insert_contacts(
     session: AsyncSession, contacts: Sequence[tuple[uuid.UUID, uuid.UUID]]
 ) -> None:
-    """New contacts, (id, tenant) each, with nothing known of them yet."""
+    """New contacts, (id, tenant) each, with nothing known of them yet. Each is a little
+    older than the next, as if created one after the other (merges keep the oldest)."""
     if not contacts:
         return
     await session.execute(
         text(
-            "INSERT INTO contacts (id, tenant_id) "
-            "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS uuid[]))"
+            """
+            INSERT INTO contacts (id, tenant_id, created_at, updated_at)
+            SELECT id, tenant_id, clock_timestamp(), now()
+              FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS uuid[]))
+                   WITH ORDINALITY AS c(id, tenant_id, n)
+             ORDER BY n
+            """
         ),
         {"ids": [c[0] for c in contacts], "tenants": [c[1] for c in contacts]},
     )
