@@ -16,9 +16,11 @@ import pytest
 from sqlalchemy import text
 
 from services.tagging import clock
+from services.tagging.wecom import repository
 from services.tagging.wecom.queue import WeComTagQueue
 from services.tagging.wecom.settings import wecom_tag_settings
 from services.users.settings import users_settings
+from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.helpers import bearer
 from tests.shared.bus_support import relay_all, work_until_idle
@@ -612,3 +614,53 @@ async def test_names_over_30_characters_are_refused_and_never_sent(
     assert wecom_group["group_name"] == "标" * 30
     assert [t["name"] for t in wecom_group["tag"]] == ["签" * 30]
     assert [o["kind"] for o in await ops(committed, corp)] == ["push_tag"]
+
+
+async def test_a_corp_at_10000_tags_gets_no_more_and_the_op_says_why(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    async with committed.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO wecom_corp_tags (tenant_id, wecom_id, kind, wecom_group_id, name)"
+                " SELECT :t, 'et' || n, 'tag', 'etg', 'tag ' || n FROM generate_series(1, 10000) n"
+            ),
+            {"t": corp.tenant_id},
+        )
+    headers = bearer(corp.admin)
+    group = await committed_client.post(
+        "/v1/tag-groups",
+        json={"name": "满", "half_life_days": None, "floor": 0, "mirror_to_wecom": True},
+        headers=headers,
+    )
+    await committed_client.post(
+        "/v1/tags", json={"group_id": group.json()["id"], "name": "多一个"}, headers=headers
+    )
+    await settle(committed)
+    [push] = await ops(committed, corp, "push_tag")
+    assert push["status"] == "failed" and push["attempts"] == 1, "no retry can cure it"
+    assert "10000" in push["last_error"]
+    assert fake.calls["/cgi-bin/externalcontact/add_corp_tag"] == 0
+
+
+async def test_ops_of_a_worker_that_died_are_claimed_again_once_their_lease_ends(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    fake.add_corp_tag_group("兴趣", ["茶"])
+    response = await committed_client.post("/v1/wecom/tags/sync", headers=bearer(corp.admin))
+    op_id = response.json()["id"]
+    # A worker claims the sync and dies before it stores anything.
+    async with unit_of_work(committed.sessionmaker) as session:
+        [claimed] = await repository.claim(
+            session, corp.tenant_id, clock.now(), max_in_flight=5, lease_seconds=120
+        )
+    assert claimed.id == op_id
+    await WeComTagQueue(committed).drain()
+    [op] = await ops(committed, corp)
+    assert op["status"] == "in_flight", "its lease still holds"
+    assert fake.calls["/cgi-bin/externalcontact/get_corp_tag_list"] == 0
+    with clock.use(later(121)):
+        await WeComTagQueue(committed).drain()
+    [op] = await ops(committed, corp)
+    assert op["status"] == "done" and op["attempts"] == 2
+    assert "兴趣/茶" in await local_tags(committed, corp)

@@ -23,6 +23,7 @@ from services.tagging.wecom.schemas import (
 )
 from shared.auth import Principal, require
 from shared.deps import SessionDep
+from shared.idempotency import IdempotencyDep
 from shared.params import Cursor, DbId
 
 router = APIRouter()
@@ -37,14 +38,15 @@ Reader = Annotated[Principal, require("admin", "operator", "analyst")]
     response_model=WeComTagOp,
     openapi_extra={"x-scrm-errors": [401, 403, 422]},
 )
-async def sync_corp_tags(principal: Operator, session: SessionDep) -> JSONResponse:
+async def sync_corp_tags(
+    principal: Operator, idem: IdempotencyDep, session: SessionDep
+) -> JSONResponse:
     """Queue a full sync of the corp's tags from WeCom (get_corp_tag_list): new corp tags
     get local ones, renamed ones are renamed, deleted ones removed; local ids stay. A
     sync already waiting is answered again instead of a second one; follow it with
     `GET /v1/wecom/tags/ops/{op_id}` (its `result` holds the counts)."""
     op = await service.request_sync(session, principal.tenant, clock.now())
-    body = WeComTagOp.model_validate(op).model_dump(mode="json")
-    return JSONResponse(body, status_code=202)
+    return idem.respond(WeComTagOp.model_validate(op), status_code=202)
 
 
 @router.get("/wecom/tags", response_model=CorpTagList)
@@ -101,8 +103,10 @@ async def get_op(op_id: DbId, principal: Reader, session: SessionDep) -> WeComTa
 
 
 @router.post("/wecom/tags/ops/{op_id}/retry", response_model=WeComTagOp)
-async def retry_op(op_id: DbId, principal: Operator, session: SessionDep) -> WeComTagOp:
+async def retry_op(
+    op_id: DbId, principal: Operator, idem: IdempotencyDep, session: SessionDep
+) -> JSONResponse:
     """Make a failed operation due again, its attempts reset. 409 `op_not_failed` for an
     operation that is not failed."""
     op = await service.retry_op(session, principal.tenant, op_id, clock.now())
-    return WeComTagOp.model_validate(op)
+    return idem.respond(WeComTagOp.model_validate(op))

@@ -402,6 +402,11 @@ async def mark_origin_wecom(session: AsyncSession) -> None:
     await session.execute(text("SELECT set_config('scrm.wecom_tag_origin', 'wecom', true)"))
 
 
+async def end_origin_wecom(session: AsyncSession) -> None:
+    """What follows in this transaction is made here again (enqueued as usual)."""
+    await session.execute(text("SELECT set_config('scrm.wecom_tag_origin', '', true)"))
+
+
 @dataclass(frozen=True)
 class TagToPush:
     tag_id: int
@@ -511,6 +516,7 @@ async def link_pushed_tag(
         text("UPDATE wecom_corp_tags SET tag_id = :id WHERE tenant_id = :t AND wecom_id = :tid"),
         {"t": tenant_id, "id": tag_id, "tid": tag.wecom_id},
     )
+    await end_origin_wecom(session)
 
 
 async def set_wecom_name(

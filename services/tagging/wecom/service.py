@@ -174,6 +174,7 @@ async def remove_local(
     )
     await repo.mark_origin_wecom(session)
     await repo.delete_definitions(session, tenant_id, group_ids, tag_ids)
+    await repo.end_origin_wecom(session)
     return len(held)
 
 
@@ -535,6 +536,7 @@ async def apply_corp_tags(
     await repo.mark_origin_wecom(session)
     await repo.upsert_corp_tags(session, tenant_id, kept, whole_groups=whole_groups)
     applied = await repo.apply_definitions(session, tenant_id, kept)
+    await repo.end_origin_wecom(session)
     # Local tags of groups that were linked by name go to WeCom.
     pushed = await repo.enqueue_pushes_for_unlinked(
         session, tenant_id, applied.linked_group_ids or [], now
