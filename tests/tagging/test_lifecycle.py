@@ -180,7 +180,24 @@ async def test_thresholds_are_the_tenants(session: AsyncSession, client: httpx.A
         headers=admin,
     )
     assert bad.status_code == 422 and bad.json()["error"]["code"]
-    response = await client.put("/v1/tagging/profile/settings", json=body, headers=admin)
+    needs_thresholds = await client.put(
+        "/v1/tagging/profile/settings", json={"rfm": {"scoring": "thresholds"}}, headers=admin
+    )
+    assert needs_thresholds.status_code == 422
+    unsorted = {"recency_days": [30, 7, 90, 180], "frequency": [1, 2, 3, 4]}
+    unsorted_body = {"rfm": {"thresholds": {**unsorted, "monetary_fen": [1, 2, 3, 4]}}}
+    refused = await client.put("/v1/tagging/profile/settings", json=unsorted_body, headers=admin)
+    assert refused.status_code == 422
+    unknown = await client.put("/v1/tagging/profile/settings", json={"colour": 1}, headers=admin)
+    assert unknown.status_code == 422
+    # Nothing was stored by the refused requests.
+    assert (await client.get("/v1/tagging/profile/settings", headers=admin)).json()["lifecycle"][
+        "new_days"
+    ] == 7
+    staff = bearer(await make_key(session, tenant, "staff"))
+    assert (await client.get("/v1/tagging/profile/settings", headers=staff)).status_code == 403
+    operator = bearer(await make_key(session, tenant, "operator"))
+    response = await client.put("/v1/tagging/profile/settings", json=body, headers=operator)
     assert response.status_code == 200, response.text
     assert (await client.get("/v1/tagging/profile/settings", headers=admin)).json()[
         "lifecycle"
