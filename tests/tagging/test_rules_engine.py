@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import services.tagging.tasks  # noqa: F401  (registers the handlers)
 from services.tagging import clock, pipeline
 from services.tagging.facts import tag_fact
-from services.tagging.rules import service
+from services.tagging.rules import service, targets
 from shared.events import Event
 from tests.helpers import make_tenant
 from tests.tagging.test_rules_support import (
@@ -358,3 +358,36 @@ async def test_through_the_pipeline_the_defaults_tag_interest_and_the_inviter(
         (contact, "tea"): (10.0, "rule"),
         (inviter, "referrer"): (50.0, "rule"),
     }
+
+
+async def test_derived_tags_stop_at_the_tenants_limit_of_tags(
+    session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = await make_tenant(session)
+    group = await make_group(session, tenant.id)
+    rule = await add_rule(
+        session,
+        tenant.id,
+        event_type="cart.add",
+        weight=1,
+        target={"group_id": group, "from_property": "product_id"},
+    )
+    existing = await session.scalar(
+        text("SELECT count(*) FROM tags WHERE tenant_id = :t"), {"t": tenant.id}
+    )
+    monkeypatch.setattr(targets, "MAX_TAGS_PER_TENANT", existing + 2)
+    contact = uuid.uuid4()
+    carts = [
+        await record(session, tenant.id, contact, "cart.add", T0 + i * MIN, {"product_id": p})
+        for i, p in enumerate(["a", "b", "c", "a"])
+    ]
+    await fire(session, carts, T0 + 5 * MIN)
+    outcomes = [(f["outcome"], f["reason"]) for f in await firings(session, rule)]
+    assert sorted(outcomes, key=str) == sorted(
+        [("fired", None), ("fired", None), ("skipped", "tag_not_created"), ("fired", None)],
+        key=str,
+    )
+    names = await session.execute(
+        text("SELECT name FROM tags WHERE group_id = :g ORDER BY name"), {"g": group}
+    )
+    assert list(names.scalars()) == ["a", "b"]

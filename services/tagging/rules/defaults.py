@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging.rules import repository
 from services.tagging.rules.repository import GroupSpec
+from services.tagging.rules.targets import ensure_tags
 
 INTEREST = GroupSpec("interest", "interest", half_life_days=30.0, floor=1.0)
 CONSUMPTION = GroupSpec("consumption", "consumption", half_life_days=None, floor=0.0)
@@ -88,14 +89,14 @@ async def ensure_defaults(session: AsyncSession, tenant_ids: Sequence[uuid.UUID]
         for rule in DEFAULT_RULES
         if rule.tag_name is not None
     ]
-    tags = await repository.ensure_tags(session, wanted)
+    tags = await ensure_tags(session, wanted)
     rows: list[dict[str, Any]] = []
     for tenant_id in new:
         for rule in DEFAULT_RULES:
             group_id = groups[(tenant_id, rule.group.name)]
-            fixed = (
-                tags[(tenant_id, group_id, rule.tag_name)] if rule.tag_name is not None else None
-            )
+            fixed = tags.get((tenant_id, group_id, rule.tag_name or ""))
+            if rule.tag_name is not None and fixed is None:
+                continue  # the tenant has as many tags as it may
             rows.append(
                 {
                     "tenant_id": tenant_id,

@@ -35,6 +35,7 @@ from services.tagging.rules import repository
 from services.tagging.rules.conditions import matches, tag_name_of
 from services.tagging.rules.defaults import ensure_defaults
 from services.tagging.rules.repository import Candidate, FiringRow, RuleRow
+from services.tagging.rules.targets import ensure_tags
 from services.tagging.tags.writes import TagWrite, apply_tag_writes
 
 log = logging.getLogger("scrm.tagging.rules")
@@ -124,7 +125,7 @@ async def apply(
         for m in matched
         if m.skip is None and m.tag_name is not None and m.rule.group_id is not None
     ]
-    tag_ids = await repository.ensure_tags(session, derived)
+    tag_ids = await ensure_tags(session, derived)
     for m in matched:
         if m.skip is not None:
             continue
@@ -133,8 +134,8 @@ async def apply(
         else:
             assert m.rule.group_id is not None and m.tag_name is not None
             m.tag_id = tag_ids.get((m.event.tenant_id, m.rule.group_id, m.tag_name))
-            if m.tag_id is None:  # its group went away meanwhile
-                m.skip = "group_missing"
+            if m.tag_id is None:  # its group went away, or the tenant has too many tags
+                m.skip = "tag_not_created"
 
     fresh = await repository.claim_firings(
         session,

@@ -267,18 +267,40 @@ async def ensure_groups(
     return {(row.tenant_id, row.name): row.id for row in rows}
 
 
-async def ensure_tags(
-    session: AsyncSession, wanted: Sequence[tuple[uuid.UUID, int, str]]
-) -> dict[tuple[uuid.UUID, int, str], int]:
-    """The tag of each (tenant, group, name), created when missing: -> tag id."""
-    if not wanted:
-        return {}
+def _tag_arrays(wanted: Sequence[tuple[uuid.UUID, int, str]]) -> dict[str, Any]:
     unique = sorted(set(wanted), key=lambda w: (str(w[0]), w[1], w[2]))
-    params = {
+    return {
         "tenants": [w[0] for w in unique],
         "groups": [w[1] for w in unique],
         "names": [w[2] for w in unique],
     }
+
+
+async def find_tags(
+    session: AsyncSession, wanted: Sequence[tuple[uuid.UUID, int, str]]
+) -> dict[tuple[uuid.UUID, int, str], int]:
+    """The tags of these (tenant, group, name) that exist: -> tag id."""
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        text(
+            """
+            SELECT t.tenant_id, t.group_id, t.name, t.id FROM tags t
+              JOIN unnest(CAST(:tenants AS uuid[]), CAST(:groups AS bigint[]),
+                          CAST(:names AS text[])) AS w(tenant_id, group_id, name)
+                ON t.tenant_id = w.tenant_id AND t.group_id = w.group_id AND t.name = w.name
+            """
+        ),
+        _tag_arrays(wanted),
+    )
+    return {(row.tenant_id, row.group_id, row.name): row.id for row in rows}
+
+
+async def insert_tags(session: AsyncSession, wanted: Sequence[tuple[uuid.UUID, int, str]]) -> None:
+    """Create these (tenant, group, name) tags, those of a group the tenant has (one that
+    exists, or that a concurrent transaction adds meanwhile, is left as it is)."""
+    if not wanted:
+        return
     await session.execute(
         text(
             """
@@ -290,22 +312,8 @@ async def ensure_tags(
             ON CONFLICT ON CONSTRAINT uq_tags_name DO NOTHING
             """
         ),
-        params,
+        _tag_arrays(wanted),
     )
-    # A statement of its own: it sees the tags a concurrent transaction committed
-    # while this one's insert waited on them.
-    rows = await session.execute(
-        text(
-            """
-            SELECT t.tenant_id, t.group_id, t.name, t.id FROM tags t
-              JOIN unnest(CAST(:tenants AS uuid[]), CAST(:groups AS bigint[]),
-                          CAST(:names AS text[])) AS w(tenant_id, group_id, name)
-                ON t.tenant_id = w.tenant_id AND t.group_id = w.group_id AND t.name = w.name
-            """
-        ),
-        params,
-    )
-    return {(row.tenant_id, row.group_id, row.name): row.id for row in rows}
 
 
 async def insert_default_rules(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
