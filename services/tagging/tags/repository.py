@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,7 +65,7 @@ class HistoryRow:
     action: str
     weight: float | None
     source: str
-    cause: dict[str, Any]
+    cause: Mapping[str, Any]
     at: datetime
 
 
@@ -277,6 +277,19 @@ _INSERT_HISTORY = text(
 )
 
 
+def _encoded_causes(rows: Sequence[HistoryRow]) -> list[str]:
+    # Writes of one call mostly share a cause (a bulk request, a rule's event): encode
+    # each distinct one once.
+    encoded: dict[int, str] = {}
+    found: list[str] = []
+    for row in rows:
+        key = id(row.cause)
+        if key not in encoded:
+            encoded[key] = json.dumps(dict(row.cause), default=str) if row.cause else "{}"
+        found.append(encoded[key])
+    return found
+
+
 async def insert_history(
     session: AsyncSession, tenant_id: uuid.UUID, rows: Sequence[HistoryRow]
 ) -> None:
@@ -290,7 +303,7 @@ async def insert_history(
                 "actions": [r.action for r in rows],
                 "weights": [r.weight for r in rows],
                 "sources": [r.source for r in rows],
-                "causes": [json.dumps(r.cause, default=str) for r in rows],
+                "causes": _encoded_causes(rows),
                 "ats": [r.at for r in rows],
             },
         )

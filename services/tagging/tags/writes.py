@@ -241,7 +241,7 @@ async def _plan(
         st.present, st.weight, st.weighted_at, st.half_life_days = True, new, now, half_life
         st.source, st.last_raised_at, st.dirty = w.source, now, True
         plan.history.append(
-            repository.HistoryRow(key[0], key[1], action, new, w.source, dict(w.cause), now)
+            repository.HistoryRow(key[0], key[1], action, new, w.source, w.cause, now)
         )
         if settings.exclusive:
             siblings = in_group.setdefault((w.contact_id, settings.group_id), set())
