@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.tagging.segments import compiler, live, repository, rules, service
 from services.tagging.facts import Changes
+from services.tagging.segments import compiler, live, repository, rules, service
 from tests.helpers import make_tenant
 from tests.tagging.test_segments_support import (
     TZ,
