@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from services.tagging import clock
-from services.tagging.wecom import repository
+from services.tagging.wecom import ops_repository
 from services.tagging.wecom.queue import WeComTagQueue
 from services.tagging.wecom.settings import wecom_tag_settings
 from services.users.settings import users_settings
@@ -651,7 +651,7 @@ async def test_ops_of_a_worker_that_died_are_claimed_again_once_their_lease_ends
     op_id = response.json()["id"]
     # A worker claims the sync and dies before it stores anything.
     async with unit_of_work(committed.sessionmaker) as session:
-        [claimed] = await repository.claim(
+        [claimed] = await ops_repository.claim(
             session, corp.tenant_id, clock.now(), max_in_flight=5, lease_seconds=120
         )
     assert claimed.id == op_id

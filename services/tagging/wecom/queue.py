@@ -31,8 +31,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from services import users
 from services.tagging import clock
-from services.tagging.wecom import corp_tags, service
-from services.tagging.wecom import repository as repo
+from services.tagging.wecom import corp_tags, jobs
+from services.tagging.wecom import ops_repository as ops_repo
 from services.tagging.wecom.settings import wecom_tag_settings
 from services.users.wecom_client import WeComApiError, WeComClient
 from shared.config import plain_postgres_url
@@ -63,15 +63,20 @@ class WeComTagQueue:
         """One round for every tenant with ops due; how many ops it ran."""
         now = clock.now()
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            tenants = await repo.due_tenants(session, now)
-        counts = await asyncio.gather(*(self.run_tenant(t) for t in tenants))
-        return sum(counts)
+            tenants = await ops_repo.due_tenants(session, now)
+        counts = await asyncio.gather(
+            *(self.run_tenant(t) for t in tenants), return_exceptions=True
+        )
+        for tenant_id, count in zip(tenants, counts, strict=True):
+            if isinstance(count, BaseException):
+                log.error("wecom tag queue: tenant %s round failed", tenant_id, exc_info=count)
+        return sum(c for c in counts if isinstance(c, int))
 
     async def run_tenant(self, tenant_id: uuid.UUID) -> int:
         settings = wecom_tag_settings()
         now = clock.now()
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            ops = await repo.claim(
+            ops = await ops_repo.claim(
                 session,
                 tenant_id,
                 now,
@@ -80,17 +85,23 @@ class WeComTagQueue:
             )
         if not ops:
             return 0
-        async with unit_of_work(self.runtime.sessionmaker) as session:
-            client = await users.wecom_api_client(session, tenant_id)
-            plans = await service.plan(session, tenant_id, ops)
         by_id = {op.id: op for op in ops}
-        for op_id, reason in plans.failures.items():
-            await self._failed(by_id[op_id], reason, retry=False)
-        done = {i: j.result for i, j in plans.jobs.items() if isinstance(j, service.Done)}
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                client = await users.wecom_api_client(session, tenant_id)
+                plans = await jobs.plan(session, tenant_id, ops)
+        except Exception as exc:
+            log.exception("wecom tag ops of tenant %s could not be planned", tenant_id)
+            for op in ops:
+                await self._failed(op, f"planning failed: {type(exc).__name__}: {exc}", retry=True)
+            return len(ops)
+        for op_id, (reason, retry) in plans.failures.items():
+            await self._failed(by_id[op_id], reason, retry=retry)
+        done = {i: j.result for i, j in plans.jobs.items() if isinstance(j, jobs.Done)}
         if done:
             async with unit_of_work(self.runtime.sessionmaker) as session:
-                await repo.finish_many(session, done, clock.now())
-        calls = {i: j for i, j in plans.jobs.items() if not isinstance(j, service.Done)}
+                await ops_repo.finish_many(session, done, clock.now())
+        calls = {i: j for i, j in plans.jobs.items() if not isinstance(j, jobs.Done)}
         if not calls:
             return len(ops)
         if client is None:
@@ -109,14 +120,14 @@ class WeComTagQueue:
     async def _run(
         self,
         client: WeComClient,
-        op: repo.Op,
-        job: service.Job,
+        op: ops_repo.Op,
+        job: jobs.Job,
         slots: asyncio.Semaphore,
     ) -> None:
         try:
             async with slots:
                 answer = await job.call(client)
-        except service.OpFailed as exc:
+        except jobs.OpFailed as exc:
             await self._failed(op, str(exc), retry=False)
             return
         except WeComApiError as exc:
@@ -129,19 +140,19 @@ class WeComTagQueue:
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 now = clock.now()
                 result = await job.apply(session, op.tenant_id, answer, now)
-                await repo.finish(session, op.id, result, now)
+                await ops_repo.finish(session, op.id, result, now)
         except Exception as exc:
             log.exception("wecom tag op %s (%s) answered but not stored", op.id, op.kind)
             await self._failed(op, f"storing the answer failed: {type(exc).__name__}: {exc}", True)
 
-    async def _failed(self, op: repo.Op, error: str, retry: bool) -> None:
+    async def _failed(self, op: ops_repo.Op, error: str, retry: bool) -> None:
         """Back to pending with backoff, or failed for good (no retry, or the last one)."""
         settings = wecom_tag_settings()
         give_up = not retry or op.attempts >= settings.max_attempts
         now = clock.now()
         delay = 0.0 if give_up else backoff(op.attempts)
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            await repo.retry_later(
+            await ops_repo.retry_later(
                 session,
                 op.id,
                 error,
@@ -202,7 +213,7 @@ class WeComTagQueue:
             return
         try:
             conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
-            await conn.add_listener(repo.NOTIFY_CHANNEL, self._notified)
+            await conn.add_listener(ops_repo.NOTIFY_CHANNEL, self._notified)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("wecom tag queue: LISTEN unavailable (%s); polling only", exc)
             return

@@ -3,9 +3,9 @@
 What goes to WeCom (definitions of mirrored groups, contact tags as mark_tag) and
 what comes back (syncs, change_external_tag callbacks, a customer's tags after
 edit_external_contact) is an op of the queue (queue.py), never a call on a request
-or in an event handler. An op is planned from the database when it runs, so it
-sends what is true then: a contact's mark sends whether it holds each tag now,
-a push sends the tag's current name.
+or in an event handler. An op is planned from the database when it runs
+(jobs.py), so it sends what is true then: a contact's mark sends whether it holds
+each tag now, a push sends the tag's current name.
 
 Local ids are stable: WeCom's groups and tags are matched by the WeCom ids stored
 in tag_groups.wecom_group_id / tags.wecom_tag_id (or, the first time, by name),
@@ -17,30 +17,23 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services import users
 from services.tagging.facts import Changes
 from services.tagging.segments import live
 from services.tagging.tags.writes import TagWrite, apply_tag_writes
-from services.tagging.wecom import corp_tags
+from services.tagging.wecom import ops_repository as ops_repo
 from services.tagging.wecom import repository as repo
 from services.tagging.wecom.corp_tags import CorpTagGroup
-from services.users.wecom_client import WeComApiError, WeComClient
 from shared.errors import NotFound, ScrmError
 from shared.events import Event
 
 MAX_NAME = 30
 MAX_CORP_TAGS = 10_000
 CORP = "corp"
-
-
-class OpFailed(Exception):
-    """An op that trying again cannot cure (it is failed at once)."""
 
 
 class OpNotFailed(ScrmError):
@@ -51,12 +44,12 @@ class OpNotFailed(ScrmError):
 # --- enqueueing -----------------------------------------------------------------------------
 
 
-async def request_sync(session: AsyncSession, tenant_id: uuid.UUID, now: datetime) -> repo.Op:
+async def request_sync(session: AsyncSession, tenant_id: uuid.UUID, now: datetime) -> ops_repo.Op:
     """A full sync of the corp's tags, queued (a pending one is reused)."""
-    op_id = await repo.enqueue_op(
+    op_id = await ops_repo.enqueue_op(
         session, tenant_id, "sync", {}, serial_key=CORP, coalesce_key="sync", now=now
     )
-    found = await repo.get_op(session, tenant_id, op_id)
+    found = await ops_repo.get_op(session, tenant_id, op_id)
     assert found is not None
     return found
 
@@ -86,7 +79,7 @@ async def enqueue_contact_marks(
             session, tenant_id, {t for tags in by_contact.values() for t in tags}
         )
         marks = {c: tags & mirrored for c, tags in by_contact.items() if tags & mirrored}
-        await repo.enqueue_marks(session, tenant_id, marks, now)
+        await ops_repo.enqueue_marks(session, tenant_id, marks, now)
 
 
 async def apply_tag_changed(
@@ -105,7 +98,7 @@ async def apply_tag_changed(
         is_group = payload.get("tag_type") == "tag_group"
         if change in ("create", "update") and wecom_id:
             kind = "group_ids" if is_group else "tag_ids"
-            await repo.enqueue_op(
+            await ops_repo.enqueue_op(
                 session,
                 event.tenant_id,
                 "fetch",
@@ -118,7 +111,7 @@ async def apply_tag_changed(
             deleted[event.tenant_id].add(wecom_id)
         elif change == "shuffle":
             # WeCom names the group whose tags moved, or none when the groups moved.
-            await repo.enqueue_op(
+            await ops_repo.enqueue_op(
                 session,
                 event.tenant_id,
                 "order",
@@ -146,7 +139,7 @@ async def enqueue_refetches(session: AsyncSession, events: Sequence[Event], now:
     for tenant_id, contact_ids in by_tenant.items():
         # Without mirrored corp tags there is nothing to compare the customer's with.
         if await repo.has_mirrored_tags(session, tenant_id):
-            await repo.enqueue_refetches(session, tenant_id, contact_ids, now)
+            await ops_repo.enqueue_refetches(session, tenant_id, contact_ids, now)
 
 
 async def remove_local(
@@ -189,8 +182,8 @@ async def list_ops(
     kind: str | None,
     cursor: int | None,
     limit: int,
-) -> tuple[list[repo.Op], str | None]:
-    ops = await repo.list_ops(
+) -> tuple[list[ops_repo.Op], str | None]:
+    ops = await ops_repo.list_ops(
         session, tenant_id, status=status, kind=kind, after=cursor, limit=limit + 1
     )
     more = len(ops) > limit
@@ -204,8 +197,8 @@ async def corp_tag_list(session: AsyncSession, tenant_id: uuid.UUID) -> list[dic
     return await repo.corp_tags(session, tenant_id)
 
 
-async def get_op(session: AsyncSession, tenant_id: uuid.UUID, op_id: int) -> repo.Op:
-    found = await repo.get_op(session, tenant_id, op_id)
+async def get_op(session: AsyncSession, tenant_id: uuid.UUID, op_id: int) -> ops_repo.Op:
+    found = await ops_repo.get_op(session, tenant_id, op_id)
     if found is None:
         raise NotFound("no such WeCom tag operation", details={"op_id": op_id})
     return found
@@ -213,301 +206,12 @@ async def get_op(session: AsyncSession, tenant_id: uuid.UUID, op_id: int) -> rep
 
 async def retry_op(
     session: AsyncSession, tenant_id: uuid.UUID, op_id: int, now: datetime
-) -> repo.Op:
+) -> ops_repo.Op:
     """Make a failed op due again, its attempts reset."""
     await get_op(session, tenant_id, op_id)
-    if not await repo.requeue_failed(session, tenant_id, op_id, now):
+    if not await ops_repo.requeue_failed(session, tenant_id, op_id, now):
         raise OpNotFailed("only a failed operation can be retried", details={"op_id": op_id})
     return await get_op(session, tenant_id, op_id)
-
-
-# --- running ops: each is planned (database), called (WeCom), applied (database) ----------
-
-
-@dataclass
-class Done:
-    """An op that needs no call (nothing to send): finished with this result."""
-
-    result: dict[str, Any]
-
-
-class Job:
-    """A planned op: `call` talks to WeCom, `apply` stores what it answered."""
-
-    async def call(self, client: WeComClient) -> Any:
-        raise NotImplementedError
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        return {}
-
-
-@dataclass
-class SyncJob(Job):
-    """Every corp tag: local ones created, renamed, removed to match."""
-
-    async def call(self, client: WeComClient) -> list[CorpTagGroup]:
-        return await corp_tags.get_corp_tag_list(client)
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        return await apply_corp_tags(session, tenant_id, answer, now, full=True)
-
-
-@dataclass
-class FetchJob(Job):
-    """Some tags or groups again, after a callback said they were created or changed."""
-
-    tag_ids: list[str]
-    group_ids: list[str]
-
-    async def call(self, client: WeComClient) -> list[CorpTagGroup] | None:
-        try:
-            return await corp_tags.get_corp_tag_list(
-                client, tag_ids=self.tag_ids, group_ids=self.group_ids
-            )
-        except WeComApiError as exc:
-            if exc.errcode == corp_tags.INVALID_TAG_ID:
-                return None  # deleted since: its delete callback removes it
-            raise
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        if answer is None:
-            return {"gone": self.tag_ids + self.group_ids}
-        return await apply_corp_tags(
-            session, tenant_id, answer, now, full=False, whole_groups=not self.tag_ids
-        )
-
-
-@dataclass
-class OrderJob(Job):
-    """The order of one group's tags, or of every group, after a reorder in WeCom."""
-
-    group_ids: list[str]
-
-    async def call(self, client: WeComClient) -> list[CorpTagGroup]:
-        return await corp_tags.get_corp_tag_list(client, group_ids=self.group_ids)
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        return {"reordered": await repo.set_orders(session, tenant_id, answer)}
-
-
-@dataclass
-class CreateTagJob(Job):
-    tag: repo.TagToPush
-
-    async def call(self, client: WeComClient) -> CorpTagGroup:
-        try:
-            return await corp_tags.add_corp_tag(
-                client,
-                self.tag.name,
-                group_id=self.tag.group_wecom_id,
-                group_name=None if self.tag.group_wecom_id else self.tag.group_name,
-            )
-        except WeComApiError as exc:
-            if exc.errcode != corp_tags.TAG_NAME_EXISTS or not self.tag.group_wecom_id:
-                raise
-        # WeCom has it already (an earlier attempt got through): link to it.
-        [group] = await corp_tags.get_corp_tag_list(client, group_ids=[self.tag.group_wecom_id])
-        same = [t for t in group.tags if t.name == self.tag.name]
-        if not same:
-            raise OpFailed(f"WeCom refused the tag name {self.tag.name!r} in its group")
-        return CorpTagGroup(group.wecom_id, group.name, group.order, group.create_time, same)
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        group: CorpTagGroup = answer
-        await repo.link_pushed_tag(session, tenant_id, self.tag.tag_id, self.tag.group_id, group)
-        marks = await repo.enqueue_marks_for_holders(session, tenant_id, self.tag.tag_id, now)
-        return {
-            "created": group.tags[0].wecom_id,
-            "group": group.wecom_id,
-            "contacts_to_mark": marks,
-        }
-
-
-@dataclass
-class RenameJob(Job):
-    wecom_id: str
-    name: str
-
-    async def call(self, client: WeComClient) -> None:
-        await corp_tags.edit_corp_tag(client, self.wecom_id, self.name)
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        await repo.set_wecom_name(session, tenant_id, self.wecom_id, self.name)
-        return {"renamed": self.wecom_id, "name": self.name}
-
-
-@dataclass
-class DeleteJob(Job):
-    tag_ids: list[str]
-    group_ids: list[str]
-
-    async def call(self, client: WeComClient) -> list[str]:
-        try:
-            await corp_tags.del_corp_tag(client, self.tag_ids, self.group_ids)
-            return self.tag_ids + self.group_ids
-        except WeComApiError as exc:
-            if exc.errcode != corp_tags.INVALID_TAG_ID:
-                raise
-        # Some are gone already (deleted in WeCom too): delete the others.
-        groups_now = await corp_tags.get_corp_tag_list(client)
-        present = {g.wecom_id for g in groups_now} | {
-            t.wecom_id for g in groups_now for t in g.tags
-        }
-        tags = [t for t in self.tag_ids if t in present]
-        groups = [g for g in self.group_ids if g in present]
-        if tags or groups:
-            await corp_tags.del_corp_tag(client, tags, groups)
-        return self.tag_ids + self.group_ids
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        await repo.forget_corp_tags(session, tenant_id, answer)
-        return {"deleted": answer}
-
-
-@dataclass
-class MarkJob(Job):
-    userid: str
-    external_userid: str
-    add: list[str]
-    remove: list[str]
-
-    async def call(self, client: WeComClient) -> None:
-        await corp_tags.mark_tag(client, self.userid, self.external_userid, self.add, self.remove)
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        return {"userid": self.userid, "added": self.add, "removed": self.remove}
-
-
-@dataclass
-class RefetchJob(Job):
-    """A customer's corp tags in WeCom, after a staff member edited it there."""
-
-    contact_id: uuid.UUID
-    external_userid: str
-
-    async def call(self, client: WeComClient) -> set[str]:
-        return await corp_tags.contact_corp_tag_ids(client, self.external_userid)
-
-    async def apply(
-        self, session: AsyncSession, tenant_id: uuid.UUID, answer: Any, now: datetime
-    ) -> dict[str, Any]:
-        return await apply_contact_corp_tags(session, tenant_id, self.contact_id, answer, now)
-
-
-@dataclass
-class Plans:
-    jobs: dict[int, Job | Done] = field(default_factory=dict)
-    failures: dict[int, str] = field(default_factory=dict)
-
-
-async def plan(session: AsyncSession, tenant_id: uuid.UUID, ops: Sequence[repo.Op]) -> Plans:
-    """What each claimed op sends, read from the database now (a few statements for all
-    of the round's marks and refetches together)."""
-    plans = Plans()
-    contact_ops = [op for op in ops if op.kind in ("mark", "refetch")]
-    handles = await users.wecom_handles(
-        session, tenant_id, list({uuid.UUID(str(op.payload["contact_id"])) for op in contact_ops})
-    )
-    pairs = [
-        (uuid.UUID(str(op.payload["contact_id"])), int(tag))
-        for op in ops
-        if op.kind == "mark"
-        for tag in op.payload.get("tag_ids") or []
-    ]
-    targets: dict[tuple[uuid.UUID, int], repo.MarkTarget] = {
-        (t.contact_id, t.tag_id): t for t in await repo.mark_targets(session, tenant_id, pairs)
-    }
-    for op in ops:
-        try:
-            plans.jobs[op.id] = await _plan_one(session, tenant_id, op, handles, targets)
-        except OpFailed as exc:
-            plans.failures[op.id] = str(exc)
-    return plans
-
-
-async def _plan_one(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    op: repo.Op,
-    handles: dict[uuid.UUID, tuple[str, str]],
-    targets: dict[tuple[uuid.UUID, int], repo.MarkTarget],
-) -> Job | Done:
-    payload = op.payload
-    if op.kind == "sync":
-        return SyncJob()
-    if op.kind == "fetch":
-        return FetchJob(list(payload.get("tag_ids") or []), list(payload.get("group_ids") or []))
-    if op.kind == "order":
-        return OrderJob(list(payload.get("group_ids") or []))
-    if op.kind == "delete":
-        tag_ids = list(payload.get("wecom_tag_ids") or [])
-        group_ids = list(payload.get("wecom_group_ids") or [])
-        return DeleteJob(tag_ids, group_ids) if tag_ids or group_ids else Done({})
-    if op.kind == "push_tag":
-        return await _plan_push_tag(session, tenant_id, int(payload["tag_id"]))
-    if op.kind == "push_group":
-        group = await repo.group_to_push(session, tenant_id, int(payload["group_id"]))
-        if group is None or not group.mirrored or group.wecom_group_id is None:
-            return Done({"skipped": "not a mirrored group in WeCom"})
-        if group.name == group.wecom_name:
-            return Done({"unchanged": group.wecom_group_id})
-        _check_name(group.name)
-        return RenameJob(group.wecom_group_id, group.name)
-    contact_id = uuid.UUID(str(payload["contact_id"]))
-    handle = handles.get(contact_id)
-    if handle is None:
-        return Done({"skipped": "the contact has no WeCom follower"})
-    external_userid, userid = handle
-    if op.kind == "refetch":
-        return RefetchJob(contact_id, external_userid)
-    if op.kind == "mark":
-        add: list[str] = []
-        remove: list[str] = []
-        for tag in payload.get("tag_ids") or []:
-            target = targets.get((contact_id, int(tag)))
-            if target is None or not target.mirrored or target.wecom_tag_id is None:
-                continue  # not in WeCom (yet: a pushed tag marks its holders once created)
-            (add if target.held else remove).append(target.wecom_tag_id)
-        if not add and not remove:
-            return Done({"skipped": "no mirrored tag to mark"})
-        return MarkJob(userid, external_userid, sorted(add), sorted(remove))
-    raise OpFailed(f"unknown operation kind {op.kind!r}")
-
-
-async def _plan_push_tag(session: AsyncSession, tenant_id: uuid.UUID, tag_id: int) -> Job | Done:
-    tag = await repo.tag_to_push(session, tenant_id, tag_id)
-    if tag is None or not tag.mirrored:
-        return Done({"skipped": "not a tag of a mirrored group"})
-    _check_name(tag.name)
-    if tag.wecom_tag_id is None:
-        _check_name(tag.group_name)
-        if await repo.linked_tag_count(session, tenant_id) >= MAX_CORP_TAGS:
-            raise OpFailed(f"the corp has {MAX_CORP_TAGS} tags already, WeCom's limit")
-        return CreateTagJob(tag)
-    if tag.name == tag.wecom_name:
-        return Done({"unchanged": tag.wecom_tag_id})
-    return RenameJob(tag.wecom_tag_id, tag.name)
-
-
-def _check_name(name: str) -> None:
-    if not name or len(name) > MAX_NAME:
-        raise OpFailed(f"WeCom takes names of 1 to {MAX_NAME} characters: {name!r}")
 
 
 # --- applying what WeCom answered -----------------------------------------------------------
@@ -538,7 +242,7 @@ async def apply_corp_tags(
     applied = await repo.apply_definitions(session, tenant_id, kept)
     await repo.end_origin_wecom(session)
     # Local tags of groups that were linked by name go to WeCom.
-    pushed = await repo.enqueue_pushes_for_unlinked(
+    pushed = await ops_repo.enqueue_pushes_for_unlinked(
         session, tenant_id, applied.linked_group_ids or [], now
     )
     removed_contact_tags = 0
