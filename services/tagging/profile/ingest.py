@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging.facts import FIELDS, Changes, event_fact, field_fact, group_fact
-from services.tagging.profile import repository
+from services.tagging.profile import merge_repository, repository
 from services.tagging.profile.repository import NewEvent, ProfileEdit
 from shared.events import Event
 
@@ -283,7 +283,7 @@ async def _apply_tenant(
 
     erased: set[uuid.UUID] = set()
     if batch.erased:
-        erased_now, dropped = await repository.erase(session, tenant_id, batch.erased, now)
+        erased_now, dropped = await merge_repository.erase(session, tenant_id, batch.erased, now)
         erased = set(batch.erased)
         changes.add_many(tenant_id, erased_now, *ALL_FIELDS)
         for contact, chat in dropped:
@@ -317,7 +317,7 @@ async def _merge(
     changes: Changes,
     now: datetime,
 ) -> None:
-    merged = await repository.mark_merged(session, tenant_id, merges, now)
+    merged = await merge_repository.mark_merged(session, tenant_id, merges, now)
     if not merged:
         return
     # Move straight to the live end of each chain (A -> B -> C in one batch: A's to C).
@@ -326,7 +326,7 @@ async def _merge(
     changes.add_many(tenant_id, merged, *ALL_FIELDS)
     if not moves:
         return
-    moved = await repository.move_to_survivors(session, tenant_id, moves, now)
+    moved = await merge_repository.move_to_survivors(session, tenant_id, moves, now)
     changes.add_many(tenant_id, set(moves.values()), *ALL_FIELDS)
     for survivor, event_type in moved.event_types:
         changes.add(tenant_id, survivor, event_fact(event_type))

@@ -23,7 +23,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging.facts import Changes, field_fact
-from services.tagging.profile import repository
+from services.tagging.profile import stage_repository
 from services.tagging.profile.service import tenant_settings
 from shared.events import publish_many
 
@@ -37,7 +37,7 @@ async def recompute(session: AsyncSession, changes: Changes, now: datetime) -> N
     published: list[tuple[uuid.UUID, dict[str, object]]] = []
     for tenant_id in tenants:
         lifecycle = settings[tenant_id].lifecycle
-        moved = await repository.recompute_stages(
+        moved = await stage_repository.recompute_stages(
             session,
             tenant_id,
             list(changes.contacts(tenant_id)),

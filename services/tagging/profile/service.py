@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging import clock
-from services.tagging.profile import repository
+from services.tagging.profile import repository, stage_repository, view_repository
 from services.tagging.profile.schemas import (
     CELL_NAMES,
     ContactProfile,
@@ -30,7 +30,7 @@ async def tenant_settings(
     session: AsyncSession, tenant_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, ProfileSettings]:
     """Each tenant's settings (the defaults where it stored none): one query."""
-    stored = await repository.load_settings(session, tenant_ids)
+    stored = await stage_repository.load_settings(session, tenant_ids)
     found: dict[uuid.UUID, ProfileSettings] = {}
     for tenant_id in tenant_ids:
         try:
@@ -51,7 +51,7 @@ async def save_settings(
 ) -> ProfileSettings:
     """Replace the tenant's settings; stages and scores follow as contacts' facts change
     and with the periodic jobs."""
-    await repository.save_settings(
+    await stage_repository.save_settings(
         session, tenant_id, settings.model_dump(mode="json"), clock.now()
     )
     return settings
@@ -63,7 +63,7 @@ async def contact_profile(
     """A live contact's profile. An erased contact is not found; a merged one neither,
     with the live survivor it was merged into in the details. A contact no event of
     which has reached the service yet has an empty profile (potential, no scores)."""
-    row = await repository.profile_row(session, tenant_id, contact_id)
+    row = await view_repository.profile_row(session, tenant_id, contact_id)
     if row is None:
         # A contact of the tenant (its scope was checked) no event of which has reached
         # the tagging service yet: what it would be without any.
@@ -78,8 +78,8 @@ async def contact_profile(
             details={"merged_into": str(survivor) if survivor else None},
         )
     now = clock.now()
-    tags = await repository.contact_tags(session, tenant_id, contact_id, now)
-    segments = await repository.contact_segments(session, tenant_id, contact_id)
+    tags = await view_repository.contact_tags(session, tenant_id, contact_id, now)
+    segments = await view_repository.contact_segments(session, tenant_id, contact_id)
     cell = row["rfm_cell"]
     return ContactProfile(
         contact_id=contact_id,

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging import clock
 from services.tagging.facts import Changes, Fact
-from services.tagging.profile import lifecycle, repository, scores
+from services.tagging.profile import lifecycle, scores, stage_repository
 from services.tagging.segments import live
 from shared.scheduler import ScheduledWork, recurring_job
 
@@ -24,7 +24,7 @@ async def sweep_due_stages(session: AsyncSession) -> int:
     total = 0
     for _ in range(SWEEP_ROUNDS):
         now = clock.now()
-        due = await repository.claim_due_stages(session, now, SWEEP_BATCH)
+        due = await stage_repository.claim_due_stages(session, now, SWEEP_BATCH)
         if not due:
             break
         total += len(due)
