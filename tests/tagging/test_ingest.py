@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import services.tagging.tasks  # noqa: F401  (registers the handlers)
-from services.tagging import pipeline
+from services.tagging import clock, pipeline
 from services.tagging.facts import Changes
 from services.tagging.profile import ingest
 from shared.db import unit_of_work
@@ -402,17 +402,25 @@ async def test_a_malformed_event_is_skipped_alone(session: AsyncSession) -> None
 async def test_the_pipeline_applies_a_batch(session: AsyncSession) -> None:
     tenant = (await make_tenant(session)).id
     contact = uuid.uuid4()
-    await pipeline.apply_events(
-        session,
-        [
-            business(tenant, "cart.add", contact, product_id="SKU-1"),
-            business(tenant, "share", contact),
-        ],
-    )
+    with clock.use(lambda: AT + timedelta(hours=1)):
+        await pipeline.apply_events(
+            session,
+            [
+                business(tenant, "cart.add", contact, product_id="SKU-1"),
+                business(tenant, "share", contact),
+                business(tenant, "order.paid", contact, order_id="SO-1", amount_fen=900),
+            ],
+        )
     assert await days(session, contact) == [
         ("cart.add", "2026-11-20", 1),
+        ("order.paid", "2026-11-20", 1),
         ("share", "2026-11-20", 1),
     ]
+    found = await profile(session, contact)
+    # The later stages ran on what the read model recorded.
+    assert found["lifecycle_stage"] == "new" and found["stage_since"] == AT
+    assert (found["frequency"], found["monetary_fen"]) == (1, 900)
+    assert found["rfm_cell"] is not None and 0 <= found["health_score"] <= 100
 
 
 async def test_over_the_bus_a_duplicate_delivery_counts_once(committed: Runtime) -> None:
