@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tagging.facts import Changes, tag_fact
+from services.tagging.tags import service
 from services.tagging.tags.writes import TagWrite, apply_tag_writes
+from shared.db import unit_of_work
+from shared.runtime import Runtime
+from tests.clock import wait_until
 from tests.helpers import make_tenant
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -158,3 +163,58 @@ async def test_unknown_tags_are_skipped(session: AsyncSession) -> None:
         session, tenant.id, [TagWrite(uuid.uuid4(), foreign, "set", 1)], Changes(), T0
     )
     assert result.skipped == 1 and result.added == 0
+
+
+async def _waiting_on_a_lock(runtime: Runtime) -> bool:
+    async with runtime.engine.connect() as conn:
+        found = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(found)
+
+
+async def test_concurrent_raises_of_a_new_tag_both_count(committed: Runtime) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        tag = await _tag(session, tenant.id, await _group(session, tenant.id))
+    contact = uuid.uuid4()
+    raise_10 = [TagWrite(contact, tag, "raise", 10, source="rule")]
+
+    async with unit_of_work(committed.sessionmaker) as first:
+        await apply_tag_writes(first, tenant.id, raise_10, Changes(), T0)
+
+        async def second() -> None:
+            async with unit_of_work(committed.sessionmaker) as session:
+                await apply_tag_writes(session, tenant.id, raise_10, Changes(), T0)
+
+        other = asyncio.create_task(second())
+        # The second one inserts the same new row and waits for the first to commit.
+        await wait_until(lambda: _waiting_on_a_lock(committed), "the second writer waits")
+    await other
+    async with unit_of_work(committed.sessionmaker) as session:
+        assert await _weights(session, tenant.id, T0) == {(contact, tag): 20}
+        kinds = [t for t, _ in await _events(session, tenant.id)]
+        assert kinds == ["tag.added", "tag.weight_changed"]
+
+
+async def test_concurrent_sweeps_drop_each_tag_once(committed: Runtime) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        tag = await _tag(
+            session, tenant.id, await _group(session, tenant.id, half_life_days=1.0, floor=5.0)
+        )
+        writes = [TagWrite(uuid.uuid4(), tag, "set", 10, source="rule") for _ in range(300)]
+        await apply_tag_writes(session, tenant.id, writes, Changes(), T0)
+
+    async def sweep() -> int:
+        async with unit_of_work(committed.sessionmaker) as session:
+            return await service.sweep_decayed(session, T0 + timedelta(days=2), batch=50, rounds=10)
+
+    counts = await asyncio.gather(*(sweep() for _ in range(3)))
+    assert sum(counts) == 300
+    async with unit_of_work(committed.sessionmaker) as session:
+        removed = [p for t, p in await _events(session, tenant.id) if t == "tag.removed"]
+        assert len(removed) == 300 and len({p["contact_id"] for p in removed}) == 300
