@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +41,6 @@ from services.users import repository
 from services.users.identity import identity_context, lookup_keys, normalise, resolve
 from shared.crypto import FieldCipher
 from shared.errors import InvalidInput
-from shared.events import publish_many
 
 # WeCom contact changes that set the follow's status.
 FOLLOW_STATUS = {
@@ -73,7 +72,8 @@ class PlannedRow:
     state: str | None = None
     welcome_code: str | None = None
     fail_reason: str | None = None
-    # Business events
+    # Business events (`event` as stored)
+    event: dict[str, Any] = field(default_factory=dict)
     event_type: str = ""
     event_id: str = ""
     properties: dict[str, Any] = field(default_factory=dict)
@@ -96,12 +96,67 @@ class _Resolving:
     keys: dict[int, dict[str, list[bytes]]]
 
 
+@dataclass(frozen=True)
+class RowEffects:
+    """What applying a row found, for the events it publishes."""
+
+    previous: str | None  # the follow's status before the row (contact changes)
+    still_followed: bool  # after a staff member deleted the contact: anyone left?
+
+
+class BatchOutbox:
+    """`shared.events.publish` for a batch: the events are kept in the order they are
+    published and written with one statement at the end (`flush`), in the batch's
+    transaction. Each call names its type, as a call of publish() does."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[uuid.UUID | None, str, Mapping[str, Any]]] = []
+
+    def publish(
+        self,
+        session: AsyncSession,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        tenant_id: uuid.UUID | None,
+    ) -> None:
+        self.events.append((tenant_id, event_type, payload))
+
+    async def flush(self, session: AsyncSession) -> None:
+        events, self.events = self.events, []
+        await repository.insert_outbox(session, events)
+
+
+# Publishes a row's domain events (processing.py, where each type is named).
+PublishRow = Callable[[AsyncSession, BatchOutbox, PlannedRow, RowEffects], None]
+
+
+def contact_facts(r: PlannedRow) -> dict[str, Any]:
+    """What a WeCom contact change says, for its timeline entry and its events.
+    Identifiers stay out of both: consumers use contact_id."""
+    facts: dict[str, Any] = {"staff_userid": r.staff}
+    if r.change in ("add_external_contact", "add_half_external_contact"):
+        facts.update(state=r.state, welcome_code=r.welcome_code)
+    if r.change == "transfer_fail":
+        facts["fail_reason"] = r.fail_reason
+    return facts
+
+
+def consent_channel(r: PlannedRow) -> str:
+    return str(r.properties.get("channel", "all"))
+
+
+def consent_status(r: PlannedRow) -> str:
+    return "opted_in" if r.event_type == "consent.opt_in" else "opted_out"
+
+
 class InboundBatch:
     """Rows handed over by processing.apply_inbound, applied together by `flush`."""
 
-    def __init__(self, cipher: FieldCipher, *, bulk: bool) -> None:
+    def __init__(self, cipher: FieldCipher, *, bulk: bool, publish_row: PublishRow) -> None:
         self.cipher = cipher
         self.bulk = bulk  # False: one row applied alone, resolved by identity.resolve
+        self.publish_row = publish_row
         self.pending: list[PlannedRow] = []
         # Outcomes known only once applied (a business event already applied).
         self.outcomes: dict[int, str] = {}
@@ -239,67 +294,41 @@ class InboundBatch:
             session, [self._timeline_entry(r) for r in rows if r.contact_id is not None]
         )
         consents = []
-        events: list[tuple[str, Mapping[str, Any], uuid.UUID | None]] = []
+        outbox = BatchOutbox()
         enrich: list[PlannedRow] = []
         for r in rows:
             tenant = r.row.tenant_id
-            if r.kind == "tag":
-                events.append(("wecom.tag_changed", r.tag_change, tenant))
-            elif r.kind == "contact" and r.contact_id is not None:
-                events.extend(
-                    (kind, payload, tenant)
-                    for kind, payload in self._contact_events(
-                        r, previous.get(id(r)), still_followed.get(id(r), True)
-                    )
-                )
-                if r.change in _ENRICHED:
-                    enrich.append(r)
-            elif r.kind == "business":
+            if r.kind == "business":
                 key = (tenant, r.row.source, r.event_id)
                 if key not in fresh:  # on the timeline already (maybe from earlier here)
                     self.outcomes[r.row.id] = "duplicate"
                     continue
                 fresh.discard(key)
                 if r.event_type in ("consent.opt_in", "consent.opt_out"):
-                    channel = str(r.properties.get("channel", "all"))
-                    status = "opted_in" if r.event_type == "consent.opt_in" else "opted_out"
                     note = r.properties.get("note")
                     consents.append(
                         (
                             tenant,
                             r.contact_id,
-                            channel,
-                            status,
+                            consent_channel(r),
+                            consent_status(r),
                             f"{r.row.source}:{r.event_id}"[:64],
                             None if note is None else str(note),
                         )
                     )
-                    events.append(
-                        (
-                            "consent.changed",
-                            {"contact_id": str(r.contact_id), "channel": channel, "status": status},
-                            tenant,
-                        )
-                    )
-                events.append(
-                    (
-                        r.event_type,
-                        {
-                            "contact_id": str(r.contact_id),
-                            "event_id": r.event_id,
-                            "occurred_at": r.occurred_at.isoformat(),
-                            "properties": r.properties,
-                            "source": r.row.source,
-                        },
-                        tenant,
-                    )
-                )
+            elif r.kind == "contact":
+                if r.contact_id is None:
+                    continue
+                if r.change in _ENRICHED:
+                    enrich.append(r)
+            effects = RowEffects(previous.get(id(r)), still_followed.get(id(r), True))
+            self.publish_row(session, outbox, r, effects)
         await repository.add_consent_changes(session, consents)
         await self._schedule_enrichment(session, enrich)
         # The contacts' profiles first (created, owner or channel set), with the values
         # this batch left them with; then each row's events in row order.
         await repository.publish_profiles(session, [c for c in profiles if c is not None])
-        await publish_many(session, events)
+        await outbox.flush(session)
 
     async def _follows(
         self, session: AsyncSession, rows: list[PlannedRow]
@@ -346,16 +375,6 @@ class InboundBatch:
         )
         return previous, followed
 
-    @staticmethod
-    def _facts(r: PlannedRow) -> dict[str, Any]:
-        # Identifiers stay out of events and the timeline: consumers use contact_id.
-        facts: dict[str, Any] = {"staff_userid": r.staff}
-        if r.change in ("add_external_contact", "add_half_external_contact"):
-            facts.update(state=r.state, welcome_code=r.welcome_code)
-        if r.change == "transfer_fail":
-            facts["fail_reason"] = r.fail_reason
-        return facts
-
     def _timeline_entry(self, r: PlannedRow) -> tuple[Any, ...]:
         if r.kind == "contact":
             return (
@@ -365,7 +384,7 @@ class InboundBatch:
                 "wecom",
                 r.row.dedupe_key,
                 r.occurred_at,
-                json.dumps(self._facts(r), ensure_ascii=False),
+                json.dumps(contact_facts(r), ensure_ascii=False),
             )
         return (
             r.row.tenant_id,
@@ -376,33 +395,6 @@ class InboundBatch:
             r.occurred_at,
             json.dumps(r.properties, ensure_ascii=False),
         )
-
-    def _contact_events(
-        self, r: PlannedRow, previous: str | None, still_followed: bool
-    ) -> list[tuple[str, dict[str, Any]]]:
-        payload = {
-            "contact_id": str(r.contact_id),
-            "occurred_at": r.occurred_at.isoformat(),
-            **self._facts(r),
-        }
-        if r.change == "add_external_contact":
-            if previous == "active":
-                return []  # already following: nothing new
-            return [("contact.added", {**payload, "new_contact": r.created})]
-        if r.change == "add_half_external_contact":
-            return [("contact.half_added", payload)]
-        if r.change == "edit_external_contact":
-            return [("contact.updated", payload)]
-        if r.change == "del_follow_user":
-            return [("contact.lost", {**payload, "reason": "deleted_by_contact"})]
-        if r.change == "del_external_contact":
-            removed = [("contact.removed_by_staff", payload)]
-            if still_followed:
-                return removed
-            return [*removed, ("contact.lost", {**payload, "reason": "deleted_by_staff"})]
-        if r.change == "transfer_fail":
-            return [("contact.transfer_failed", payload)]
-        return []
 
     async def _schedule_enrichment(self, session: AsyncSession, rows: list[PlannedRow]) -> None:
         """Fetch added or edited contacts' details from WeCom soon (tenants with an app

@@ -19,7 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import consent, repository
 from services.users.identity import resolve
-from services.users.inbound_batch import InboundBatch, PlannedRow, contact_identities
+from services.users.inbound_batch import (
+    BatchOutbox,
+    InboundBatch,
+    PlannedRow,
+    RowEffects,
+    consent_channel,
+    consent_status,
+    contact_facts,
+    contact_identities,
+)
 from services.users.ingest import read_payload
 from services.users.repository import StoredEvent
 from services.users.schemas import EventIn
@@ -55,7 +64,7 @@ async def apply_batch(session: AsyncSession, rows: list[StoredEvent]) -> list[st
     batch; the batch applies them with a few statements for all. The rows are left
     alone as in `apply_inbound`.
     """
-    batch = InboundBatch(runtime_of(session).cipher, bulk=True)
+    batch = InboundBatch(runtime_of(session).cipher, bulk=True, publish_row=_publish_row)
     session.info[_BATCH] = batch
     try:
         outcomes = [await apply_inbound(session, row) for row in rows]
@@ -94,12 +103,87 @@ async def apply_inbound(session: AsyncSession, row: StoredEvent) -> str:
             await batch.flush(session)  # the rows before this one come first
         return await _chat_change(session, row, msg, msg.get("ChangeType", ""), xml)
     if batch is None:
-        batch = InboundBatch(cipher, bulk=False)
+        batch = InboundBatch(cipher, bulk=False, publish_row=_publish_row)
         batch.add(planned)
         await batch.flush(session)
     else:
         batch.add(planned)
     return batch.outcomes.get(row.id, outcome)
+
+
+def _publish_row(
+    session: AsyncSession, outbox: BatchOutbox, r: PlannedRow, effects: RowEffects
+) -> None:
+    """The domain events of one applied row (in the batch's outbox, in row order)."""
+    tenant_id = r.row.tenant_id
+    if r.kind == "tag":
+        outbox.publish(session, "wecom.tag_changed", r.tag_change, tenant_id=tenant_id)
+    elif r.kind == "contact":
+        _publish_contact_change(session, outbox, r, effects)
+    elif r.kind == "business":
+        event = r.event
+        if r.event_type in ("consent.opt_in", "consent.opt_out"):
+            outbox.publish(
+                session,
+                "consent.changed",
+                {
+                    "contact_id": str(r.contact_id),
+                    "channel": consent_channel(r),
+                    "status": consent_status(r),
+                },
+                tenant_id=tenant_id,
+            )
+        # Published again under its own type, for the other services.
+        outbox.publish(
+            session,
+            event["type"],
+            {
+                "contact_id": str(r.contact_id),
+                "event_id": r.event_id,
+                "occurred_at": r.occurred_at.isoformat(),
+                "properties": r.properties,
+                "source": r.row.source,
+            },
+            tenant_id=tenant_id,
+        )
+
+
+def _publish_contact_change(
+    session: AsyncSession, outbox: BatchOutbox, r: PlannedRow, effects: RowEffects
+) -> None:
+    tenant_id = r.row.tenant_id
+    payload = {
+        "contact_id": str(r.contact_id),
+        "occurred_at": r.occurred_at.isoformat(),
+        **contact_facts(r),
+    }
+    change = r.change
+    if change == "add_external_contact" and effects.previous != "active":
+        outbox.publish(
+            session, "contact.added", {**payload, "new_contact": r.created}, tenant_id=tenant_id
+        )
+    elif change == "add_half_external_contact":
+        outbox.publish(session, "contact.half_added", payload, tenant_id=tenant_id)
+    elif change == "edit_external_contact":
+        outbox.publish(session, "contact.updated", payload, tenant_id=tenant_id)
+    elif change == "del_follow_user":
+        outbox.publish(
+            session,
+            "contact.lost",
+            {**payload, "reason": "deleted_by_contact"},
+            tenant_id=tenant_id,
+        )
+    elif change == "del_external_contact":
+        outbox.publish(session, "contact.removed_by_staff", payload, tenant_id=tenant_id)
+        if not effects.still_followed:
+            outbox.publish(
+                session,
+                "contact.lost",
+                {**payload, "reason": "deleted_by_staff"},
+                tenant_id=tenant_id,
+            )
+    elif change == "transfer_fail":
+        outbox.publish(session, "contact.transfer_failed", payload, tenant_id=tenant_id)
 
 
 # -- WeCom -------------------------------------------------------------------------------
@@ -324,6 +408,7 @@ def _plan_business_event(row: StoredEvent, event: dict[str, Any]) -> PlannedRow:
         row.source,
         identities=contact_identities(checked.contact.model_dump(exclude_none=True)),
         occurred_at=datetime.fromisoformat(event["occurred_at"]),
+        event=event,
         event_type=str(event["type"]),
         event_id=str(event["event_id"]),
         properties=properties,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -1030,3 +1031,31 @@ async def schedule_enrichments(
         ),
         {"tenants": [w[0] for w in wanted], "contacts": [w[1] for w in wanted], "due": due_at},
     )
+
+
+async def insert_outbox(
+    session: AsyncSession, events: Sequence[tuple[uuid.UUID | None, str, Mapping[str, Any]]]
+) -> None:
+    """Write (tenant, type, payload) events to the outbox in their order, in one
+    statement (inbound_batch.BatchOutbox: the types are named where they are published)."""
+    if not events:
+        return
+    await session.execute(
+        text(
+            """
+            INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+            SELECT gen_random_uuid(), tenant_id, type, CAST(payload AS jsonb)
+              FROM unnest(CAST(:tenants AS uuid[]), CAST(:types AS text[]),
+                          CAST(:payloads AS text[]))
+                   WITH ORDINALITY AS e(tenant_id, type, payload, n)
+             ORDER BY n
+            """
+        ),
+        {
+            "tenants": [e[0] for e in events],
+            "types": [e[1] for e in events],
+            "payloads": [json.dumps(dict(e[2]), ensure_ascii=False) for e in events],
+        },
+    )
+    # NOTIFY is transactional: the relay wakes when these events are committed.
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
