@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.users import repository
@@ -27,7 +27,7 @@ log = logging.getLogger("scrm.users.lifecycle")
 class _StageChange(BaseModel):
     contact_id: uuid.UUID
     to: str
-    since: AwareDatetime
+    since: datetime  # UTC when it names no offset
 
 
 async def follow(session: AsyncSession, events: list[Event]) -> int:
@@ -48,5 +48,6 @@ async def follow(session: AsyncSession, events: list[Event]) -> int:
                 event.tenant_id,
             )
             continue
-        changes.append((event.tenant_id, change.contact_id, change.to, change.since))
+        since = change.since if change.since.tzinfo else change.since.replace(tzinfo=UTC)
+        changes.append((event.tenant_id, change.contact_id, change.to, since))
     return await repository.follow_lifecycle(session, changes)
