@@ -146,14 +146,20 @@ def upgrade() -> None:
     op.create_index(
         'ix_wecom_tag_ops_due',
         'wecom_tag_ops',
-        ['next_attempt_at'],
+        ['tenant_id', 'next_attempt_at'],
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_index(
         'ix_wecom_tag_ops_in_flight',
         'wecom_tag_ops',
-        ['tenant_id', 'serial_key'],
+        ['lease_until'],
         postgresql_where=sa.text("status = 'in_flight'"),
+    )
+    op.create_index(
+        'ix_wecom_tag_ops_serial',
+        'wecom_tag_ops',
+        ['tenant_id', 'serial_key', 'id'],
+        postgresql_where=sa.text("status IN ('pending', 'in_flight')"),
     )
     op.create_index(
         'ix_wecom_tag_ops_tenant_status', 'wecom_tag_ops', ['tenant_id', 'status', 'id']

@@ -30,17 +30,25 @@ class WeComTagOp(Base):
     __tablename__ = "wecom_tag_ops"
     __table_args__ = (
         CheckConstraint("status IN ('pending','in_flight','done','failed')", name="status"),
-        # Claiming reads only what is due, through this index.
+        # Finding the tenants with ops due reads one entry per tenant of this index.
         Index(
             "ix_wecom_tag_ops_due",
+            "tenant_id",
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
         ),
         Index(
             "ix_wecom_tag_ops_in_flight",
+            "lease_until",
+            postgresql_where=text("status = 'in_flight'"),
+        ),
+        # Whether an op is the oldest unfinished one of its serial key: one probe.
+        Index(
+            "ix_wecom_tag_ops_serial",
             "tenant_id",
             "serial_key",
-            postgresql_where=text("status = 'in_flight'"),
+            "id",
+            postgresql_where=text("status IN ('pending', 'in_flight')"),
         ),
         Index("ix_wecom_tag_ops_tenant_status", "tenant_id", "status", "id"),
         # One pending op per coalescing key: later changes join it.

@@ -203,20 +203,41 @@ async def enqueue_pushes_for_unlinked(
 
 
 async def due_tenants(session: AsyncSession, now: datetime) -> list[uuid.UUID]:
-    """Tenants with an op due now (or an in-flight one whose worker died)."""
+    """Tenants with an op due now (or an in-flight one whose worker died): one index probe
+    per tenant with pending ops, however long their queues."""
     rows = await session.scalars(
         text(
             """
-            SELECT DISTINCT tenant_id FROM wecom_tag_ops
-             WHERE status = 'pending' AND next_attempt_at <= greatest(:now, now())
+            WITH RECURSIVE pending(tenant_id) AS (
+                (SELECT tenant_id FROM wecom_tag_ops WHERE status = 'pending'
+                  ORDER BY tenant_id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT o.tenant_id FROM wecom_tag_ops o
+                         WHERE o.status = 'pending' AND o.tenant_id > p.tenant_id
+                         ORDER BY o.tenant_id LIMIT 1)
+                  FROM pending p WHERE p.tenant_id IS NOT NULL
+            )
+            SELECT p.tenant_id FROM pending p
+             WHERE p.tenant_id IS NOT NULL
+               AND EXISTS (SELECT 1 FROM wecom_tag_ops o
+                            WHERE o.status = 'pending' AND o.tenant_id = p.tenant_id
+                              AND o.next_attempt_at <= greatest(:now, now()))
             UNION
-            SELECT DISTINCT tenant_id FROM wecom_tag_ops
+            SELECT tenant_id FROM wecom_tag_ops
              WHERE status = 'in_flight' AND lease_until < greatest(:now, now())
             """
         ),
         {"now": now},
     )
     return list(rows)
+
+
+# An op runs only when no older op of its serial key is unfinished.
+_HEAD = """NOT EXISTS (SELECT 1 FROM wecom_tag_ops p
+                     WHERE p.tenant_id = o.tenant_id AND p.serial_key = o.serial_key
+                       AND p.id < o.id AND p.status IN ('pending', 'in_flight'))"""
+_AT = "greatest(CAST(:now AS timestamptz), now())"
+_RETURNING = ", ".join("o." + c.strip() for c in _OP_COLUMNS.split(","))
 
 
 async def claim(
@@ -229,51 +250,50 @@ async def claim(
 ) -> list[Op]:
     """Claim the tenant's due ops, at most `max_in_flight` in flight at once across every
     worker: claims of one tenant take turns (an advisory lock held to commit) and count
-    the ops already in flight. Only the oldest unfinished op of each serial key runs."""
+    the ops already in flight. Only the oldest unfinished op of each serial key runs;
+    ops whose worker died (their lease ran out) go first."""
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended('wecom_tag_ops:' || :t, 0))"),
         {"t": str(tenant_id)},
     )
-    at = "greatest(CAST(:now AS timestamptz), now())"
     busy = int(
         await session.scalar(
             text(
                 f"SELECT count(*) FROM wecom_tag_ops WHERE tenant_id = :t"
-                f" AND status = 'in_flight' AND lease_until >= {at}"
+                f" AND status = 'in_flight' AND lease_until >= {_AT}"
             ),
             {"t": tenant_id, "now": now},
         )
         or 0
     )
-    slots = max_in_flight - busy
-    if slots <= 0:
-        return []
-    rows = await session.execute(
-        text(
-            f"""
-            WITH heads AS (
-                SELECT DISTINCT ON (serial_key) id, status, next_attempt_at, lease_until
-                  FROM wecom_tag_ops
-                 WHERE tenant_id = :t AND status IN ('pending', 'in_flight')
-                 ORDER BY serial_key, id
+    claimed: list[Op] = []
+    for due in (
+        f"o.status = 'in_flight' AND o.lease_until < {_AT}",
+        f"o.status = 'pending' AND o.next_attempt_at <= {_AT}",
+    ):
+        slots = max_in_flight - busy - len(claimed)
+        if slots <= 0:
+            break
+        rows = await session.execute(
+            text(
+                f"""
+                WITH chosen AS (
+                    SELECT o.id FROM wecom_tag_ops o
+                     WHERE o.tenant_id = :t AND {due} AND {_HEAD}
+                     ORDER BY o.id LIMIT :slots
+                       FOR UPDATE OF o SKIP LOCKED
+                )
+                UPDATE wecom_tag_ops o
+                   SET status = 'in_flight', attempts = o.attempts + 1,
+                       lease_until = {_AT} + make_interval(secs => :lease), updated_at = now()
+                  FROM chosen WHERE o.id = chosen.id
+                RETURNING {_RETURNING}
+                """
             ),
-            chosen AS (
-                SELECT o.id FROM wecom_tag_ops o JOIN heads h ON h.id = o.id
-                 WHERE (h.status = 'pending' AND h.next_attempt_at <= {at})
-                    OR (h.status = 'in_flight' AND h.lease_until < {at})
-                 ORDER BY o.id LIMIT :slots
-                   FOR UPDATE OF o SKIP LOCKED
-            )
-            UPDATE wecom_tag_ops o
-               SET status = 'in_flight', attempts = o.attempts + 1,
-                   lease_until = {at} + make_interval(secs => :lease), updated_at = now()
-              FROM chosen WHERE o.id = chosen.id
-            RETURNING {", ".join("o." + c.strip() for c in _OP_COLUMNS.split(","))}
-            """
-        ),
-        {"t": tenant_id, "now": now, "slots": slots, "lease": lease_seconds},
-    )
-    return sorted((_op(r) for r in rows), key=lambda op: op.id)
+            {"t": tenant_id, "now": now, "slots": slots, "lease": lease_seconds},
+        )
+        claimed += [_op(r) for r in rows]
+    return sorted(claimed, key=lambda op: op.id)
 
 
 async def finish(
