@@ -236,3 +236,34 @@ async def test_100000_contacts_take_a_few_statements(
         )
     assert result.updated == 100_000
     assert len([s for s in seen if "contact_tag" in s or "outbox_events" in s]) <= 8
+
+
+async def test_the_holders_of_a_tag_page_by_contact_and_staff_see_their_own(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    brand = await make_brand(session)
+    tag = await create_tag(client, brand, await create_group(client, brand))
+    contacts = sorted(await make_contacts(session, brand, 5))
+    await session.execute(
+        text("UPDATE tagging_profiles SET owner_staff = 'staff-1' WHERE contact_id = ANY(:c)"),
+        {"c": contacts[:2]},
+    )
+    body = {"contact_ids": [str(c) for c in contacts], "weight": 4}
+    assert (
+        await client.post(f"/v1/tags/{tag}/contacts", json=body, headers=brand.headers())
+    ).status_code == 200
+    url = f"/v1/tags/{tag}/contacts"
+    first = await client.get(url, params={"limit": 3}, headers=brand.headers("analyst"))
+    assert first.status_code == 200, first.text
+    assert [i["contact_id"] for i in first.json()["items"]] == [str(c) for c in contacts[:3]]
+    assert first.json()["items"][0]["weight"] == 4.0
+    rest = await client.get(
+        url, params={"limit": 3, "cursor": first.json()["next_cursor"]}, headers=brand.headers()
+    )
+    assert [i["contact_id"] for i in rest.json()["items"]] == [str(c) for c in contacts[3:]]
+    assert rest.json()["next_cursor"] is None
+    own = await client.get(url, headers=brand.headers("staff"))
+    assert [i["contact_id"] for i in own.json()["items"]] == [str(c) for c in contacts[:2]]
+    assert (
+        await client.get("/v1/tags/987654/contacts", headers=brand.headers())
+    ).status_code == 404

@@ -23,6 +23,8 @@ from services.tagging.tags.schemas import (
     TagGroupList,
     TagGroupOut,
     TagGroupPatch,
+    TagHolderOut,
+    TagHolderPage,
     TagIn,
     TagOut,
     TagPage,
@@ -142,6 +144,27 @@ async def delete_tag(tag_id: DbId, principal: Writer, session: SessionDep) -> Re
     """Delete a tag: the contacts holding it lose it (tag.removed, reason "deleted")."""
     await service.delete_tag(session, principal.tenant, tag_id)
     return Response(status_code=204)
+
+
+@router.get("/tags/{tag_id}/contacts", response_model=TagHolderPage)
+async def tag_holders(
+    tag_id: DbId,
+    principal: Reader,
+    session: SessionDep,
+    cursor: Annotated[
+        uuid.UUID | None,
+        Query(description="The `next_cursor` of the previous page; omit it for the first."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> TagHolderPage:
+    """The live contacts holding the tag, by contact id, with their current weights; a
+    staff key sees only the contacts its staff member owns."""
+    items, next_cursor = await service.tag_holders(
+        session, principal, tag_id, after=cursor, limit=limit
+    )
+    return TagHolderPage(
+        items=[TagHolderOut.model_validate(i) for i in items], next_cursor=next_cursor
+    )
 
 
 # --- the tags on a contact ------------------------------------------------------------

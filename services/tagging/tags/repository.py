@@ -841,3 +841,40 @@ async def contact_history(
         {"t": tenant_id, "c": contact_id, "tags": list(tag_ids)},
     )
     return [dict(r._mapping) for r in rows]
+
+
+async def tag_holders(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    tag_id: int,
+    now: datetime,
+    *,
+    owner_staff: str | None,
+    after: uuid.UUID | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The live contacts holding the tag, by contact id (only `owner_staff`'s when given)."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT ct.contact_id,
+                   tag_weight(ct.weight, ct.weighted_at, ct.half_life_days, :now) AS weight,
+                   ct.source, ct.first_raised_at, ct.last_raised_at
+              FROM contact_tags ct
+              JOIN tagging_profiles p ON p.tenant_id = ct.tenant_id AND p.contact_id = ct.contact_id
+             WHERE ct.tenant_id = :t AND ct.tag_id = :tag AND p.status = 'live'
+               AND (CAST(:owner AS text) IS NULL OR p.owner_staff = :owner)
+               AND (CAST(:after AS uuid) IS NULL OR ct.contact_id > :after)
+             ORDER BY ct.contact_id LIMIT :limit
+            """
+        ),
+        {
+            "t": tenant_id,
+            "tag": tag_id,
+            "now": now,
+            "owner": owner_staff,
+            "after": after,
+            "limit": limit,
+        },
+    )
+    return [dict(r._mapping) for r in rows]

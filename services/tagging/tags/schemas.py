@@ -186,3 +186,16 @@ class BulkResult(BaseModel):
 class RejectedRow(BaseModel):
     line: int
     reason: str
+
+
+class TagHolderOut(BaseModel):
+    contact_id: uuid.UUID
+    weight: float = Field(description="The current (decayed) weight.")
+    source: str
+    first_raised_at: datetime
+    last_raised_at: datetime
+
+
+class TagHolderPage(BaseModel):
+    items: list[TagHolderOut]
+    next_cursor: uuid.UUID | None

@@ -29,6 +29,7 @@ from services.tagging.tags.exceptions import (
 )
 from services.tagging.tags.writes import TagWrite, TagWriteResult, apply_tag_writes
 from services.users import contact_status
+from shared.apikeys import Principal
 
 MAX_TAGS_PER_TENANT = 10_000
 _DECAY_FIELDS = ("half_life_days", "floor", "decay_manual")
@@ -150,6 +151,26 @@ async def delete_tag(session: AsyncSession, tenant_id: uuid.UUID, tag_id: int) -
         raise TagNotFound(tag_id)
     await _remove_holders(session, tenant_id, [tag_id])
     await repository.delete_tags(session, tenant_id, [tag_id])
+
+
+async def tag_holders(
+    session: AsyncSession,
+    principal: Principal,
+    tag_id: int,
+    *,
+    after: uuid.UUID | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], uuid.UUID | None]:
+    """The live contacts holding a tag, a page at a time; a staff key sees only the
+    contacts its staff member owns."""
+    tenant_id = principal.tenant
+    if await repository.get_tag(session, tenant_id, tag_id) is None:
+        raise TagNotFound(tag_id)
+    owner = (principal.staff_userid or "") if principal.role == "staff" else None
+    items = await repository.tag_holders(
+        session, tenant_id, tag_id, clock.now(), owner_staff=owner, after=after, limit=limit
+    )
+    return items, (items[-1]["contact_id"] if len(items) == limit else None)
 
 
 # --- a contact's tags -------------------------------------------------------------------

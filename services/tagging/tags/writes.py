@@ -67,7 +67,7 @@ class TagWrite:
 class TagWriteResult:
     """Net outcome per (contact, tag): added, updated (weight or source changed),
     removed (exclusive removals included), unchanged; `skipped` counts writes naming
-    a tag the tenant does not have."""
+    a tag the tenant does not have (or a weight or cap that is not a finite number)."""
 
     added: int = 0
     updated: int = 0
@@ -100,6 +100,10 @@ def drops_at(
     return weighted_at + timedelta(days=half_life_days * math.log2(weight / floor))
 
 
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
+
+
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= _RELATIVE_TOLERANCE * max(1.0, abs(a), abs(b))
 
@@ -115,7 +119,7 @@ async def apply_tag_writes(
     if not writes:
         return TagWriteResult()
     tags = await repository.tag_settings(session, tenant_id, {w.tag_id for w in writes})
-    known = [w for w in writes if w.tag_id in tags]
+    known = [w for w in writes if w.tag_id in tags and _finite(w.weight) and _finite(w.cap)]
     skipped = len(writes) - len(known)
     if not known:
         return TagWriteResult(skipped=skipped)
