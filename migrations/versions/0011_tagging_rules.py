@@ -64,6 +64,7 @@ def upgrade() -> None:
     )
     op.create_table(
         'tag_rule_firings',
+        sa.Column('id', sa.BigInteger(), sa.Identity(), nullable=False),
         sa.Column('rule_id', sa.BigInteger(), nullable=False),
         sa.Column('source_event_id', sa.Uuid(), nullable=False),
         sa.Column('tenant_id', sa.Uuid(), nullable=False),
@@ -80,6 +81,9 @@ def upgrade() -> None:
     )
     op.create_index(
         'ix_tag_rule_firings_contact', 'tag_rule_firings', ['tenant_id', 'contact_id']
+    )
+    op.create_index(
+        'ix_tag_rule_firings_rule_id', 'tag_rule_firings', ['rule_id', 'id'], unique=True
     )
     op.create_table(
         'tag_rule_tenants',

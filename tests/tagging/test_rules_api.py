@@ -19,7 +19,7 @@ from services.tagging import clock
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 from tests.helpers import bearer, make_key, make_tenant
-from tests.tagging.test_rules_support import make_group, make_tag, record
+from tests.tagging.test_rules_support import fire, make_group, make_tag, record
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -360,3 +360,52 @@ async def test_a_retried_create_answers_the_first_and_racing_names_conflict(
             )
         ).scalars()
         assert sorted(names) == ["raced", "sharers"]
+
+
+async def test_a_rules_firings_and_skips_are_listed(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    brand = await make_brand(session)
+    group = await make_group(session, brand.tenant_id)
+    created = await client.post(
+        "/v1/tag-rules",
+        json={
+            "name": "by category",
+            "event_type": "product.view",
+            "weight": 2,
+            "target": {"group_id": group, "from_property": "category"},
+        },
+        headers=brand.headers(),
+    )
+    rule_id = created.json()["id"]
+    contact = uuid.uuid4()
+    views = [
+        await record(
+            session, brand.tenant_id, contact, "product.view", NOW, {"product_id": "p", **props}
+        )
+        for props in ({"category": "tea"}, {"category": "x" * 31}, {}, {"category": "tea"})
+    ]
+    await fire(session, views, NOW)
+    path = f"/v1/tag-rules/{rule_id}/firings"
+    listed = await client.get(path, headers=brand.headers("analyst"))
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["items"]
+    assert [(i["source_event_id"], i["outcome"], i["reason"]) for i in items] == [
+        (str(views[0].source_event_id), "fired", None),
+        (str(views[1].source_event_id), "skipped", "tag_name_too_long"),
+        (str(views[2].source_event_id), "skipped", "property_missing"),
+        (str(views[3].source_event_id), "fired", None),
+    ]
+    assert items[0]["tag_id"] == items[3]["tag_id"] is not None and items[1]["tag_id"] is None
+    first = await client.get(f"{path}?limit=3", headers=brand.headers())
+    assert len(first.json()["items"]) == 3
+    rest = await client.get(f"{path}?cursor={first.json()['next_cursor']}", headers=brand.headers())
+    assert [i["id"] for i in rest.json()["items"]] == [items[3]["id"]]
+    skipped = await client.get(f"{path}?outcome=skipped", headers=brand.headers())
+    assert [i["reason"] for i in skipped.json()["items"]] == [
+        "tag_name_too_long",
+        "property_missing",
+    ]
+    other = await make_brand(session)
+    assert (await client.get(path, headers=other.headers())).status_code == 404
+    assert (await client.get(path, headers=brand.headers("staff"))).status_code == 403

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from services.tagging.rules import service
 from services.tagging.rules.schemas import (
     DryRun,
+    FiringOut,
+    FiringPage,
     RuleCreated,
     RuleIn,
     RuleOut,
@@ -119,3 +121,20 @@ async def dry_run_saved(rule_id: DbId, principal: Reader, session: SessionDep) -
     `min_count` qualifying events in the last `window_days` (per property value for a
     derived tag)."""
     return await service.dry_run_saved(session, principal.tenant, rule_id)
+
+
+@router.get("/tag-rules/{rule_id}/firings", response_model=FiringPage)
+async def list_firings(
+    rule_id: DbId,
+    principal: Reader,
+    session: SessionDep,
+    outcome: Literal["fired", "skipped"] | None = None,
+    cursor: Cursor = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> FiringPage:
+    """The source events the rule fired on, or skipped (with why), in the order recorded;
+    pass `next_cursor` back as `cursor` for the next page."""
+    rows, next_cursor = await service.list_firings(
+        session, principal.tenant, rule_id, outcome=outcome, cursor=cursor, limit=limit
+    )
+    return FiringPage(items=[FiringOut.model_validate(r) for r in rows], next_cursor=next_cursor)

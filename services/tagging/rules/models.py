@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -84,8 +85,14 @@ class TagRuleFiring(Base):
     number of deliveries, replays or batches that see the event."""
 
     __tablename__ = "tag_rule_firings"
-    __table_args__ = (Index("ix_tag_rule_firings_contact", "tenant_id", "contact_id"),)
+    __table_args__ = (
+        Index("ix_tag_rule_firings_contact", "tenant_id", "contact_id"),
+        # A rule's firings page by id.
+        Index("ix_tag_rule_firings_rule_id", "rule_id", "id", unique=True),
+    )
 
+    # In the order recorded: what a rule's firings page by.
+    id: Mapped[int] = mapped_column(BigInteger, Identity())
     rule_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("tag_rules.id", ondelete="CASCADE"), primary_key=True
     )

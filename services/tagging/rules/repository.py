@@ -438,8 +438,8 @@ class FiringRow:
 async def claim_firings(
     session: AsyncSession, firings: Sequence[FiringRow], now: datetime
 ) -> set[tuple[int, uuid.UUID]]:
-    """Record the firings; returns the (rule, source event) pairs that are new (a pair
-    recorded before, by another delivery or batch, is not)."""
+    """Record the firings, in the order given; returns the (rule, source event) pairs
+    that are new (a pair recorded before, by another delivery or batch, is not)."""
     if not firings:
         return set()
     rows = await session.execute(
@@ -447,12 +447,17 @@ async def claim_firings(
             """
             INSERT INTO tag_rule_firings (rule_id, source_event_id, tenant_id, contact_id, tag_id,
                                           outcome, reason, fired_at)
-            SELECT f.*, CAST(:now AS timestamptz)
+            SELECT f.rule_id, f.source_event_id, f.tenant_id, f.contact_id, f.tag_id,
+                   f.outcome, f.reason, CAST(:now AS timestamptz)
               FROM unnest(CAST(:rules AS bigint[]), CAST(:sources AS uuid[]),
                           CAST(:tenants AS uuid[]), CAST(:contacts AS uuid[]),
                           CAST(:tags AS bigint[]), CAST(:outcomes AS text[]),
-                          CAST(:reasons AS text[])) AS f
-             ORDER BY 1, 2
+                          CAST(:reasons AS text[])) WITH ORDINALITY
+                   AS f(rule_id, source_event_id, tenant_id, contact_id, tag_id, outcome, reason,
+                        n)
+             -- In the order given (the events' order, the same in every delivery of them,
+             -- so overlapping batches take the keys in one order).
+             ORDER BY f.n
             ON CONFLICT DO NOTHING
             RETURNING rule_id, source_event_id
             """
@@ -469,6 +474,31 @@ async def claim_firings(
         },
     )
     return {(row.rule_id, row.source_event_id) for row in rows}
+
+
+async def firings_page(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    rule_id: int,
+    *,
+    outcome: str | None,
+    after: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A rule's firings (and skips) in the order recorded, after the id `after`."""
+    rows = await session.execute(
+        text(
+            """
+            SELECT id, source_event_id, contact_id, tag_id, outcome, reason, fired_at
+              FROM tag_rule_firings
+             WHERE rule_id = :r AND tenant_id = :t AND id > :after
+               AND (CAST(:outcome AS text) IS NULL OR outcome = :outcome)
+             ORDER BY id LIMIT :limit
+            """
+        ),
+        {"r": rule_id, "t": tenant_id, "after": after or 0, "outcome": outcome, "limit": limit},
+    )
+    return [dict(row._mapping) for row in rows]
 
 
 # -- the dry-run ---------------------------------------------------------------------------

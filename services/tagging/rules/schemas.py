@@ -197,3 +197,21 @@ class DryRun(BaseModel):
     sample: list[uuid.UUID] = Field(
         description=f"Up to {DRY_RUN_SAMPLE} of the contacts' ids, in id order."
     )
+
+
+class FiringOut(BaseModel):
+    """The rule fired on a source event (or skipped it, with why: property_missing,
+    property_not_text, tag_name_empty, tag_name_too_long, tag_not_created)."""
+
+    id: int
+    source_event_id: uuid.UUID = Field(description="The outbox event it came from.")
+    contact_id: uuid.UUID
+    tag_id: int | None = Field(description="The tag written; null when skipped.")
+    outcome: Literal["fired", "skipped"]
+    reason: str | None
+    fired_at: datetime
+
+
+class FiringPage(BaseModel):
+    items: list[FiringOut]
+    next_cursor: str | None

@@ -208,6 +208,24 @@ async def delete_rule(session: AsyncSession, tenant_id: uuid.UUID, rule_id: int)
         raise TagRuleNotFound(rule_id)
 
 
+async def list_firings(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    rule_id: int,
+    *,
+    outcome: str | None,
+    cursor: int | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """What the rule fired on (or skipped), oldest first."""
+    await get_rule(session, tenant_id, rule_id)
+    rows = await repository.firings_page(
+        session, tenant_id, rule_id, outcome=outcome, after=cursor, limit=limit + 1
+    )
+    next_cursor = str(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
 async def dry_run(session: AsyncSession, tenant_id: uuid.UUID, rule: RuleIn) -> DryRun:
     """How many live contacts the rule would tag now, and some of them."""
     await _check(session, tenant_id, rule)
