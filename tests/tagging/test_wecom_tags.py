@@ -21,8 +21,9 @@ from services.tagging.wecom.queue import WeComTagQueue
 from services.tagging.wecom.settings import wecom_tag_settings
 from services.users.settings import users_settings
 from shared.db import unit_of_work
+from shared.models import Tenant
 from shared.runtime import Runtime
-from tests.helpers import bearer
+from tests.helpers import bearer, make_key
 from tests.shared.bus_support import relay_all, work_until_idle
 from tests.users.fake_wecom import FakeWeCom
 from tests.users.support import (
@@ -664,3 +665,47 @@ async def test_ops_of_a_worker_that_died_are_claimed_again_once_their_lease_ends
     [op] = await ops(committed, corp)
     assert op["status"] == "done" and op["attempts"] == 2
     assert "兴趣/茶" in await local_tags(committed, corp)
+
+
+async def test_tags_of_groups_not_mirrored_never_reach_wecom(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    headers = bearer(corp.admin)
+    group = await committed_client.post(
+        "/v1/tag-groups", json={"name": "内部", "half_life_days": None, "floor": 0}, headers=headers
+    )
+    tag = await committed_client.post(
+        "/v1/tags", json={"group_id": group.json()["id"], "name": "黑名单"}, headers=headers
+    )
+    contact = await add_contact(committed_client, committed, corp, fake, "wmLOCAL")
+    tagged = await committed_client.post(
+        f"/v1/contacts/{contact}/tags", json={"tag_id": tag.json()["id"]}, headers=headers
+    )
+    assert tagged.status_code == 201
+    await committed_client.patch(
+        f"/v1/tags/{tag.json()['id']}", json={"name": "灰名单"}, headers=headers
+    )
+    await settle(committed)
+    assert await ops(committed, corp) == []
+    assert fake.corp_tag_groups() == []
+    assert sum(n for path, n in fake.calls.items() if "corp_tag" in path or "mark_tag" in path) == 0
+
+
+async def test_roles_on_the_mirror_routes(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await session.get(Tenant, corp.tenant_id)
+        analyst = await make_key(session, tenant, "analyst")
+        staff = await make_key(session, tenant, "staff")
+        operator = await make_key(session, tenant, "operator")
+    sync_by = {
+        key: (await committed_client.post("/v1/wecom/tags/sync", headers=bearer(key))).status_code
+        for key in (analyst, staff, operator)
+    }
+    assert sync_by == {analyst: 403, staff: 403, operator: 202}
+    listed = await committed_client.get("/v1/wecom/tags/ops", headers=bearer(analyst))
+    assert listed.status_code == 200 and [o["kind"] for o in listed.json()["items"]] == ["sync"]
+    by_staff = await committed_client.get("/v1/wecom/tags/ops", headers=bearer(staff))
+    assert by_staff.status_code == 403
+    assert (await committed_client.get("/v1/wecom/tags")).status_code == 401
