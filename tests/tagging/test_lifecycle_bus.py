@@ -83,3 +83,45 @@ async def test_an_order_then_the_sweep_over_the_bus(committed: Runtime) -> None:
         )
     assert changes == [("potential", "new"), ("new", "active")]
     assert done == "done"
+
+
+async def test_the_hourly_score_job_stores_the_boundaries(committed: Runtime) -> None:
+    assert ("tagging", "tagging.score_boundaries", 3600) in {
+        (r.service, r.name, r.every_seconds) for r in RECURRING
+    }
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = (await make_tenant(session)).id
+        for n, fen in enumerate((100, 200, 300)):
+            await publish(
+                session,
+                "order.paid",
+                {
+                    "contact_id": str(uuid.uuid4()),
+                    "event_id": f"shop-{n}",
+                    "occurred_at": (T0 - timedelta(days=n)).isoformat(),
+                    "properties": {"order_id": f"SO-{n}", "amount_fen": fen},
+                    "source": "event",
+                },
+                tenant_id=tenant,
+            )
+    with clock.use(lambda: T0):
+        await relay_all(committed)
+        await work_until_idle(committed, "tagging")
+    async with unit_of_work(committed.sessionmaker) as session:
+        await session.execute(text("DELETE FROM tagging_score_boundaries"))
+        await schedule(
+            session,
+            service="tagging",
+            job="tagging.score_boundaries",
+            due_at=datetime.now(UTC) - timedelta(seconds=1),
+        )
+    with clock.use(lambda: T0):
+        await schedule_and_work(committed, "tagging")
+    async with unit_of_work(committed.sessionmaker) as session:
+        row = (
+            await session.execute(
+                text("SELECT tenant_id, buyers, monetary_fen FROM tagging_score_boundaries")
+            )
+        ).one()
+    assert (row.tenant_id, row.buyers) == (tenant, 3)
+    assert row.monetary_fen == [140, 180, 220, 260]
