@@ -173,3 +173,24 @@ async def test_erasure_removes_the_contacts_tags(
     # Other events in the batch are not this part's.
     await follow.apply(session, [event(brand, "order.paid", contact_id=kept)], Changes(), T0)
     assert set(await held(session, kept, T0)) == set(tags)
+
+
+async def test_the_pipeline_moves_tags_on_a_merge(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    from services.tagging import pipeline
+
+    brand = await make_brand(session)
+    tag = await create_tag(client, brand, await create_group(client, brand))
+    survivor, merged = uuid.uuid4(), uuid.uuid4()
+    await session.execute(
+        text("INSERT INTO tagging_profiles (tenant_id, contact_id) VALUES (:t, :s), (:t, :m)"),
+        {"t": brand.tenant_id, "s": survivor, "m": merged},
+    )
+    await apply_tag_writes(
+        session, brand.tenant_id, [TagWrite(merged, tag, "set", 3)], Changes(), T0
+    )
+    merge = event(brand, "contact.merged", survivor_id=survivor, merged_id=merged, reason="phone")
+    await pipeline.apply_events(session, [merge])
+    assert set(await held(session, survivor, T0)) == {tag}
+    assert await held(session, merged, T0) == {}
