@@ -463,3 +463,29 @@ async def test_over_the_bus_a_duplicate_delivery_counts_once(committed: Runtime)
             ("product.view", "2026-11-20", 1),
         ]
         assert (await profile(session, contact))["last_order_at"] == AT
+
+
+async def test_one_batch_of_two_tenants_counts_each_on_its_own_day(
+    session: AsyncSession,
+) -> None:
+    shanghai = (await make_tenant(session)).id
+    london = (await make_tenant(session)).id
+    await session.execute(
+        text("UPDATE tenants SET timezone = 'Europe/London' WHERE id = :t"), {"t": london}
+    )
+    late = datetime(2026, 11, 20, 16, 30, tzinfo=UTC)  # the 21st in Shanghai, the 20th in London
+    a, b = uuid.uuid4(), uuid.uuid4()
+    changes = Changes()
+    applied = await ingest.apply(
+        session,
+        [business(shanghai, "checkin", a, late), business(london, "checkin", b, late)],
+        changes,
+        late,
+    )
+    assert {(x.tenant_id, x.day.isoformat()) for x in applied} == {
+        (shanghai, "2026-11-21"),
+        (london, "2026-11-20"),
+    }
+    assert await days(session, a) == [("checkin", "2026-11-21", 1)]
+    assert await days(session, b) == [("checkin", "2026-11-20", 1)]
+    assert set(changes.contacts(shanghai)) == {a} and set(changes.contacts(london)) == {b}
