@@ -709,3 +709,23 @@ async def test_roles_on_the_mirror_routes(
     by_staff = await committed_client.get("/v1/wecom/tags/ops", headers=bearer(staff))
     assert by_staff.status_code == 403
     assert (await committed_client.get("/v1/wecom/tags")).status_code == 401
+
+
+async def test_a_tag_wecom_has_already_is_linked_not_duplicated(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    fake.add_corp_tag_group("兴趣", ["茶"])
+    await sync(committed_client, committed, corp)
+    group_id = (await local_groups(committed, corp))["兴趣"]["id"]
+    # Made in WeCom's console too, and no callback reached us (yet).
+    coffee = fake.add_corp_tag_in_console(fake.corp_tag_id("兴趣"), "咖啡")
+    created = await committed_client.post(
+        "/v1/tags", json={"group_id": group_id, "name": "咖啡"}, headers=bearer(corp.admin)
+    )
+    assert created.status_code == 201
+    await settle(committed)
+    assert (await local_tags(committed, corp))["兴趣/咖啡"]["wecom_tag_id"] == coffee
+    [wecom_group] = fake.corp_tag_groups()
+    assert [t["name"] for t in wecom_group["tag"]] == ["茶", "咖啡"]
+    [push] = await ops(committed, corp, "push_tag")
+    assert push["status"] == "done" and push["result"]["created"] == coffee

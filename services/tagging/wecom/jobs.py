@@ -122,12 +122,21 @@ class CreateTagJob(Job):
                 group_name=None if self.tag.group_wecom_id else self.tag.group_name,
             )
         except WeComApiError as exc:
-            if exc.errcode != corp_tags.TAG_NAME_EXISTS or not self.tag.group_wecom_id:
+            if exc.errcode != corp_tags.TAG_NAME_EXISTS:
                 raise
         # WeCom has it already (an earlier attempt got through): link to it.
-        [group] = await corp_tags.get_corp_tag_list(client, group_ids=[self.tag.group_wecom_id])
-        same = [t for t in group.tags if t.name == self.tag.name]
-        if not same:
+        wanted = self.tag.group_wecom_id
+        groups = await corp_tags.get_corp_tag_list(client, group_ids=[wanted] if wanted else None)
+        group = next(
+            (
+                g
+                for g in groups
+                if g.wecom_id == wanted or (not wanted and g.name == self.tag.group_name)
+            ),
+            None,
+        )
+        same = [t for t in group.tags if t.name == self.tag.name] if group else []
+        if group is None or not same:
             raise OpFailed(f"WeCom refused the tag name {self.tag.name!r} in its group")
         return CorpTagGroup(group.wecom_id, group.name, group.order, group.create_time, same)
 
