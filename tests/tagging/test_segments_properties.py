@@ -25,7 +25,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -56,6 +56,7 @@ CHANNELS = ("live", "shop")
 STAFF = ("u1", "u2")
 TIERS = ("gold", "silver")
 CITIES = ("Hangzhou", "Shanghai")
+VALUE_TIERS = ("high_value", "dormant")
 
 
 @dataclass
@@ -73,6 +74,8 @@ class Person:
     # (event type, days ago, category or None)
     events: list[tuple[str, float, str | None]]
     groups: set[str] = field(default_factory=set)
+    health_score: int | None = None
+    value_tier: str | None = None
 
 
 people = st.builds(
@@ -110,6 +113,8 @@ people = st.builds(
         max_size=6,
     ),
     groups=st.sets(st.sampled_from(GROUPS)),
+    health_score=st.one_of(st.none(), st.integers(0, 100)),
+    value_tier=st.one_of(st.none(), st.sampled_from(VALUE_TIERS)),
 )
 
 
@@ -291,6 +296,8 @@ def brute(rule: dict[str, Any], p: Person, in_nested: bool) -> bool:
             "channel": p.channel,
             "owner_staff": p.owner,
             "points_tier": p.points_tier,
+            "health_score": p.health_score,
+            "value_tier": p.value_tier,
         }[name]
     if "eq" in rule:
         if rule["eq"] is None:
@@ -328,6 +335,8 @@ async def _store(
             points_tier=p.points_tier,
             attributes=p.attributes,
             consent=p.consent,
+            health_score=p.health_score,
+            value_tier=p.value_tier,
         )
         for index, (weight, age, half_life) in p.tags.items():
             await set_tag(
@@ -476,6 +485,9 @@ CROWD = [
     ),
     Person("erased", 0.1, "new", "live", "u1", "gold", {}, {}, {0: (30, 0.0, None)}, [], {"g1"}),
 ]
+# Scores on two of them, on either side of the bounds below.
+CROWD[0] = replace(CROWD[0], health_score=55, value_tier="high_value")
+CROWD[1] = replace(CROWD[1], health_score=40, value_tier="dormant")
 LEAVES: list[dict[str, Any]] = [
     {"tag": 0},
     {"tag": 1},
@@ -520,6 +532,9 @@ LEAVES: list[dict[str, Any]] = [
     {"not": {"in_group": "g2"}},
     {"segment": NESTED},
     {"not": {"segment": NESTED}},
+    {"field": "health_score", "gte": 40},
+    {"field": "health_score", "eq": None},
+    {"field": "value_tier", "eq": "high_value"},
     {"all": []},
     {"any": []},
 ]

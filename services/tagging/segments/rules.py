@@ -393,6 +393,8 @@ def _bound(value: Any, path: str, kind: str) -> Any:
             raise RuleError(path, "an ISO 8601 date-time with its offset") from None
         if moment.tzinfo is None:
             raise RuleError(path, "an ISO 8601 date-time with its offset")
+        if not 1970 <= moment.year <= 2100:
+            raise RuleError(path, "a date-time from 1970 to 2100")
         return moment
     return _number(value, path)
 

@@ -488,6 +488,15 @@ async def import_members(
         content = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput("the CSV file is not UTF-8", code="invalid_csv") from None
+    try:
+        return await _import_rows(session, tenant_id, segment_id, content, now)
+    except csv.Error as exc:
+        raise InvalidInput(f"the CSV file cannot be read: {exc}", code="invalid_csv") from None
+
+
+async def _import_rows(
+    session: AsyncSession, tenant_id: uuid.UUID, segment_id: int, content: str, now: datetime
+) -> ImportReport:
     reader = csv.reader(io.StringIO(content, newline=""))
     header = next(reader, None)
     names = [h.strip().lower() for h in header or []]
