@@ -21,7 +21,9 @@ NOW = sa.text('now()')
 EMPTY = sa.text("'{}'::jsonb")
 
 # The current weight of a contact tag: the stored weight halved every half-life
-# since it was stored (no decay when half_life_days is NULL).
+# since it was stored (no decay when half_life_days is NULL). After 900 half-lives
+# it is 0: power() would fail with an underflow long before a weight that small
+# (0.5^1075) could be told from 0.
 TAG_WEIGHT = """
 CREATE FUNCTION tag_weight(
     weight double precision, weighted_at timestamptz,
@@ -30,6 +32,7 @@ CREATE FUNCTION tag_weight(
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN half_life_days IS NULL OR at <= weighted_at THEN weight
+        WHEN extract(epoch FROM at - weighted_at) / (half_life_days * 86400.0) > 900 THEN 0
         ELSE weight * power(
             0.5::double precision,
             extract(epoch FROM at - weighted_at) / (half_life_days * 86400.0)

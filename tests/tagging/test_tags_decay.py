@@ -187,3 +187,23 @@ async def test_a_groups_new_half_life_and_floor_apply_from_now(
         )
     await sweep(session, 400)
     assert await weight_of(client, brand, contact, 400) == [20]
+
+
+async def test_weights_far_past_their_half_life_read_as_zero(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    brand = await make_brand(session)
+    group = await create_group(client, brand, half_life_days=0.0001, floor=0)
+    tag = await create_tag(client, brand, group)
+    contact = await make_contact(session, brand)
+    await apply_tag_writes(
+        session, brand.tenant_id, [TagWrite(contact, tag, "set", 10, source="rule")], Changes(), T0
+    )
+    assert await weight_of(client, brand, contact, 365) == [0.0]
+    tiny = await client.post(
+        "/v1/tag-groups",
+        json={"name": "tiny", "half_life_days": 1e-9, "floor": 1e-300},
+        headers=brand.headers(),
+    )
+    assert tiny.status_code == 422
+    assert {d["loc"][-1] for d in tiny.json()["error"]["details"]} == {"half_life_days", "floor"}

@@ -6,21 +6,47 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 
 from shared.params import INT64_MAX
 
 MAX_WEIGHT = 1_000_000.0
+# The smallest weight and non-zero floor: decayed weights and their ratios stay far
+# from what double precision cannot hold.
+MIN_WEIGHT = 0.000_001
 MAX_HALF_LIFE_DAYS = 36_500.0
+MIN_HALF_LIFE_DAYS = 0.000_1  # about 9 seconds
 MAX_BULK_CONTACTS = 100_000
 
 GroupKind = Literal["basic", "consumption", "engagement", "interest", "custom"]
 Name = Annotated[
     str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=30)
 ]
-HalfLife = Annotated[float, Field(strict=True, gt=0, le=MAX_HALF_LIFE_DAYS, allow_inf_nan=False)]
-Floor = Annotated[float, Field(strict=True, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)]
-Weight = Annotated[float, Field(strict=True, gt=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+HalfLife = Annotated[
+    float, Field(strict=True, ge=MIN_HALF_LIFE_DAYS, le=MAX_HALF_LIFE_DAYS, allow_inf_nan=False)
+]
+
+
+def _no_tiny_floor(value: float) -> float:
+    if 0 < value < MIN_WEIGHT:
+        raise ValueError(f"a floor is 0 or at least {MIN_WEIGHT}")
+    return value
+
+
+Floor = Annotated[
+    float,
+    Field(strict=True, ge=0, le=MAX_WEIGHT, allow_inf_nan=False),
+    AfterValidator(_no_tiny_floor),
+]
+Weight = Annotated[float, Field(strict=True, ge=MIN_WEIGHT, le=MAX_WEIGHT, allow_inf_nan=False)]
 Id = Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]
 
 

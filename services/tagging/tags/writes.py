@@ -14,7 +14,8 @@ one statement per kind of change (insert, update, delete, history, outbox).
   rule's cap keeps its weight).
 - `set` stores `weight` as it is; `ensure` adds the tag at `weight` (default 1)
   when the contact does not hold it and leaves a held one as it is; `remove`
-  removes it. A write leaving a weight at or below 0 removes the tag.
+  removes it. A write leaving a weight below 0.000001 removes the tag; weights
+  never exceed 1,000,000.
 - Several writes for the same (contact, tag) combine in the order given.
 - A tag added in an exclusive group removes the contact's other tags of that group
   (tag.removed, reason "exclusive").
@@ -41,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.tagging.facts import Changes, tag_fact
 from services.tagging.tags import repository
 from services.tagging.tags.exceptions import ConcurrentTagWrites
+from services.tagging.tags.schemas import MAX_WEIGHT, MIN_WEIGHT
 
 DEFAULT_WEIGHT = 1.0
 # Removal reasons a write may give in its cause ({"reason": "wecom"}); otherwise its
@@ -50,6 +52,8 @@ _REASON_OF_SOURCE = {"manual": "manual", "import": "manual", "rule": "rule", "we
 # Two weights this close are the same (a set repeated a moment later, its decay aside).
 _RELATIVE_TOLERANCE = 1e-6
 _ATTEMPTS = 5
+# A drop further away than this (about 2,700 years) is stored as this far.
+_LONGEST_DAYS = 1_000_000.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,8 @@ def drops_at(
         return None
     if weight < floor:
         return weighted_at
-    return weighted_at + timedelta(days=half_life_days * math.log2(weight / floor))
+    days = half_life_days * math.log2(weight / floor)
+    return weighted_at + timedelta(days=min(days, _LONGEST_DAYS))
 
 
 def _finite(value: float | None) -> bool:
@@ -228,7 +233,8 @@ async def _plan(
         half_life = (
             settings.half_life_days if (w.source != "manual" or settings.decay_manual) else None
         )
-        if new <= 0:
+        new = min(new, MAX_WEIGHT)
+        if new < MIN_WEIGHT:
             if st.present:
                 remove(key, str(reason), w.source, w.cause)
             continue
