@@ -397,7 +397,7 @@ async def test_tags_added_and_removed_here_are_marked_in_wecom_at_most_5_calls_a
         f"wmM{i:02d}": await add_contact(committed_client, committed, corp, fake, f"wmM{i:02d}")
         for i in range(12)
     }
-    fake.tag_call_delay = 0.05  # calls overlap as much as the queue lets them
+    fake.tag_call_delay = 0.2  # calls overlap as much as the queue lets them
     bulk = await committed_client.post(
         f"/v1/tags/{tea['id']}/contacts",
         json={"contact_ids": [str(c) for c in contacts.values()]},
@@ -729,3 +729,37 @@ async def test_a_tag_wecom_has_already_is_linked_not_duplicated(
     assert [t["name"] for t in wecom_group["tag"]] == ["茶", "咖啡"]
     [push] = await ops(committed, corp, "push_tag")
     assert push["status"] == "done" and push["result"]["created"] == coffee
+
+
+async def test_changes_of_one_contact_waiting_together_are_one_mark_tag(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    fake.add_corp_tag_group("兴趣", ["茶", "咖啡", "酒"])
+    await sync(committed_client, committed, corp)
+    tags = await local_tags(committed, corp)
+    contact = await add_contact(committed_client, committed, corp, fake, "wmONE")
+    headers = bearer(corp.admin)
+    for name in ("茶", "咖啡", "酒"):
+        added = await committed_client.post(
+            f"/v1/contacts/{contact}/tags",
+            json={"tag_id": tags[f"兴趣/{name}"]["id"]},
+            headers=headers,
+        )
+        assert added.status_code == 201
+    removed = await committed_client.delete(
+        f"/v1/contacts/{contact}/tags/{tags['兴趣/酒']['id']}", headers=headers
+    )
+    assert removed.status_code == 204
+    await settle(committed)
+    [mark] = await ops(committed, corp, "mark")
+    assert sorted(mark["payload"]["tag_ids"]) == sorted(
+        tags[f"兴趣/{n}"]["id"] for n in ("茶", "咖啡", "酒")
+    )
+    [request] = fake.mark_tag_requests
+    assert sorted(request["add_tag"]) == sorted(
+        tags[f"兴趣/{n}"]["wecom_tag_id"] for n in ("茶", "咖啡")
+    )
+    assert request["remove_tag"] == [tags["兴趣/酒"]["wecom_tag_id"]]
+    assert fake.contact_corp_tags("wmONE") == {
+        tags[f"兴趣/{n}"]["wecom_tag_id"] for n in ("茶", "咖啡")
+    }
