@@ -184,6 +184,14 @@ async def test_bulk_by_csv(client: httpx.AsyncClient, session: AsyncSession) -> 
     assert wrong_type.status_code == 415
     assert await snapshot(session, brand) == state
 
+    removal = f"contact_id\n{a}\n{c}\n".encode()
+    removed = await client.post(
+        f"/v1/tags/{tag}/contacts/remove/import", content=removal, headers=csv_headers
+    )
+    assert removed.status_code == 200, removed.text
+    assert removed.json() == {"added": 0, "updated": 0, "removed": 1, "unchanged": 1, "unknown": []}
+    assert set(await holders(session, tag)) == {b}
+
 
 @contextmanager
 def statements(session: AsyncSession) -> Iterator[list[str]]:

@@ -4,13 +4,13 @@ contact and bulk tagging (in/out only: rules live in service.py)."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.tagging.tags import service
-from services.tagging.tags.imports import parse_tag_import
+from services.tagging.tags.imports import TagImport, parse_tag_import
 from services.tagging.tags.schemas import (
     BulkResult,
     BulkTagIn,
@@ -257,16 +257,11 @@ async def bulk_untag(
     return BulkResult.model_validate(result)
 
 
-@router.post(
-    "/tags/{tag_id}/contacts/import",
-    response_model=BulkResult,
-    openapi_extra={
+def _csv_route(description: str) -> dict[str, Any]:
+    return {
         "requestBody": {
             "required": True,
-            "description": "A CSV file (UTF-8, header row): a `contact_id` column and, "
-            "optionally, `weight`; at most 100,000 rows and 8 MB. Any bad row refuses "
-            "the file (422 `invalid_tag_import`, each bad row's line and reason) and "
-            "nothing is applied.",
+            "description": description,
             "content": {
                 media: {
                     "schema": {"type": "string"},
@@ -276,7 +271,31 @@ async def bulk_untag(
             },
         },
         "x-scrm-errors": [400, 401, 403, 404, 409, 413, 415, 422],
-    },
+    }
+
+
+async def _csv_file(request: Request) -> TagImport:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in CSV_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "send the CSV file as the request body with Content-Type: text/csv",
+            details={"content_type": media_type or None},
+        )
+    # Its size is limited as it is received (the route's body_limit).
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+    return parse_tag_import(bytes(body))
+
+
+@router.post(
+    "/tags/{tag_id}/contacts/import",
+    response_model=BulkResult,
+    openapi_extra=_csv_route(
+        "A CSV file (UTF-8, header row): a `contact_id` column and, optionally, "
+        "`weight`; at most 100,000 rows and 8 MB. Any bad row refuses the file (422 "
+        "`invalid_tag_import`, each bad row's line and reason) and nothing is applied."
+    ),
 )
 @_BULK_LIMIT
 async def import_tag(
@@ -284,16 +303,7 @@ async def import_tag(
 ) -> BulkResult:
     """Tag the contacts of a CSV file (source "import"); a row's weight, when given, is
     set. Unknown contacts come back in `unknown`."""
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type not in CSV_MEDIA_TYPES:
-        raise UnsupportedMediaType(
-            "send the CSV file as the request body with Content-Type: text/csv",
-            details={"content_type": media_type or None},
-        )
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-    parsed = parse_tag_import(bytes(body))
+    parsed = await _csv_file(request)
     result = await service.bulk(
         session,
         principal.tenant,
@@ -303,6 +313,34 @@ async def import_tag(
         mode="ensure",
         source="import",
         weights=parsed.weights,
+    )
+    audit_note(request, **{k: v for k, v in result.items() if k != "unknown"})
+    return BulkResult.model_validate(result)
+
+
+@router.post(
+    "/tags/{tag_id}/contacts/remove/import",
+    response_model=BulkResult,
+    openapi_extra=_csv_route(
+        "A CSV file (UTF-8, header row) with a `contact_id` column (a `weight` column is "
+        "ignored); at most 100,000 rows and 8 MB. Any bad row refuses the file (422 "
+        "`invalid_tag_import`) and nothing is applied."
+    ),
+)
+@_BULK_LIMIT
+async def import_untag(
+    tag_id: DbId, principal: Writer, session: SessionDep, request: Request
+) -> BulkResult:
+    """Remove the tag from the contacts of a CSV file."""
+    parsed = await _csv_file(request)
+    result = await service.bulk(
+        session,
+        principal.tenant,
+        tag_id,
+        contact_ids=parsed.contact_ids,
+        segment_id=None,
+        mode="remove",
+        source="import",
     )
     audit_note(request, **{k: v for k, v in result.items() if k != "unknown"})
     return BulkResult.model_validate(result)
