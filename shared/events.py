@@ -65,6 +65,12 @@ class Subscription:
     # with one event.
     many: BatchEventHandler | None = None
 
+    def consumes(self, event_type: str) -> bool:
+        """An exact type, or a family such as `custom.*` (every `custom.<name>`)."""
+        if event_type in self.event_types:
+            return True
+        return any(t.endswith(".*") and event_type.startswith(t[:-1]) for t in self.event_types)
+
 
 @dataclass
 class SubscriptionRegistry:
@@ -130,11 +136,11 @@ class SubscriptionRegistry:
         return [
             sub
             for sub in self._by_name.values()
-            if sub.service == service and event_type in sub.event_types
+            if sub.service == service and sub.consumes(event_type)
         ]
 
     def services_for(self, event_type: str) -> set[str]:
-        return {sub.service for sub in self._by_name.values() if event_type in sub.event_types}
+        return {sub.service for sub in self._by_name.values() if sub.consumes(event_type)}
 
     def all(self) -> list[Subscription]:
         return list(self._by_name.values())

@@ -38,7 +38,7 @@ _MARK = text("UPDATE outbox_events SET published_at = now() WHERE id = ANY(:ids)
 _UNDELIVERED = text(
     """
     SELECT o.id FROM outbox_events o
-     WHERE o.type = ANY(:types)
+     WHERE (o.type = ANY(:types) OR o.type LIKE ANY(:families))
        AND o.published_at >= now() - interval '7 days'
        AND o.published_at < now() - make_interval(secs => :after)
        AND NOT EXISTS (SELECT 1 FROM processed_events p
@@ -115,6 +115,10 @@ class OutboxRelay:
                         _UNDELIVERED,
                         {
                             "types": sorted(sub.event_types),
+                            # custom.* -> custom.% (the names of a family are [a-z0-9_.])
+                            "families": sorted(
+                                t[:-1] + "%" for t in sub.event_types if t.endswith(".*")
+                            ),
                             "after": after,
                             "handler": sub.name,
                             "limit": self.batch_size,

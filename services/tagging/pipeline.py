@@ -43,6 +43,7 @@ BUSINESS_EVENTS = (
     "live.watch",
     "consent.opt_in",
     "consent.opt_out",
+    "custom.*",  # a brand's own events, custom.<name>
 )
 CONTACT_EVENTS = (
     "contact.added",

@@ -56,6 +56,11 @@ async def record_many(session: AsyncSession, events: list[Event]) -> None:
     )
 
 
+@subscribe("points", "test.family.*", name="test.family")
+async def record_family(session: AsyncSession, event: Event) -> None:
+    await record(session, event.id, "test.family")
+
+
 @subscribe("points", "test.fail", name="test.fails_until_healed")
 async def fail_until_healed(session: AsyncSession, event: Event) -> None:
     await record(session, event.id, "test.fails_until_healed")  # rolled back on failure

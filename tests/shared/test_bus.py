@@ -129,6 +129,16 @@ async def test_same_message_delivered_twice_is_handled_once(committed: Runtime) 
     assert sorted(await effects(committed, "test.record")) == ids
 
 
+async def test_a_family_of_types_reaches_its_subscriber(committed: Runtime) -> None:
+    """`test.family.*` takes every `test.family.<name>`, and nothing else."""
+    [one] = await publish_committed(committed, "test.family.one")
+    [two] = await publish_committed(committed, "test.family.two")
+    await publish_committed(committed, "test.familyless")
+    assert await relay_all(committed) == 3
+    await work_until_idle(committed, "points")
+    assert await effects(committed, "test.family") == [one, two]
+
+
 async def test_a_set_based_handler_gets_the_batch_once(committed: Runtime) -> None:
     ids = await publish_committed(committed, "test.many", 30)
     queue = committed.queue_name("points")
