@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,6 +86,40 @@ async def enqueue_op(
         )
     await session.execute(_NOTIFY)
     return int(found or 0)
+
+
+async def enqueue_corp_ops(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    ops: Sequence[tuple[str, Mapping[str, Any], str]],
+    now: datetime,
+) -> None:
+    """Ops of the corp's definitions, (kind, payload, coalescing key) each, in order; one
+    already pending with the same key covers its repeat."""
+    if not ops:
+        return
+    await session.execute(
+        text(
+            f"""
+            INSERT INTO wecom_tag_ops (tenant_id, kind, serial_key, coalesce_key, payload,
+                                       next_attempt_at)
+            SELECT :t, x.kind, 'corp', x.coalesce_key, x.payload, :now
+              FROM unnest(CAST(:kinds AS text[]), CAST(:payloads AS jsonb[]),
+                          CAST(:keys AS text[]))
+                   WITH ORDINALITY AS x(kind, payload, coalesce_key, n)
+             ORDER BY x.n
+            ON CONFLICT (tenant_id, coalesce_key) WHERE {_PENDING} DO NOTHING
+            """
+        ),
+        {
+            "t": tenant_id,
+            "kinds": [kind for kind, _, _ in ops],
+            "payloads": [json.dumps(payload) for _, payload, _ in ops],
+            "keys": [key for _, _, key in ops],
+            "now": now,
+        },
+    )
+    await session.execute(_NOTIFY)
 
 
 async def enqueue_marks(

@@ -89,6 +89,7 @@ async def apply_tag_changed(
     is fetched (by id, through the queue), a deleted one removed here at once, a
     reorder refetches that group's order (every group's when the id is empty)."""
     deleted: dict[uuid.UUID, set[str]] = defaultdict(set)
+    queued: dict[uuid.UUID, list[tuple[str, dict[str, Any], str]]] = defaultdict(list)
     for event in events:
         if event.tenant_id is None:
             continue
@@ -98,28 +99,18 @@ async def apply_tag_changed(
         is_group = payload.get("tag_type") == "tag_group"
         if change in ("create", "update") and wecom_id:
             kind = "group_ids" if is_group else "tag_ids"
-            await ops_repo.enqueue_op(
-                session,
-                event.tenant_id,
-                "fetch",
-                {kind: [wecom_id]},
-                serial_key=CORP,
-                coalesce_key=f"fetch:{kind}:{wecom_id}",
-                now=now,
+            queued[event.tenant_id].append(
+                ("fetch", {kind: [wecom_id]}, f"fetch:{kind}:{wecom_id}")
             )
         elif change == "delete" and wecom_id:
             deleted[event.tenant_id].add(wecom_id)
         elif change == "shuffle":
             # WeCom names the group whose tags moved, or none when the groups moved.
-            await ops_repo.enqueue_op(
-                session,
-                event.tenant_id,
-                "order",
-                {"group_ids": [wecom_id] if wecom_id else []},
-                serial_key=CORP,
-                coalesce_key=f"order:{wecom_id or '*'}",
-                now=now,
+            queued[event.tenant_id].append(
+                ("order", {"group_ids": [wecom_id] if wecom_id else []}, f"order:{wecom_id or '*'}")
             )
+    for tenant_id, ops in queued.items():
+        await ops_repo.enqueue_corp_ops(session, tenant_id, ops, now)
     for tenant_id, wecom_ids in deleted.items():
         group_ids, tag_ids = await repo.local_ids_of(session, tenant_id, wecom_ids)
         await remove_local(session, tenant_id, group_ids, tag_ids, changes, now)
