@@ -343,6 +343,16 @@ _PUBLISH_TAG_EVENTS = text(
 NOTIFY_RELAY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
+async def notify_relay(session: AsyncSession) -> None:
+    """Wake the relay when the transaction commits: once per transaction, as
+    shared.events.publish does (Postgres folds repeats, but each costs a round trip)."""
+    transaction = session.get_transaction()
+    if transaction is not None and session.info.get("outbox_notified") is transaction:
+        return
+    await session.execute(NOTIFY_RELAY)
+    session.info["outbox_notified"] = transaction
+
+
 async def publish_tag_events(
     session: AsyncSession, tenant_id: uuid.UUID, events: Sequence[TagEventRow], now: datetime
 ) -> None:
@@ -364,7 +374,7 @@ async def publish_tag_events(
             "reasons": [e.reason for e in events],
         },
     )
-    await session.execute(NOTIFY_RELAY)
+    await notify_relay(session)
 
 
 # --- removals by the database's own rules (decay, deleted tags, merges, erasure) ----
@@ -426,7 +436,7 @@ async def sweep_decayed(
     )
     found = [(r.tenant_id, r.contact_id, r.tag_id) for r in rows]
     if found:
-        await session.execute(NOTIFY_RELAY)
+        await notify_relay(session)
     return found
 
 
@@ -446,7 +456,7 @@ async def remove_tag_holders(
     )
     found = [(r.contact_id, r.tag_id) for r in rows]
     if found:
-        await session.execute(NOTIFY_RELAY)
+        await notify_relay(session)
     return found
 
 
