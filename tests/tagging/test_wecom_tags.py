@@ -763,3 +763,20 @@ async def test_changes_of_one_contact_waiting_together_are_one_mark_tag(
     assert fake.contact_corp_tags("wmONE") == {
         tags[f"兴趣/{n}"]["wecom_tag_id"] for n in ("茶", "咖啡")
     }
+
+
+async def test_the_first_callback_of_a_corp_never_synced_brings_its_initial_sync(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    fake.add_corp_tag_group("客户等级", ["VIP", "普通"])
+    group = fake.add_corp_tag_group("兴趣", ["茶"])
+    await callback(committed_client, corp, tag_callback("create", group["group_id"], "tag_group"))
+    await settle(committed)
+    assert set(await local_tags(committed, corp)) == {"客户等级/VIP", "客户等级/普通", "兴趣/茶"}
+    assert [(o["kind"], o["status"]) for o in await ops(committed, corp)] == [
+        ("sync", "done"),
+        ("fetch", "done"),
+    ]
+    await callback(committed_client, corp, tag_callback("update", group["group_id"], "tag_group"))
+    await settle(committed)
+    assert [o["kind"] for o in await ops(committed, corp)] == ["sync", "fetch", "fetch"]

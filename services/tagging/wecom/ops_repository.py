@@ -122,6 +122,18 @@ async def enqueue_corp_ops(
     await session.execute(_NOTIFY)
 
 
+async def sync_requested(session: AsyncSession, tenant_id: uuid.UUID) -> bool:
+    """Whether a full sync of the tenant's corp tags was ever queued (and did not fail)."""
+    found = await session.scalar(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM wecom_tag_ops WHERE tenant_id = :t AND kind = 'sync'"
+            " AND status <> 'failed')"
+        ),
+        {"t": tenant_id},
+    )
+    return bool(found)
+
+
 async def enqueue_marks(
     session: AsyncSession,
     tenant_id: uuid.UUID,

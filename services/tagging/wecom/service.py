@@ -87,7 +87,8 @@ async def apply_tag_changed(
 ) -> None:
     """change_external_tag callbacks (wecom.tag_changed): a created or updated tag or group
     is fetched (by id, through the queue), a deleted one removed here at once, a
-    reorder refetches that group's order (every group's when the id is empty)."""
+    reorder refetches that group's order (every group's when the id is empty). A
+    corp's first callback also queues its initial full sync."""
     deleted: dict[uuid.UUID, set[str]] = defaultdict(set)
     queued: dict[uuid.UUID, list[tuple[str, dict[str, Any], str]]] = defaultdict(list)
     for event in events:
@@ -109,6 +110,10 @@ async def apply_tag_changed(
             queued[event.tenant_id].append(
                 ("order", {"group_ids": [wecom_id] if wecom_id else []}, f"order:{wecom_id or '*'}")
             )
+    for tenant_id in {e.tenant_id for e in events if e.tenant_id is not None}:
+        # The corp's first callback brings its initial sync, if ops never asked for one.
+        if not await ops_repo.sync_requested(session, tenant_id):
+            queued[tenant_id].insert(0, ("sync", {}, "sync"))
     for tenant_id, ops in queued.items():
         await ops_repo.enqueue_corp_ops(session, tenant_id, ops, now)
     for tenant_id, wecom_ids in deleted.items():
