@@ -172,6 +172,10 @@ async def test_duplicates_conflict_and_unknown_groups_are_refused(
         f"/v1/tag-groups/{other}", json={"name": "interest"}, headers=brand.headers()
     )
     assert renamed.status_code == 409
+    coffee = await create_tag(client, brand, group, "coffee")
+    clash = await client.patch(f"/v1/tags/{coffee}", json={"name": "tea"}, headers=brand.headers())
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "tag_name_taken"
+    before = await snapshot(session, brand)
     unknown = await client.post(
         "/v1/tags", json={"group_id": 987654, "name": "x"}, headers=brand.headers()
     )

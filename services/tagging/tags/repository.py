@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events import NOTIFY_CHANNEL
@@ -567,20 +568,28 @@ async def update_group(
 ) -> bool:
     """Store the changed fields; False when the new name is another group's."""
     assignments = ", ".join(f"{name} = :{name}" for name in values if name in _GROUP_FIELDS)
-    if "name" in values:
-        taken = await session.scalar(
-            text("SELECT 1 FROM tag_groups WHERE tenant_id = :t AND name = :name AND id <> :id"),
-            {"t": tenant_id, "name": values["name"], "id": group_id},
-        )
-        if taken:
-            return False
-    await session.execute(
+    return await _unless_taken(
+        session,
         text(
             f"UPDATE tag_groups SET {assignments}, updated_at = now()"
             " WHERE tenant_id = :t AND id = :id"
         ),
         {"t": tenant_id, "id": group_id, **{k: v for k, v in values.items() if k in _GROUP_FIELDS}},
+        "uq_tag_groups_name",
     )
+
+
+async def _unless_taken(
+    session: AsyncSession, statement: Any, params: dict[str, Any], constraint: str
+) -> bool:
+    """Run a statement that may break a unique name; False (and nothing changed) if it does."""
+    try:
+        async with session.begin_nested():
+            await session.execute(statement, params)
+    except IntegrityError as error:
+        if constraint not in str(error.orig):
+            raise
+        return False
     return True
 
 
@@ -730,23 +739,14 @@ async def get_tag(
     return None if row is None else dict(row._mapping)
 
 
-async def rename_tag(
-    session: AsyncSession, tenant_id: uuid.UUID, tag_id: int, group_id: int, name: str
-) -> bool:
+async def rename_tag(session: AsyncSession, tenant_id: uuid.UUID, tag_id: int, name: str) -> bool:
     """False when the group has another tag of that name."""
-    taken = await session.scalar(
-        text(
-            "SELECT 1 FROM tags WHERE tenant_id = :t AND group_id = :g AND name = :n AND id <> :id"
-        ),
-        {"t": tenant_id, "g": group_id, "n": name, "id": tag_id},
-    )
-    if taken:
-        return False
-    await session.execute(
+    return await _unless_taken(
+        session,
         text("UPDATE tags SET name = :n, updated_at = now() WHERE tenant_id = :t AND id = :id"),
         {"t": tenant_id, "n": name, "id": tag_id},
+        "uq_tags_name",
     )
-    return True
 
 
 async def delete_tags(session: AsyncSession, tenant_id: uuid.UUID, tag_ids: Sequence[int]) -> None:

@@ -138,9 +138,7 @@ async def rename_tag(
     tag = await repository.get_tag(session, tenant_id, tag_id, lock=True)
     if tag is None:
         raise TagNotFound(tag_id)
-    if tag["name"] != name and not await repository.rename_tag(
-        session, tenant_id, tag_id, tag["group_id"], name
-    ):
+    if tag["name"] != name and not await repository.rename_tag(session, tenant_id, tag_id, name):
         raise TagNameTaken(name)
     return await get_tag(session, tenant_id, tag_id)
 
