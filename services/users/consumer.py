@@ -10,8 +10,9 @@ back. No outbox row, relay or queue stands between a stored event and its
 worker, and it wakes within a round trip of the commit (and polls once a
 second, for retries that fall due and notifications it missed).
 
-Rows go `SCRM_INBOUND_BATCH_SIZE` to a transaction. A batch that fails rolls
-back as a whole and its rows go one by one; a row that fails alone is tried
+Rows go `SCRM_INBOUND_BATCH_SIZE` to a transaction, applied together with a few
+statements for the whole batch (processing.apply_batch, inbound_batch.py). A
+batch that fails rolls back as a whole and its rows go one by one; a row that fails alone is tried
 again after `SCRM_EVENT_RETRY_BASE_SECONDS` (4x longer each time), and after
 `SCRM_EVENT_MAX_ATTEMPTS` it becomes a dead letter that `scrm dlq replay`
 makes due again. Its failure is counted while it is still locked, so its

@@ -1,7 +1,9 @@
 """Applying what integrations sent (run by the users worker, never on the request path).
 
 Each inbound row is applied once: it is locked (consumer.py claims it) and
-marked processed in the same transaction as its effects. Every effect other
+marked processed in the same transaction as its effects. The consumer applies
+the rows it claims together (apply_batch, inbound_batch.py); a row applied
+alone goes through the same steps. Every effect other
 services care about goes out as a domain event (contact.added, contact.lost,
 group.joined, order.paid...).
 """

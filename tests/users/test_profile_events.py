@@ -14,8 +14,9 @@ from sqlalchemy import text
 from services.users import sync
 from services.users.events import ContactProfileChanged
 from shared.db import unit_of_work
+from shared.models import Tenant
 from shared.runtime import Runtime
-from tests.helpers import bearer
+from tests.helpers import bearer, make_key
 from tests.users.support import WeComTenant, contact_event, post, process_all, wecom_tenant
 
 PROFILE = "contact.profile_changed"
@@ -116,6 +117,20 @@ async def test_a_business_event_that_creates_a_contact_publishes_it_once(
     await process_all(committed)
     last = (await profiles(committed, contact_id))[-1]
     assert last["owner_staff"] == "wangwu" and last["channel"] is None
+
+
+async def test_a_contact_the_event_api_creates_is_published(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await session.get(Tenant, corp.tenant_id)
+        operator = await make_key(session, tenant, "operator")
+    body = [event("api-1", unionid="unionP3"), event("api-2", "share", unionid="unionP3")]
+    response = await committed_client.post("/v1/events", json=body, headers=bearer(operator))
+    assert response.status_code == 202, response.text
+    await process_all(committed)
+    [contact_id] = await contact_ids(committed)
+    assert [p["contact_id"] for p in await profiles(committed)] == [contact_id]
 
 
 async def test_patching_attributes_publishes_only_a_real_change(
