@@ -485,6 +485,15 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
             r = int(row["o"].split("-")[1])
             if row["c"] in seen and r in acked:
                 delays.append(seen[row["c"]] - acked[r])
+        # The tagging part alone: from the users service's order.paid (its transaction's
+        # start) to segment.entered (the tagging batch's), both on the database's clock.
+        split = await conn.fetch(
+            "SELECT extract(epoch FROM e.created_at - o.created_at) s FROM outbox_events e "
+            "JOIN outbox_events o ON o.type = 'order.paid' "
+            "AND o.payload->>'contact_id' = e.payload->>'contact_id' "
+            "WHERE e.type = 'segment.entered'"
+        )
+        tagging = [float(r["s"]) for r in split]
         memory = peak_memory(up.pid)
         members = await conn.fetchval(
             "SELECT count(*) FROM segment_members WHERE segment_id = $1", segment_id
@@ -503,6 +512,11 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
                 f"p95 {ms(quantile(delays, 0.95))}  p99 {ms(quantile(delays, 0.99))}"
                 "  (target p95 <= 1 s)"
             )
+        if tagging:
+            print(
+                f"  of which order.paid published -> segment.entered: "
+                f"p50 {ms(quantile(tagging, 0.5))}  p95 {ms(quantile(tagging, 0.95))}"
+            )
         print(
             f"  peak memory of the scrm processes (VmHWM): "
             f"{', '.join(f'{kb / 1024:.0f} MiB' for kb in sorted(memory.values()))}"
@@ -514,6 +528,7 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
             "delay_p50_ms": round(quantile(delays, 0.5) * 1000, 1) if delays else None,
             "delay_p95_ms": round(quantile(delays, 0.95) * 1000, 1) if delays else None,
             "delay_p99_ms": round(quantile(delays, 0.99) * 1000, 1) if delays else None,
+            "tagging_p95_ms": round(quantile(tagging, 0.95) * 1000, 1) if tagging else None,
             "scrm_peak_rss_mib": sorted(round(kb / 1024) for kb in memory.values()),
         }
     finally:
@@ -535,7 +550,10 @@ async def main(args: argparse.Namespace) -> None:
     try:
         result = await build_and_read(admin_url.rpartition("/")[0] + "/" + name, args)
     finally:
-        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if args.keep:
+            print(f"kept the database {name}")
+        else:
+            await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if not args.skip_stream:
         result.update(await stream(admin_url, redis_url, args))
     print(json.dumps({"bench": "segments", **result}))
@@ -553,4 +571,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--drain-timeout", type=float, default=120)
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the data (a) and (c) ran on")
     asyncio.run(main(parser.parse_args()))

@@ -522,10 +522,21 @@ async def preview(
     staff: str | None,
     sample_size: int,
 ) -> tuple[int, list[uuid.UUID]]:
-    members = rule_members(tenant_id, node, moment, staff=staff).subquery()
-    count = int(await session.scalar(select(func.count()).select_from(members)) or 0)
-    sample = list(await session.scalars(select(members.c.contact_id).limit(sample_size)))
-    return count, sample
+    # The rule is evaluated once: the count and the sample read the same result.
+    members = (
+        rule_members(tenant_id, node, moment, staff=staff)
+        .cte("members")
+        .prefix_with("MATERIALIZED")
+    )
+    row = (
+        await session.execute(
+            select(
+                select(func.count()).select_from(members).scalar_subquery(),
+                func.array(select(members.c.contact_id).limit(sample_size).scalar_subquery()),
+            )
+        )
+    ).one()
+    return int(row[0]), list(row[1])
 
 
 async def contact_facts(
