@@ -218,3 +218,27 @@ async def test_concurrent_sweeps_drop_each_tag_once(committed: Runtime) -> None:
     async with unit_of_work(committed.sessionmaker) as session:
         removed = [p for t, p in await _events(session, tenant.id) if t == "tag.removed"]
         assert len(removed) == 300 and len({p["contact_id"] for p in removed}) == 300
+
+
+async def test_deleting_a_tag_waits_for_its_writers_and_removes_what_they_wrote(
+    committed: Runtime,
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        tag = await _tag(session, tenant.id, await _group(session, tenant.id))
+    contact = uuid.uuid4()
+
+    async with unit_of_work(committed.sessionmaker) as writer:
+        await apply_tag_writes(writer, tenant.id, [TagWrite(contact, tag, "set", 2)], Changes(), T0)
+
+        async def delete() -> None:
+            async with unit_of_work(committed.sessionmaker) as session:
+                await service.delete_tag(session, tenant.id, tag)
+
+        deleting = asyncio.create_task(delete())
+        await wait_until(lambda: _waiting_on_a_lock(committed), "the delete waits for the writer")
+    await deleting
+    async with unit_of_work(committed.sessionmaker) as session:
+        assert await _weights(session, tenant.id, T0) == {}
+        kinds = [(t, p.get("reason")) for t, p in await _events(session, tenant.id)]
+        assert kinds == [("tag.added", None), ("tag.removed", "deleted")]

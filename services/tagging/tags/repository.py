@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -91,6 +91,7 @@ _TAG_SETTINGS = text(
     SELECT t.id AS tag_id, t.group_id, g.half_life_days, g.floor, g.exclusive, g.decay_manual
       FROM tags t JOIN tag_groups g ON g.id = t.group_id
      WHERE t.tenant_id = :t AND t.id = ANY(CAST(:tags AS bigint[]))
+       FOR KEY SHARE OF t
     """
 )
 
@@ -540,15 +541,14 @@ async def list_groups(session: AsyncSession, tenant_id: uuid.UUID) -> list[dict[
     return [dict(r._mapping) for r in rows]
 
 
+LockMode = Literal["", "FOR UPDATE", "FOR NO KEY UPDATE", "FOR KEY SHARE"]
+
+
 async def get_group(
-    session: AsyncSession, tenant_id: uuid.UUID, group_id: int, *, lock: bool = False
+    session: AsyncSession, tenant_id: uuid.UUID, group_id: int, *, lock: LockMode = ""
 ) -> dict[str, Any] | None:
     sql = f"SELECT {_GROUP_COLUMNS} FROM tag_groups g WHERE g.tenant_id = :t AND g.id = :id"
-    row = (
-        await session.execute(
-            text(sql + (" FOR UPDATE" if lock else "")), {"t": tenant_id, "id": group_id}
-        )
-    ).first()
+    row = (await session.execute(text(f"{sql} {lock}"), {"t": tenant_id, "id": group_id})).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -647,7 +647,8 @@ async def reanchor_group(
 
 async def group_tag_ids(session: AsyncSession, tenant_id: uuid.UUID, group_id: int) -> list[int]:
     rows = await session.scalars(
-        text("SELECT id FROM tags WHERE tenant_id = :t AND group_id = :g"),
+        # Locked: writers of these tags (FOR KEY SHARE) finish first, later ones find none.
+        text("SELECT id FROM tags WHERE tenant_id = :t AND group_id = :g ORDER BY id FOR UPDATE"),
         {"t": tenant_id, "g": group_id},
     )
     return [int(r) for r in rows]
@@ -725,7 +726,7 @@ async def list_tags(
 
 
 async def get_tag(
-    session: AsyncSession, tenant_id: uuid.UUID, tag_id: int, *, lock: bool = False
+    session: AsyncSession, tenant_id: uuid.UUID, tag_id: int, *, lock: LockMode = ""
 ) -> dict[str, Any] | None:
     sql = (
         f"SELECT {_TAG_COLUMNS} FROM tags t JOIN tag_groups g ON g.id = t.group_id"
@@ -733,7 +734,8 @@ async def get_tag(
     )
     row = (
         await session.execute(
-            text(sql + (" FOR UPDATE OF t" if lock else "")), {"t": tenant_id, "id": tag_id}
+            text(f"{sql} {lock} OF t" if lock else sql),
+            {"t": tenant_id, "id": tag_id},
         )
     ).first()
     return None if row is None else dict(row._mapping)

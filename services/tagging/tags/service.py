@@ -62,7 +62,7 @@ async def update_group(
     """Change a group; new decay settings re-anchor the tags its contacts hold (their
     current weight decays at the new rate from now; past-due drops go at the next
     sweep)."""
-    group = await repository.get_group(session, tenant_id, group_id, lock=True)
+    group = await repository.get_group(session, tenant_id, group_id, lock="FOR NO KEY UPDATE")
     if group is None:
         raise TagGroupNotFound(group_id)
     changed = {k: v for k, v in changes.items() if group[k] != v}
@@ -79,7 +79,7 @@ async def update_group(
 async def delete_group(session: AsyncSession, tenant_id: uuid.UUID, group_id: int) -> None:
     """Delete a group with its tags; every contact holding one loses it (tag.removed,
     reason "deleted")."""
-    if await repository.get_group(session, tenant_id, group_id, lock=True) is None:
+    if await repository.get_group(session, tenant_id, group_id, lock="FOR UPDATE") is None:
         raise TagGroupNotFound(group_id)
     tag_ids = await repository.group_tag_ids(session, tenant_id, group_id)
     await _remove_holders(session, tenant_id, tag_ids)
@@ -101,7 +101,8 @@ async def _remove_holders(session: AsyncSession, tenant_id: uuid.UUID, tag_ids: 
 
 
 async def create_tag(session: AsyncSession, tenant_id: uuid.UUID, group_id: int, name: str) -> int:
-    if await repository.get_group(session, tenant_id, group_id) is None:
+    # A key share: the group is not deleted under the new tag.
+    if await repository.get_group(session, tenant_id, group_id, lock="FOR KEY SHARE") is None:
         raise UnknownTagGroup(group_id)
     if await repository.count_tags_locked(session, tenant_id) >= MAX_TAGS_PER_TENANT:
         raise TooManyTags(MAX_TAGS_PER_TENANT)
@@ -135,7 +136,7 @@ async def list_tags(
 async def rename_tag(
     session: AsyncSession, tenant_id: uuid.UUID, tag_id: int, name: str
 ) -> dict[str, Any]:
-    tag = await repository.get_tag(session, tenant_id, tag_id, lock=True)
+    tag = await repository.get_tag(session, tenant_id, tag_id, lock="FOR NO KEY UPDATE")
     if tag is None:
         raise TagNotFound(tag_id)
     if tag["name"] != name and not await repository.rename_tag(session, tenant_id, tag_id, name):
@@ -145,7 +146,7 @@ async def rename_tag(
 
 async def delete_tag(session: AsyncSession, tenant_id: uuid.UUID, tag_id: int) -> None:
     """Delete a tag; every contact holding it loses it (tag.removed, reason "deleted")."""
-    if await repository.get_tag(session, tenant_id, tag_id, lock=True) is None:
+    if await repository.get_tag(session, tenant_id, tag_id, lock="FOR UPDATE") is None:
         raise TagNotFound(tag_id)
     await _remove_holders(session, tenant_id, [tag_id])
     await repository.delete_tags(session, tenant_id, [tag_id])
@@ -257,7 +258,7 @@ async def bulk(
     """Tag (or untag) many contacts at once, set-based and idempotent: a list of ids
     (those the read model does not know as live come back as `unknown`) or a segment's
     members. `weights`, when given, is a weight per id (an import's column)."""
-    if await repository.get_tag(session, tenant_id, tag_id, lock=True) is None:
+    if await repository.get_tag(session, tenant_id, tag_id) is None:
         raise TagNotFound(tag_id)
     unknown: list[uuid.UUID] = []
     if segment_id is not None:
