@@ -605,6 +605,8 @@ _REANCHOR_GROUP = text(
                     ELSE CAST(:half_life AS float8) END AS half_life_days
           FROM contact_tags ct JOIN tags t ON t.id = ct.tag_id
          WHERE ct.tenant_id = :t AND t.group_id = :g
+         ORDER BY ct.contact_id, ct.tag_id
+           FOR UPDATE OF ct
     )
     UPDATE contact_tags ct
        SET weight = a.weight, weighted_at = :now, half_life_days = a.half_life_days,
