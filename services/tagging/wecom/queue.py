@@ -1,8 +1,10 @@
 """The WeCom op queue's worker: every tagging worker process runs one (`worker_loop`).
 
-A round, per tenant with ops due: claim (one short transaction), plan what each op
-sends (one more), call WeCom outside any transaction, then store each answer and
-mark its op done in a transaction of its own. A failed call goes back to pending
+For each tenant with ops due, the corp's call slots are kept busy: ops are claimed
+(one short transaction) as slots free up, planned (one more: what each sends),
+called outside any transaction, and each answer is stored with its op marked done
+in a transaction of its own. After OPS_PER_TURN ops a tenant yields, so that other
+tenants' new ops are found. A failed call goes back to pending
 with backoff (45033, an unreachable WeCom, a 5xx: anything transient) and, after
 `SCRM_TAGGING_WECOM_MAX_ATTEMPTS`, stays as a failed op that ops list
 (`GET /v1/wecom/tags/ops?status=failed`) and retry by hand; an error trying again
@@ -42,6 +44,9 @@ from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.tagging.wecom")
 
+# Ops one tenant runs before the queue looks again for other tenants with ops due.
+OPS_PER_TURN = 200
+
 
 def backoff(attempt: int) -> float:
     """Seconds before the next try after failed attempt number `attempt` (1-based)."""
@@ -60,7 +65,7 @@ class WeComTagQueue:
         self._listener: asyncpg.Connection | None = None
 
     async def step(self) -> int:
-        """One round for every tenant with ops due; how many ops it ran."""
+        """Run the ops due of every tenant that has some; how many it ran."""
         now = clock.now()
         async with unit_of_work(self.runtime.sessionmaker) as session:
             tenants = await ops_repo.due_tenants(session, now)
@@ -73,28 +78,61 @@ class WeComTagQueue:
         return sum(c for c in counts if isinstance(c, int))
 
     async def run_tenant(self, tenant_id: uuid.UUID) -> int:
+        """Keep the tenant's call slots busy until none of its ops is due: ops are
+        claimed, planned and started as slots free up; how many it ran."""
+        handled = 0
+        running: set[asyncio.Task[None]] = set()
+        clients: list[WeComClient | None] = []  # the tenant's client, once loaded
+        try:
+            while True:
+                # A long queue yields its turn now and then: tenants with new ops join.
+                ops = await self._claim(tenant_id) if handled < OPS_PER_TURN else []
+                handled += len(ops)
+                if ops:
+                    running |= await self._start(tenant_id, ops, clients)
+                if not running:
+                    return handled
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    if task.exception() is not None:
+                        log.error(
+                            "wecom tag op of tenant %s: its outcome was not stored",
+                            tenant_id,
+                            exc_info=task.exception(),
+                        )
+        finally:
+            if running:  # cancelled: the calls under way finish (or their lease runs out)
+                await asyncio.gather(*running, return_exceptions=True)
+            for client in clients:
+                if client is not None:
+                    await client.aclose()
+
+    async def _claim(self, tenant_id: uuid.UUID) -> list[ops_repo.Op]:
         settings = wecom_tag_settings()
-        now = clock.now()
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            ops = await ops_repo.claim(
+            return await ops_repo.claim(
                 session,
                 tenant_id,
-                now,
+                clock.now(),
                 max_in_flight=settings.max_concurrent_calls,
                 lease_seconds=settings.lease_seconds,
             )
-        if not ops:
-            return 0
+
+    async def _start(
+        self, tenant_id: uuid.UUID, ops: list[ops_repo.Op], clients: list[WeComClient | None]
+    ) -> set[asyncio.Task[None]]:
+        """Plan the claimed ops; finish those with nothing to send, start the calls."""
         by_id = {op.id: op for op in ops}
         try:
             async with unit_of_work(self.runtime.sessionmaker) as session:
-                client = await users.wecom_api_client(session, tenant_id)
+                if not clients:
+                    clients.append(await users.wecom_api_client(session, tenant_id))
                 plans = await jobs.plan(session, tenant_id, ops)
         except Exception as exc:
             log.exception("wecom tag ops of tenant %s could not be planned", tenant_id)
             for op in ops:
                 await self._failed(op, f"planning failed: {type(exc).__name__}: {exc}", retry=True)
-            return len(ops)
+            return set()
         for op_id, (reason, retry) in plans.failures.items():
             await self._failed(by_id[op_id], reason, retry=retry)
         done = {i: j.result for i, j in plans.jobs.items() if isinstance(j, jobs.Done)}
@@ -102,20 +140,16 @@ class WeComTagQueue:
             async with unit_of_work(self.runtime.sessionmaker) as session:
                 await ops_repo.finish_many(session, done, clock.now())
         calls = {i: j for i, j in plans.jobs.items() if not isinstance(j, jobs.Done)}
-        if not calls:
-            return len(ops)
+        client = clients[0]
         if client is None:
             for op_id in calls:
                 await self._failed(by_id[op_id], "the tenant has no WeCom app secret", retry=True)
-            return len(ops)
-        async with client:
-            await asyncio.gather(
-                *(
-                    self._run(client, by_id[op_id], job, self._semaphores[tenant_id])
-                    for op_id, job in calls.items()
-                )
-            )
-        return len(ops)
+            return set()
+        slots = self._semaphores[tenant_id]
+        return {
+            asyncio.create_task(self._run(client, by_id[op_id], job, slots))
+            for op_id, job in calls.items()
+        }
 
     async def _run(
         self,
