@@ -780,3 +780,35 @@ async def test_the_first_callback_of_a_corp_never_synced_brings_its_initial_sync
     await callback(committed_client, corp, tag_callback("update", group["group_id"], "tag_group"))
     await settle(committed)
     assert [o["kind"] for o in await ops(committed, corp)] == ["sync", "fetch", "fetch"]
+
+
+async def test_mark_tag_goes_as_the_owner_when_several_staff_follow(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant, fake: FakeWeCom
+) -> None:
+    tea = await _mirrored_tag(committed_client, committed, corp, fake)
+    fake.add_contact("wmTWO", "两位跟进", follow_users=[{"userid": "lisi"}, {"userid": "zhangsan"}])
+    for staff, at in (("zhangsan", 1700000000), ("lisi", 1700000500)):
+        await callback(
+            committed_client,
+            corp,
+            contact_event("add_external_contact", user=staff, external="wmTWO", at=at),
+        )
+    await process_all(committed)
+    [item] = (
+        await committed_client.get(
+            "/v1/contacts", params={"external_userid": "wmTWO"}, headers=bearer(corp.admin)
+        )
+    ).json()["items"]
+    async with committed.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO tagging_profiles (tenant_id, contact_id) VALUES (:t, :c)"),
+            {"t": corp.tenant_id, "c": uuid.UUID(item["id"])},
+        )
+    await committed_client.post(
+        f"/v1/contacts/{item['id']}/tags", json={"tag_id": tea["id"]}, headers=bearer(corp.admin)
+    )
+    await settle(committed)
+    [request] = fake.mark_tag_requests
+    assert request["userid"] == "zhangsan", "the owner: the first to add the customer"
+    assert fake.contact_corp_tags("wmTWO", "zhangsan") == {tea["wecom_tag_id"]}
+    assert fake.contact_corp_tags("wmTWO", "lisi") == set()
