@@ -103,17 +103,27 @@ async def tag_settings(
     return {row.tag_id: TagSettings(**row._mapping) for row in rows}
 
 
+# The keys asked for, and the contacts' tags in the exclusive groups asked for, each
+# found through the primary key (tenant, contact, tag), then locked in key order.
 _LOCK_CONTACT_TAGS = text(
     """
+    WITH wanted AS (
+        SELECT u.contact_id, u.tag_id
+          FROM unnest(CAST(:contacts AS uuid[]), CAST(:tags AS bigint[])) AS u(contact_id, tag_id)
+        UNION
+        SELECT ct.contact_id, ct.tag_id
+          FROM unnest(CAST(:xcontacts AS uuid[]), CAST(:xgroups AS bigint[]))
+               AS x(contact_id, group_id)
+          JOIN contact_tags ct ON ct.tenant_id = :t AND ct.contact_id = x.contact_id
+          JOIN tags tg ON tg.id = ct.tag_id AND tg.group_id = x.group_id
+    )
     SELECT ct.contact_id, ct.tag_id, tg.group_id,
            tag_weight(ct.weight, ct.weighted_at, ct.half_life_days, :now) AS current,
            ct.weighted_at, ct.half_life_days, ct.source, ct.first_raised_at, ct.last_raised_at
-      FROM contact_tags ct JOIN tags tg ON tg.id = ct.tag_id
-     WHERE ct.tenant_id = :t
-       AND ((ct.contact_id, ct.tag_id) IN (
-                SELECT * FROM unnest(CAST(:contacts AS uuid[]), CAST(:tags AS bigint[])))
-            OR (ct.contact_id, tg.group_id) IN (
-                SELECT * FROM unnest(CAST(:xcontacts AS uuid[]), CAST(:xgroups AS bigint[]))))
+      FROM wanted w
+      JOIN contact_tags ct
+        ON ct.tenant_id = :t AND ct.contact_id = w.contact_id AND ct.tag_id = w.tag_id
+      JOIN tags tg ON tg.id = ct.tag_id
      ORDER BY ct.contact_id, ct.tag_id
        FOR UPDATE OF ct
     """
