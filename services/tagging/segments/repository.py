@@ -223,6 +223,14 @@ async def set_timeouts(session: AsyncSession, lock_ms: int, statement_ms: int) -
     )
 
 
+async def tune_for_every_contact(session: AsyncSession, work_mem: str) -> None:
+    """For the rest of the transaction: a statement over every contact of a tenant."""
+    await session.execute(
+        text("SELECT set_config('work_mem', :mem, true), set_config('jit', 'off', true)"),
+        {"mem": work_mem},
+    )
+
+
 # -- membership ----------------------------------------------------------------------------
 
 

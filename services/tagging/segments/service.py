@@ -281,6 +281,7 @@ async def build(session: AsyncSession, segment_id: int, now: datetime) -> dict[s
     await repository.set_timeouts(
         session, settings.build_lock_timeout_ms, settings.build_statement_timeout_ms
     )
+    await repository.tune_for_every_contact(session, settings.evaluation_work_mem)
     segment = await repository.lock_for_build(session, segment_id)
     if segment is None or segment.kind != "dynamic" or segment.rule is None:
         return {}
@@ -339,6 +340,7 @@ async def preview(
 ) -> dict[str, Any]:
     node = await check_rule(session, tenant_id, raw)
     moment = await moment_for(session, tenant_id, now)
+    await repository.tune_for_every_contact(session, segment_settings().evaluation_work_mem)
     count, sample = await repository.preview(session, tenant_id, node, moment, staff, SAMPLE_SIZE)
     return {"count": count, "sample": sample}
 

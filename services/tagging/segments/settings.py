@@ -19,6 +19,11 @@ class SegmentSettings(BaseSettings):
     build_statement_timeout_ms: int = 600_000
     build_retry_base_seconds: float = 30.0
     build_max_attempts: int = 8
+    # Memory for the hash tables of a build or preview over every contact (PostgreSQL's
+    # work_mem for that transaction): event counts of a million contacts fit in 64 MB,
+    # where the server's default spills them to disk. JIT compilation costs more than
+    # it saves on these statements.
+    evaluation_work_mem: str = "64MB"
 
 
 @lru_cache(maxsize=1)
