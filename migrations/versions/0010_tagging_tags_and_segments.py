@@ -96,8 +96,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('tenant_id', 'contact_id', 'tag_id', name=op.f('pk_contact_tags')),
     )
     op.create_index(
-        'ix_contact_tags_tag', 'contact_tags', ['tenant_id', 'tag_id'],
-        postgresql_include=['contact_id'],
+        'ix_contact_tags_tag', 'contact_tags', ['tenant_id', 'tag_id', 'contact_id'],
     )
     op.create_index(
         'ix_contact_tags_drops', 'contact_tags', ['drops_at'],

@@ -60,7 +60,8 @@ class Tag(TenantScoped, Base):
 class ContactTag(Base):
     __tablename__ = "contact_tags"
     __table_args__ = (
-        Index("ix_contact_tags_tag", "tenant_id", "tag_id", postgresql_include=["contact_id"]),
+        # A tag's holders in contact order (segments, pages of holders, deletes).
+        Index("ix_contact_tags_tag", "tenant_id", "tag_id", "contact_id"),
         Index("ix_contact_tags_drops", "drops_at", postgresql_where=text("drops_at IS NOT NULL")),
     )
 
