@@ -301,7 +301,7 @@ async def main(args: argparse.Namespace) -> None:
         # Applying: from the first stored row (its acknowledgement) until the last one
         # was applied, as the database saw it.
         window = await conn.fetchrow(
-            """SELECT count(*) AS rows,
+            """SELECT count(processed_at) AS rows,
                       EXTRACT(EPOCH FROM max(processed_at) - min(received_at)) AS seconds,
                       EXTRACT(EPOCH FROM max(processed_at) - max(received_at)) AS after
                  FROM inbound_events"""
@@ -331,8 +331,8 @@ async def main(args: argparse.Namespace) -> None:
         }
         print(f"processing finished {drained:.1f} s after the last request")
         print(
-            f"  applying: {window['rows']} stored events applied {apply_seconds:.1f} s after the "
-            f"first was acknowledged: {apply_rate:.0f} events/s "
+            f"  applying: {window['rows']} stored events applied, the last {apply_seconds:.1f} s "
+            f"after the first was acknowledged: {apply_rate:.0f} events/s "
             f"(the last {float(window['after'] or 0):.1f} s after the last was stored)"
         )
         print(f"  users workers: {workers}")
