@@ -1,6 +1,7 @@
 """Ingestion under load: signed WeCom callbacks and webhook events against `scrm up`.
 
     python bench/ingest.py [--callbacks 20000] [--webhook-requests 400] [--batch 50]
+    python bench/ingest.py --apply-only [--callbacks 20000] ...   the users workers' side alone
 
 Runs `scrm up` on the local PostgreSQL and Redis (DATABASE_URL / REDIS_URL, else
 127.0.0.1:5432 / 6379) with a throwaway database, and beside it, served the same
@@ -387,6 +388,106 @@ async def main(args: argparse.Namespace) -> None:
         await admin.close()
 
 
+async def apply_only(args: argparse.Namespace) -> None:
+    """The users workers' side alone: the same callbacks and orders stored straight into
+    a fresh database (no HTTP), then applied by one InboundConsumer in this process, as
+    a users worker applies a backlog; prints events/s."""
+    from sqlalchemy import text
+
+    from services.users.consumer import InboundConsumer
+    from services.users.ingest import Inbound, InboundWriter
+    from services.users.wecom_crypto import parse_xml
+    from services.users.wecom_events import dedupe_key, event_type
+    from shared import migrate, tenancy
+    from shared.config import Settings
+    from shared.db import unit_of_work
+    from shared.events import load_subscriptions
+    from shared.runtime import Runtime
+
+    admin_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
+    name = f"scrm_bench_apply_{RUN}"
+    admin = await asyncpg.connect(plain_postgres_url(admin_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    database_url = admin_url.rpartition("/")[0] + "/" + name
+    try:
+        settings = Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            queue_prefix=f"bench{RUN}",
+            secret_key="b" * 40,
+            data_dir=Path(os.environ.get("TMPDIR", "/tmp")) / f"scrm-bench-{RUN}",  # noqa: S108
+        )
+        runtime = await Runtime.open(settings, database_url, redis_url)
+        await migrate.upgrade(runtime.engine)
+        load_subscriptions()
+        async with unit_of_work(runtime.sessionmaker) as session:
+            tenant = await tenancy.create_tenant(session, SLUG)
+        items = []
+        for i in range(args.callbacks):
+            xml = contact_xml(i)
+            msg = parse_xml(xml)
+            items.append(
+                Inbound(tenant.id, "wecom", dedupe_key(msg, xml), event_type(msg), {"xml": xml})
+            )
+        for k in range(args.webhook_requests * args.batch):
+            event_id = f"ord-{k}"
+            items.append(
+                Inbound(
+                    tenant.id,
+                    "event",
+                    event_id,
+                    "order.paid",
+                    {
+                        "event_id": event_id,
+                        "type": "order.paid",
+                        "occurred_at": "2026-11-20T10:00:00+08:00",
+                        "contact": {"external_userid": f"wmBench{k % args.callbacks:07d}"},
+                        "properties": {"order_id": f"SO-{k}", "amount_fen": 100 + k % 50},
+                        "via": "webhook",
+                    },
+                )
+            )
+        writer = InboundWriter(runtime)
+        try:
+            for start in range(0, len(items), 1000):
+                await writer.store(items[start : start + 1000])
+        finally:
+            await writer.close()
+        consumer = InboundConsumer(runtime)
+        started = time.perf_counter()
+        applied = await consumer.drain()
+        seconds = time.perf_counter() - started
+        async with runtime.engine.connect() as conn:
+            timeline = await conn.scalar(text("SELECT count(*) FROM contact_events"))
+            contacts = await conn.scalar(text("SELECT count(*) FROM contacts"))
+        await runtime.close()
+        print(
+            f"applied {applied} stored events ({args.callbacks} contact adds, then "
+            f"{len(items) - args.callbacks} orders) in {seconds:.1f} s: "
+            f"{applied / seconds:.0f} events/s, one InboundConsumer (batches of "
+            f"{consumer.batch_size}, one at a time) in this process; {contacts} contacts, "
+            f"{timeline} timeline entries"
+        )
+        print(
+            json.dumps(
+                {
+                    "bench": "ingest.apply_only",
+                    "events": applied,
+                    "seconds": seconds,
+                    "events_per_s": applied / seconds,
+                    "batch_size": consumer.batch_size,
+                    "ok": applied == len(items) == timeline and contacts == args.callbacks,
+                }
+            )
+        )
+    finally:
+        admin = await asyncpg.connect(plain_postgres_url(admin_url))
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -400,4 +501,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--timeline", action="store_true", help="print scrm's latencies second by second"
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--apply-only",
+        action="store_true",
+        help="no HTTP: store the events directly and time one users consumer applying them",
+    )
+    parsed = parser.parse_args()
+    asyncio.run(apply_only(parsed) if parsed.apply_only else main(parsed))
