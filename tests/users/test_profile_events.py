@@ -17,7 +17,14 @@ from shared.db import unit_of_work
 from shared.models import Tenant
 from shared.runtime import Runtime
 from tests.helpers import bearer, make_key
-from tests.users.support import WeComTenant, contact_event, post, process_all, wecom_tenant
+from tests.users.support import (
+    WeComTenant,
+    chat_event,
+    contact_event,
+    post,
+    process_all,
+    wecom_tenant,
+)
 
 PROFILE = "contact.profile_changed"
 
@@ -224,3 +231,20 @@ async def test_a_merge_publishes_what_the_survivor_took_over(
     last = (await profiles(committed, survivor))[-1]
     assert (last["owner_staff"], last["channel"]) == ("zhangsan", "ch6")
     assert uuid.UUID(merged)
+
+
+async def test_a_contact_first_seen_joining_a_group_is_published_once(
+    committed: Runtime, committed_client: httpx.AsyncClient, corp: WeComTenant
+) -> None:
+    joined = chat_event(
+        "update", UpdateDetail="add_member", MemChangeCnt="1", members=["wmP7", "zhangsan"]
+    )
+    left = chat_event(
+        "update", at=1700000100, UpdateDetail="del_member", MemChangeCnt="1", members=["wmP7"]
+    )
+    for xml in (joined, left):
+        assert (await post(committed_client, corp.callback(xml))).text == "success"
+    await process_all(committed)
+    [contact_id] = await contact_ids(committed)
+    [published] = await profiles(committed)
+    assert published["contact_id"] == contact_id and published["owner_staff"] is None
