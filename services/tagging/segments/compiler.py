@@ -1,9 +1,9 @@
 """A rule tree compiled to one SQLAlchemy Core condition over `tagging_profiles` (alias
 `p`), every value a bound parameter.
 
-The same condition serves the full build (every live profile of the tenant) and
-the incremental one (`ids`: only these contacts; the grouped event counts are
-then restricted to them too, so a batch reads only its own contacts' rows).
+The same condition serves the full build (every live profile of the tenant: event
+counts grouped once and joined) and the incremental one (`ids`: only these
+contacts, each one's counts read through its keys).
 
 Semantics, shared with the Python evaluator (evaluate.py):
 - tag: the contact holds the tag; with `min_weight`, its current weight
@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import (
     Numeric,
     and_,
-    any_,
     case,
     cast,
     exists,
@@ -151,6 +150,20 @@ def _event(
     else:
         source = TaggingEventDay.__table__
         total = func.sum(source.c.n)
+    if ids is not None:
+        # A few contacts: each one's count through the (tenant, contact, ...) keys, a plan
+        # that stays an index lookup per contact whatever the statistics say.
+        per_contact = select(total).where(
+            source.c.tenant_id == tenant_id,
+            source.c.contact_id == p.c.contact_id,
+            source.c.event_type == leaf.event_type,
+        )
+        if leaf.within_days is not None:
+            per_contact = per_contact.where(source.c.day >= moment.window_start(leaf.within_days))
+        for key, value in leaf.where:
+            per_contact = per_contact.where(source.c.properties[key] == json_value(value))
+        return _bounds(leaf.count, func.coalesce(per_contact.scalar_subquery(), 0))
+    # Every contact: the counts grouped once, joined (semi or anti) to the profiles.
     grouped = select(source.c.contact_id).where(
         source.c.tenant_id == tenant_id, source.c.event_type == leaf.event_type
     )
@@ -158,8 +171,6 @@ def _event(
         grouped = grouped.where(source.c.day >= moment.window_start(leaf.within_days))
     for key, value in leaf.where:
         grouped = grouped.where(source.c.properties[key] == json_value(value))
-    if ids is not None:
-        grouped = grouped.where(source.c.contact_id == any_(ids))
     # A contact without any counted event has a count of 0: when 0 satisfies the
     # bounds the condition is "not among those whose count fails them".
     holds_at_zero = leaf.count.holds(0)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    column,
     delete,
     exists,
     func,
@@ -62,6 +63,17 @@ _outbox = typing.cast(Table, OutboxEvent.__table__)
 
 def ids_param(ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
     return bindparam("ids", list(ids), type_=ARRAY(PG_UUID(as_uuid=True)))
+
+
+def changed_contacts(bound: BindParameter[Any]) -> Any:
+    """`unnest(:ids) AS changed(contact_id)`: joined to a table by its keys, the given
+    contacts are looked up one by one, where `= ANY(:ids)` can be planned as a scan
+    of the whole tenant (statistics of young tables, generic plans)."""
+    return (
+        func.unnest(bound)
+        .table_valued(column("contact_id", PG_UUID(as_uuid=True)))
+        .render_derived(name="changed")
+    )
 
 
 async def tenant_timezone(session: AsyncSession, tenant_id: uuid.UUID) -> str:
@@ -223,6 +235,13 @@ async def set_timeouts(session: AsyncSession, lock_ms: int, statement_ms: int) -
     )
 
 
+async def plan_for_these_contacts(session: AsyncSession) -> None:
+    """For the rest of the transaction, plan each statement for its own parameters: a
+    generic plan of a prepared statement knows neither how many contacts the batch has
+    nor which windows, and can scan where a lookup per contact is right."""
+    await session.execute(text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)"))
+
+
 async def tune_for_every_contact(session: AsyncSession, work_mem: str) -> None:
     """For the rest of the transaction: a statement over every contact of a tenant."""
     await session.execute(
@@ -250,7 +269,8 @@ def rule_members(
         compiler.condition(node, p, tenant_id, moment, ids),
     )
     if ids is not None:
-        query = query.where(p.c.contact_id == any_(ids))
+        changed = changed_contacts(ids)
+        query = query.select_from(changed.join(p, p.c.contact_id == changed.c.contact_id))
     if staff is not None:
         query = query.where(p.c.owner_staff == staff)
     return query
@@ -325,7 +345,8 @@ async def apply_difference(
         ),
     )
     if bound is not None:
-        gone_query = gone_query.where(m.c.contact_id == any_(bound))
+        changed = changed_contacts(bound)
+        gone_query = gone_query.where(m.c.contact_id == changed.c.contact_id)
     gone = gone_query.returning(m.c.segment_id, m.c.contact_id).cte("gone")
     present = m.alias("present")
     new_rows = select(
@@ -371,12 +392,12 @@ async def remove_departed(
     static ones included; returns the (segment, contact) pairs that left."""
     m = _members
     p = _profiles
-    bound = ids_param(ids)
+    changed = changed_contacts(ids_param(ids))
     gone = (
         delete(m)
         .where(
             m.c.tenant_id == tenant_id,
-            m.c.contact_id == any_(bound),
+            m.c.contact_id == changed.c.contact_id,
             ~exists(
                 select(literal(1)).where(
                     p.c.tenant_id == tenant_id,
