@@ -190,6 +190,13 @@ async def _empty(runtime: Runtime, emptying_sql: str) -> None:
         await raw.execute(emptying_sql)  # several statements, one implicit transaction
     for service in SERVICES:
         await runtime.redis.delete(runtime.queue_name(service))
+    # And the arq keys of this run's jobs: ids restart with the sequences, and arq
+    # ignores an enqueue whose job id still has a key (a scheduled job's id names
+    # its scheduled_jobs row), so a job left by an earlier test would hide a new one.
+    prefix = runtime.settings.queue_prefix
+    stale = [k async for k in runtime.redis.scan_iter(match=f"arq:*{prefix}:*", count=1000)]
+    if stale:
+        await runtime.redis.delete(*stale)
 
 
 @pytest.fixture
