@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import LoadResult, build_request, run_load  # noqa: E402
+from services.tagging import pipeline  # noqa: E402
 from services.users.wecom_crypto import WeComCrypto  # noqa: E402
 from shared.config import plain_postgres_url  # noqa: E402
 
@@ -54,6 +55,9 @@ WORKER_KNOBS = (
     "SCRM_INBOUND_BATCH_SIZE",
     "SCRM_INBOUND_CONCURRENCY",
 )
+
+
+TAGGING_HANDLER = "tagging.apply_events"
 
 
 def free_port() -> int:
@@ -320,6 +324,36 @@ async def main(args: argparse.Namespace) -> None:
                       (SELECT count(*) FROM outbox_events WHERE type = 'order.paid') AS paid,
                       (SELECT count(*) FROM dead_letters) AS dead"""
         )
+        # Downstream: the tagging service's consumer (read model, rules, lifecycle,
+        # segments) has applied every event of the types it reads.
+        tagging_types = [t for t in pipeline.CONSUMED if not t.endswith(".*")]
+        downstream_started = time.monotonic()
+        while True:
+            behind = await conn.fetchval(
+                """SELECT count(*) FROM outbox_events o
+                    WHERE (o.type = ANY($1::text[]) OR o.type LIKE 'custom.%')
+                      AND NOT EXISTS (SELECT 1 FROM processed_events p
+                                       WHERE p.event_id = o.id AND p.handler = $2)
+                      AND NOT EXISTS (SELECT 1 FROM dead_letters d
+                                       WHERE d.event_id = o.id AND d.handler = $2)""",
+                tagging_types,
+                TAGGING_HANDLER,
+            )
+            if behind == 0:
+                break
+            if time.monotonic() - downstream_started > args.drain_timeout:
+                print(f"  tagging did not finish in {args.drain_timeout} s: {behind} behind")
+                break
+            await asyncio.sleep(0.5)
+        tagging = await conn.fetchrow(
+            """SELECT count(*) AS events,
+                      EXTRACT(EPOCH FROM max(p.processed_at)
+                              - (SELECT min(received_at) FROM inbound_events)) AS seconds
+                 FROM processed_events p WHERE p.handler = $1""",
+            TAGGING_HANDLER,
+        )
+        tagging_seconds = float(tagging["seconds"] or 0.0)
+        end_to_end_rate = unique_events / tagging_seconds if tagging_seconds else 0.0
         await conn.close()
         expected = {
             "stored": unique_events,
@@ -337,6 +371,12 @@ async def main(args: argparse.Namespace) -> None:
             f"(the last {float(window['after'] or 0):.1f} s after the last was stored)"
         )
         print(f"  users workers: {workers}")
+        print(
+            f"  end to end: the tagging service applied {tagging['events']} events "
+            f"(read model, tag rules, lifecycle, segments), the last {tagging_seconds:.1f} s "
+            f"after the first stored event was acknowledged: {end_to_end_rate:.0f} stored "
+            "events/s through users and tagging"
+        )
         ok = True
         print(f"  merges   {row['merges']:>8}  (orders that raced their contact's add: merged)")
         for key, want in expected.items():
@@ -367,6 +407,11 @@ async def main(args: argparse.Namespace) -> None:
                         "seconds": apply_seconds,
                         "events_per_s": apply_rate,
                         "workers": workers,
+                    },
+                    "end_to_end": {
+                        "tagging_events": tagging["events"],
+                        "seconds": tagging_seconds,
+                        "events_per_s": end_to_end_rate,
                     },
                     "counts": dict(row),
                     "ok": ok,

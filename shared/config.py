@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         validation_alias="SCRM_WORKER_PROCESSES",
     )
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
-        default=20, validation_alias="SCRM_WORKER_MAX_JOBS"
+        default=4, validation_alias="SCRM_WORKER_MAX_JOBS"
     )
     # Scheduling priority of worker processes (Unix nice, added to the current one):
     # where workers share cores with an API, a processing backlog yields the CPU to

@@ -124,6 +124,10 @@ class EventDelivery:
                     # Half of what is left: deliveries one by one always get their turn.
                     async with asyncio.timeout(left / 2):
                         await self._deliver_batch(chunk)
+                except TimeoutError:
+                    # Too slow, not failing (a busy worker): one by one would be slower
+                    # still, so the batch continues in a new job, in halves.
+                    await self._split(chunk, handler)
                 except Exception as exc:
                     # A handler failed (or the batch was too slow): it rolled back as
                     # a whole; each of its events goes alone, so only a failing one
@@ -150,6 +154,19 @@ class EventDelivery:
             event, sub = remaining.pop(0)
             await self._deliver_one(event, sub, attempt)
             delivered_alone += 1
+
+    async def _split(self, chunk: list[tuple[Event, Subscription]], handler: str | None) -> None:
+        ids = sorted({event.id for event, _ in chunk})
+        half = max(1, len(ids) // 2)
+        for start in range(0, len(ids), half):
+            await self.runtime.redis.enqueue_job(
+                DELIVER_JOB,
+                ids[start : start + half],
+                handler=handler,
+                attempt=1,
+                _queue_name=self.runtime.queue_name(self.service),
+            )
+        log.info("batch of %d deliveries too slow; continues in new jobs of %d", len(chunk), half)
 
     async def _work_for(
         self, event_ids: list[int], handler: str | None

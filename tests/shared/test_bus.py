@@ -357,3 +357,23 @@ async def test_long_deliveries_continue_in_new_jobs_instead_of_timing_out(
     await work_until_idle(short, "points")
     handled = await effects(committed)
     assert len(handled) == 12 and len(set(handled)) == 12
+
+
+async def test_a_batch_too_slow_continues_in_halves_not_one_by_one(
+    committed: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A busy worker's slow batch is not a failure: it is split into new jobs (one by
+    one would be slower still), and every event is still handled once."""
+    short = dataclasses.replace(
+        committed, settings=committed.settings.model_copy(update={"job_timeout_seconds": 2.0})
+    )
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(session, [("test.slow", {"sleep": 0.1, "i": i}, None) for i in range(8)])
+    await relay_all(committed)
+    with caplog.at_level("INFO", logger="scrm.worker"):
+        await work_until_idle(short, "points")
+    handled = await effects(committed, "test.slow")
+    assert len(handled) == 8 and len(set(handled)) == 8
+    messages = [r.getMessage() for r in caplog.records]
+    assert "batch of 8 deliveries too slow; continues in new jobs of 4" in messages
+    assert not any("one by one" in m for m in messages)
