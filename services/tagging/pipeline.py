@@ -30,21 +30,9 @@ from services.tagging.segments import live
 from services.tagging.tags import follow as tags_follow
 from shared.events import Event, subscribe_many
 
-# Contact events the users service publishes for each applied business event.
-BUSINESS_EVENTS = (
-    "order.paid",
-    "order.refunded",
-    "checkin",
-    "comment",
-    "page.view",
-    "product.view",
-    "cart.add",
-    "share",
-    "live.watch",
-    "consent.opt_in",
-    "consent.opt_out",
-    "custom.*",  # a brand's own events, custom.<name>
-)
+# The business events the read model counts (profile/ingest.py says which), and the
+# brands' own events, custom.<name>.
+BUSINESS_EVENTS = (*sorted(ingest.COUNTED - {"referral.succeeded"}), "custom.*")
 CONTACT_EVENTS = (
     "contact.added",
     "contact.half_added",
