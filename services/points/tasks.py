@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.ledger import expiry, merge, repository, service
-from services.points.rules.service import load_rules
-from services.users import contact_status
-from shared.events import Event, subscribe
+from services.points.rules.service import TenantRules, load_rules
+from services.users import contact_statuses
+from shared.events import Event, subscribe, subscribe_many
 from shared.scheduler import ScheduledWork, recurring_job
 
 log = logging.getLogger("scrm.points.tasks")
@@ -31,19 +32,53 @@ def _occurred(event: Event) -> datetime:
     return datetime.fromisoformat(raw) if isinstance(raw, str) else event.created_at
 
 
+async def _by_member(
+    session: AsyncSession, events: list[Event], key: str = "contact_id"
+) -> list[tuple[Event, uuid.UUID, uuid.UUID]]:
+    """(event, tenant, live contact it is about: its survivor when merged) for the events
+    about a live contact, in contact order (each contact's events in their own order), so
+    concurrent batches lock accounts in one order. One statement per tenant and merge step.
+    """
+    wanted: dict[int, tuple[uuid.UUID, uuid.UUID]] = {}
+    for event in events:
+        raw = event.payload.get(key)
+        if raw and event.tenant_id is not None:
+            wanted[event.id] = (event.tenant_id, uuid.UUID(str(raw)))
+    live: dict[int, tuple[uuid.UUID, uuid.UUID]] = {}
+    for _ in range(5):  # follow merges
+        if not wanted:
+            break
+        by_tenant: dict[uuid.UUID, set[uuid.UUID]] = {}
+        for tenant_id, contact_id in wanted.values():
+            by_tenant.setdefault(tenant_id, set()).add(contact_id)
+        status = {
+            (tenant_id, contact_id): found
+            for tenant_id, ids in by_tenant.items()
+            for contact_id, found in (await contact_statuses(session, tenant_id, ids)).items()
+        }
+        merged: dict[int, tuple[uuid.UUID, uuid.UUID]] = {}
+        for event_id, (tenant_id, contact_id) in wanted.items():
+            found = status[(tenant_id, contact_id)]
+            if found == "active":
+                live[event_id] = (tenant_id, contact_id)
+            elif found.startswith("merged:"):
+                merged[event_id] = (tenant_id, uuid.UUID(found.removeprefix("merged:")))
+        wanted = merged
+    found_events = [(event, *live[event.id]) for event in events if event.id in live]
+    return sorted(found_events, key=lambda item: (item[1], item[2]))
+
+
 async def _member(session: AsyncSession, event: Event, key: str = "contact_id") -> uuid.UUID | None:
     """The live contact an event is about (its survivor when merged), or None."""
-    raw = event.payload.get(key)
-    if not raw or event.tenant_id is None:
-        return None
-    contact_id = uuid.UUID(str(raw))
-    for _ in range(5):  # follow merges
-        found = await contact_status(session, event.tenant_id, contact_id)
-        if found.startswith("merged:"):
-            contact_id = uuid.UUID(found.removeprefix("merged:"))
-            continue
-        return contact_id if found == "active" else None
-    return None
+    found = await _by_member(session, [event], key)
+    return found[0][2] if found else None
+
+
+async def _rules_of(
+    session: AsyncSession, tenant_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, TenantRules]:
+    """Each tenant's rules, loaded once per batch."""
+    return {tenant_id: await load_rules(session, tenant_id) for tenant_id in set(tenant_ids)}
 
 
 def _properties(event: Event) -> dict[str, Any]:
@@ -51,96 +86,98 @@ def _properties(event: Event) -> dict[str, Any]:
     return props if isinstance(props, dict) else {}
 
 
-@subscribe("points", "checkin", name="points.earn_checkin")
-async def earn_checkin(session: AsyncSession, event: Event) -> None:
+@subscribe_many("points", "checkin", name="points.earn_checkin")
+async def earn_checkin(session: AsyncSession, events: list[Event]) -> None:
     """Check-in points, once per member and tenant-local day."""
-    contact = await _member(session, event)
-    if contact is None or event.tenant_id is None:
-        return
-    rules = await load_rules(session, event.tenant_id)
-    at = _occurred(event)
-    await service.earn_by_rule(
-        session,
-        event.tenant_id,
-        contact,
-        rule="checkin",
-        base_points=rules.rules.earning.checkin.points,
-        occurred_at=at,
-        source_key=f"checkin:{contact}:{rules.local_day(at).isoformat()}",
-        rules=rules,
-        reason="daily check-in",
-    )
-
-
-@subscribe("points", "comment", name="points.earn_comment")
-async def earn_comment(session: AsyncSession, event: Event) -> None:
-    """Comment points, up to the daily cap."""
-    contact = await _member(session, event)
-    if contact is None or event.tenant_id is None:
-        return
-    rules = await load_rules(session, event.tenant_id)
-    rule = rules.rules.earning.comment
-    await service.earn_by_rule(
-        session,
-        event.tenant_id,
-        contact,
-        rule="comment",
-        base_points=rule.points,
-        occurred_at=_occurred(event),
-        source_key=f"event:{event.event_id}",
-        rules=rules,
-        reason="comment",
-        daily_cap=rule.daily_cap,
-    )
-
-
-@subscribe("points", "order.paid", name="points.earn_order")
-async def earn_order(session: AsyncSession, event: Event) -> None:
-    """1 point per whole ¥1 paid (amounts are fen), times any multiplier."""
-    contact = await _member(session, event)
-    props = _properties(event)
-    order_id, amount = props.get("order_id"), props.get("amount_fen")
-    if contact is None or event.tenant_id is None or not order_id or not isinstance(amount, int):
-        return
-    rules = await load_rules(session, event.tenant_id)
-    per_yuan = rules.rules.earning.order_paid.points_per_yuan
-    booked = await service.earn_by_rule(
-        session,
-        event.tenant_id,
-        contact,
-        rule="order_paid",
-        base_points=amount // 100 * per_yuan,
-        occurred_at=_occurred(event),
-        source_key=f"order:{order_id}",
-        rules=rules,
-        reason=f"order {order_id}",
-        order_id=str(order_id),
-        details={"amount_fen": amount},
-    )
-    if booked is not None and not booked.replayed:
-        # A refund that arrived before its payment is applied now.
-        account = await repository.lock_account(session, event.tenant_id, contact)
-        await service.reconcile_order(
-            session, account, str(order_id), source_key=f"clawback:paid:{order_id}"
+    members = await _by_member(session, events)
+    rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
+    for event, tenant_id, contact in members:
+        rules = rules_of[tenant_id]
+        at = _occurred(event)
+        await service.earn_by_rule(
+            session,
+            tenant_id,
+            contact,
+            rule="checkin",
+            base_points=rules.rules.earning.checkin.points,
+            occurred_at=at,
+            source_key=f"checkin:{contact}:{rules.local_day(at).isoformat()}",
+            rules=rules,
+            reason="daily check-in",
         )
 
 
-@subscribe("points", "order.refunded", name="points.claw_back_refund")
-async def claw_back_refund(session: AsyncSession, event: Event) -> None:
+@subscribe_many("points", "comment", name="points.earn_comment")
+async def earn_comment(session: AsyncSession, events: list[Event]) -> None:
+    """Comment points, up to the daily cap."""
+    members = await _by_member(session, events)
+    rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
+    for event, tenant_id, contact in members:
+        rules = rules_of[tenant_id]
+        rule = rules.rules.earning.comment
+        await service.earn_by_rule(
+            session,
+            tenant_id,
+            contact,
+            rule="comment",
+            base_points=rule.points,
+            occurred_at=_occurred(event),
+            source_key=f"event:{event.event_id}",
+            rules=rules,
+            reason="comment",
+            daily_cap=rule.daily_cap,
+        )
+
+
+@subscribe_many("points", "order.paid", name="points.earn_order")
+async def earn_order(session: AsyncSession, events: list[Event]) -> None:
+    """1 point per whole ¥1 paid (amounts are fen), times any multiplier."""
+    members = await _by_member(session, events)
+    rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
+    paid: dict[uuid.UUID, dict[str, uuid.UUID]] = {}
+    for event, tenant_id, contact in members:
+        props = _properties(event)
+        order_id, amount = props.get("order_id"), props.get("amount_fen")
+        if not order_id or not isinstance(amount, int):
+            continue
+        rules = rules_of[tenant_id]
+        per_yuan = rules.rules.earning.order_paid.points_per_yuan
+        booked = await service.earn_by_rule(
+            session,
+            tenant_id,
+            contact,
+            rule="order_paid",
+            base_points=amount // 100 * per_yuan,
+            occurred_at=_occurred(event),
+            source_key=f"order:{order_id}",
+            rules=rules,
+            reason=f"order {order_id}",
+            order_id=str(order_id),
+            details={"amount_fen": amount},
+        )
+        if booked is not None and not booked.replayed:
+            paid.setdefault(tenant_id, {})[str(order_id)] = contact
+    for tenant_id, orders in paid.items():
+        await service.apply_refunds_before_payment(session, tenant_id, orders)
+
+
+@subscribe_many("points", "order.refunded", name="points.claw_back_refund")
+async def claw_back_refund(session: AsyncSession, events: list[Event]) -> None:
     """A refund takes back the order's points in proportion (partial refunds too)."""
-    contact = await _member(session, event)
-    props = _properties(event)
-    order_id, refund = props.get("order_id"), props.get("refund_fen")
-    if contact is None or event.tenant_id is None or not order_id or not isinstance(refund, int):
-        return
-    await service.record_refund(
-        session,
-        event.tenant_id,
-        contact,
-        order_id=str(order_id),
-        refund_fen=refund,
-        source_key=f"event:{event.event_id}",
-    )
+    members = await _by_member(session, events)
+    for event, tenant_id, contact in members:
+        props = _properties(event)
+        order_id, refund = props.get("order_id"), props.get("refund_fen")
+        if not order_id or not isinstance(refund, int):
+            continue
+        await service.record_refund(
+            session,
+            tenant_id,
+            contact,
+            order_id=str(order_id),
+            refund_fen=refund,
+            source_key=f"event:{event.event_id}",
+        )
 
 
 @subscribe("points", "referral.succeeded", name="points.earn_invite")
@@ -198,15 +235,18 @@ async def check_points_health(session: AsyncSession, work: ScheduledWork) -> Non
             await health.deliver_pending(session, tenant_id, client)
 
 
-@subscribe("points", "order.paid", name="points.spend_held_points")
-async def spend_held_points(session: AsyncSession, event: Event) -> None:
+@subscribe_many("points", "order.paid", name="points.spend_held_points")
+async def spend_held_points(session: AsyncSession, events: list[Event]) -> None:
     """A paid order spends the points held for it by a points + cash redemption."""
     from services.points.catalog import holds
 
-    order_id = _properties(event).get("order_id")
-    if event.tenant_id is None or not order_id:
-        return
-    await holds.spend_hold(session, event.tenant_id, str(order_id))
+    orders: dict[uuid.UUID, list[str]] = {}
+    for event in events:
+        order_id = _properties(event).get("order_id")
+        if event.tenant_id is not None and order_id:
+            orders.setdefault(event.tenant_id, []).append(str(order_id))
+    for tenant_id, order_ids in orders.items():
+        await holds.spend_holds(session, tenant_id, order_ids)
 
 
 @recurring_job("points", "release_expired_holds", every_seconds=60)

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 import services.points.tasks  # noqa: F401  (registers the handlers)
 from shared.db import unit_of_work
@@ -137,6 +138,50 @@ async def test_a_refund_before_its_payment_applies_once_it_earns(
     await send(committed, brand, "order.refunded", member, order_id="SO-5", refund_fen=5_000)
     await send(committed, brand, "order.paid", member, order_id="SO-5", amount_fen=10_000)
     assert await balance(committed_client, brand, member) == 50
+
+
+async def test_a_batch_of_payments_keeps_every_rule_of_one_by_one(
+    committed: Runtime, committed_client: httpx.AsyncClient, brand: Brand
+) -> None:
+    member, other = await make_member(committed, brand), await make_member(committed, brand)
+    merged, erased = await make_member(committed, brand), await make_member(committed, brand)
+    async with unit_of_work(committed.sessionmaker) as session:
+        await session.execute(
+            text("UPDATE contacts SET merged_into_id = :s WHERE id = :c"),
+            {"s": member, "c": merged},
+        )
+        await session.execute(
+            text("UPDATE contacts SET erased_at = now() WHERE id = :c"), {"c": erased}
+        )
+    await send(committed, brand, "order.refunded", other, order_id="B-2", refund_fen=5_000)
+    payments = [
+        (member, "B-1", 10_000),
+        (other, "B-2", 10_000),  # refunded by half before it was paid
+        (merged, "B-3", 20_000),  # earns for the survivor
+        (erased, "B-4", 30_000),  # earns nothing
+        (member, "B-1", 10_000),  # the same order paid again earns once
+        (other, "B-5", 40_000),
+    ]
+    async with unit_of_work(committed.sessionmaker) as session:
+        for contact, order_id, amount in payments:
+            await publish(
+                session,
+                "order.paid",
+                {
+                    "contact_id": str(contact),
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                    "properties": {"order_id": order_id, "amount_fen": amount},
+                },
+                tenant_id=brand.tenant_id,
+            )
+    await relay_all(committed)
+    await work_until_idle(committed, "points")
+    assert await balance(committed_client, brand, member) == 100 + 200
+    assert await balance(committed_client, brand, other) == 50 + 400
+    assert (
+        await rows(committed, "SELECT 1 FROM points_accounts WHERE contact_id = :c", c=erased) == []
+    )
+    assert await verify(committed, brand) == []
 
 
 async def test_promotions_and_invites(

@@ -25,16 +25,26 @@ log = logging.getLogger("scrm.points.holds")
 
 async def spend_hold(session: AsyncSession, tenant_id: uuid.UUID, order_id: str) -> bool:
     """The order was paid: its held points are spent. False when it had no hold."""
-    row = await catalog_sql.redemption_for_order(session, tenant_id, order_id)
-    if row is None:
-        return False
-    # The account lock first: a release of the same hold waits, then sees it spent.
-    await repository.lock_account(session, tenant_id, row["contact_id"])
-    spent = await catalog_sql.set_status(session, row["id"], from_status="held", to_status="spent")
-    if not spent:
+    return await spend_holds(session, tenant_id, [order_id]) > 0
+
+
+async def spend_holds(session: AsyncSession, tenant_id: uuid.UUID, order_ids: list[str]) -> int:
+    """These orders were paid: the points held for them are spent. How many holds were.
+    One statement finds the few orders with a hold; their accounts lock in id order."""
+    spent = 0
+    for row in await catalog_sql.redemptions_for_orders(session, tenant_id, order_ids):
+        # The account lock first: a release of the same hold waits, then sees it spent.
+        await repository.lock_account(session, tenant_id, row["contact_id"])
+        if await catalog_sql.set_status(session, row["id"], from_status="held", to_status="spent"):
+            spent += 1
+            continue
         log.warning(
             "order paid but its points hold is no longer held",
-            extra={"tenant_id": str(tenant_id), "order_id": order_id, "redemption_id": row["id"]},
+            extra={
+                "tenant_id": str(tenant_id),
+                "order_id": row["order_id"],
+                "redemption_id": row["id"],
+            },
         )
     return spent
 

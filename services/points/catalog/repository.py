@@ -282,6 +282,23 @@ async def redemption_for_order(
     return dict(row) if row else None
 
 
+async def redemptions_for_orders(
+    session: AsyncSession, tenant_id: uuid.UUID, order_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The redemptions paid by any of these orders (at most one each), by account id."""
+    if not order_ids:
+        return []
+    rows = await session.execute(
+        text(
+            "SELECT id, account_id, contact_id, order_id, status FROM points_redemptions"
+            " WHERE tenant_id = :t AND order_id = ANY(CAST(:o AS text[]))"
+            " ORDER BY account_id, id"
+        ),
+        {"t": tenant_id, "o": order_ids},
+    )
+    return [dict(row) for row in rows.mappings()]
+
+
 async def set_status(
     session: AsyncSession,
     redemption_id: int,

@@ -377,6 +377,22 @@ async def record_refund(
     return recorded is not None
 
 
+async def orders_with_refunds(
+    session: AsyncSession, tenant_id: uuid.UUID, order_ids: list[str]
+) -> list[str]:
+    """Which of these orders have a refund recorded."""
+    if not order_ids:
+        return []
+    rows = await session.execute(
+        text(
+            "SELECT DISTINCT order_id FROM points_order_refunds"
+            " WHERE tenant_id = :t AND order_id = ANY(CAST(:o AS text[])) ORDER BY order_id"
+        ),
+        {"t": tenant_id, "o": order_ids},
+    )
+    return [str(order_id) for order_id in rows.scalars()]
+
+
 async def order_earning(
     session: AsyncSession, tenant_id: uuid.UUID, order_id: str
 ) -> tuple[int, int]:

@@ -333,6 +333,16 @@ async def record_refund(
     return await reconcile_order(session, account, order_id, source_key=f"clawback:{source_key}")
 
 
+async def apply_refunds_before_payment(
+    session: AsyncSession, tenant_id: uuid.UUID, paid: dict[str, uuid.UUID]
+) -> None:
+    """Orders that just earned (order id: its member): a refund of one that arrived
+    before its payment is clawed back now. Most orders have none: one statement."""
+    for order_id in await repository.orders_with_refunds(session, tenant_id, list(paid)):
+        account = await repository.lock_account(session, tenant_id, paid[order_id])
+        await reconcile_order(session, account, order_id, source_key=f"clawback:paid:{order_id}")
+
+
 async def reconcile_order(
     session: AsyncSession, account: LockedAccount, order_id: str, *, source_key: str
 ) -> Booked | None:
