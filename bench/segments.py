@@ -443,7 +443,6 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
         requests = int(args.rate * args.stream_seconds / batch)
         interval = batch / args.rate
         acked: dict[int, float] = {}
-        timestamp = str(int(time.time()))
         stop = asyncio.Event()
         watcher = asyncio.create_task(watch(stop))
         occurred = datetime.now(UTC).isoformat()
@@ -460,6 +459,8 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
                 for k in range(batch)
             ]
             body = json.dumps({"events": events}).encode()
+            # Signed as it is sent: a slow warm-up must not age the signatures.
+            timestamp = str(int(time.time()))
             mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
             response = await client.post(
                 f"http://127.0.0.1:{port}/v1/webhooks/{SLUG}/events",
