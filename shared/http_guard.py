@@ -24,14 +24,20 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from fastapi import params
+from fastapi import Request, params
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import jsonbody
 from shared.config import Settings
 from shared.error_handlers import RequestRefused
-from shared.errors import InvalidInput, PayloadTooLarge, ScrmError, error_body
+from shared.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ScrmError,
+    UnsupportedMediaType,
+    error_body,
+)
 
 _BODY_LIMIT_ATTRIBUTE = "__scrm_body_limit__"
 _NUL_MESSAGE = "must not contain the NUL character (U+0000)"
@@ -48,6 +54,24 @@ def body_limit(max_bytes: int, message: str | None = None) -> Callable[[Endpoint
         return endpoint
 
     return mark
+
+
+CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})
+
+
+async def csv_body(request: Request) -> bytes:
+    """A CSV file sent as the request body (415 for another media type); its size is
+    limited as it is received (the route's `body_limit`)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in CSV_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "send the CSV file as the request body with Content-Type: text/csv",
+            details={"content_type": media_type or None},
+        )
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+    return bytes(body)
 
 
 def _nul_in_target(scope: Scope) -> ScrmError | None:

@@ -16,13 +16,11 @@ from shared.audit import audit_note
 from shared.auth import Principal, require
 from shared.db import unit_of_work
 from shared.deps import SessionDep
-from shared.errors import UnsupportedMediaType
-from shared.http_guard import body_limit
+from shared.http_guard import body_limit, csv_body
 from shared.privacy import audit_unmasked_read
 from shared.runtime import Runtime
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
-CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})
 _FLUSH_CHARS = 64 * 1024
 
 # No prefix of its own: it is included into services.users.api.router, whose "/v1" applies.
@@ -43,20 +41,6 @@ class ImportReportOut(BaseModel):
     updated: int
     unchanged: int
     rejected: list[RejectedRow]
-
-
-async def _csv_body(request: Request) -> bytes:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type not in CSV_MEDIA_TYPES:
-        raise UnsupportedMediaType(
-            "send the CSV file as the request body with Content-Type: text/csv",
-            details={"content_type": media_type or None},
-        )
-    # Its size is limited as it is received (see the route's body_limit).
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-    return bytes(body)
 
 
 @import_router.post(
@@ -92,7 +76,7 @@ async def import_contacts(
     file with unknown columns is refused whole. Re-sending a file changes nothing.
     """
     runtime: Runtime = request.app.state.runtime
-    body = await _csv_body(request)
+    body = await csv_body(request)
     lines = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
     report = await importer.import_contacts(session, runtime.cipher, principal.tenant, lines)
     audit_note(

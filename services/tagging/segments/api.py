@@ -34,8 +34,7 @@ from shared.audit import audit_note
 from shared.auth import require
 from shared.db import unit_of_work
 from shared.deps import SessionDep
-from shared.errors import UnsupportedMediaType
-from shared.http_guard import body_limit
+from shared.http_guard import body_limit, csv_body
 from shared.params import Cursor, DbId
 from shared.runtime import Runtime
 from shared.scope import contact_in_scope
@@ -49,7 +48,6 @@ Operator = Annotated[Principal, require("admin", "operator")]
 ExplainedContact = Annotated[uuid.UUID, contact_in_scope(_reader)]
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
-CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})
 
 
 def _staff(principal: Principal) -> str | None:
@@ -192,19 +190,6 @@ async def remove_members(
     return MembersRemoved.model_validate(found)
 
 
-async def _csv_body(request: Request) -> bytes:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type not in CSV_MEDIA_TYPES:
-        raise UnsupportedMediaType(
-            "send the CSV file as the request body with Content-Type: text/csv",
-            details={"content_type": media_type or None},
-        )
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-    return bytes(body)
-
-
 @router.post(
     "/segments/{segment_id}/members/import",
     response_model=MembersImported,
@@ -230,7 +215,7 @@ async def import_members(
 ) -> MembersImported:
     """Add the contacts of a CSV file to a static segment; rows that are not a live
     contact of the tenant are reported with their line."""
-    body = await _csv_body(request)
+    body = await csv_body(request)
     report = await service.import_members(session, principal.tenant, segment_id, body, clock.now())
     audit_note(request, rows=report.rows, added=report.added, rejected=len(report.rejected))
     return MembersImported(

@@ -33,8 +33,7 @@ from services.tagging.tags.schemas import (
 from shared.audit import audit_note
 from shared.auth import Principal, require
 from shared.deps import SessionDep
-from shared.errors import UnsupportedMediaType
-from shared.http_guard import body_limit
+from shared.http_guard import body_limit, csv_body
 from shared.idempotency import IdempotencyDep
 from shared.params import Cursor, DbId
 from shared.scope import contact_in_scope
@@ -52,7 +51,6 @@ WritableContact = Annotated[uuid.UUID, contact_in_scope(_writer)]
 
 MAX_BULK_BYTES = 8 * 1024 * 1024
 _BULK_LIMIT = body_limit(MAX_BULK_BYTES, "at most 8 MB: split the contacts over several requests")
-CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})
 
 
 # --- tag groups -----------------------------------------------------------------------
@@ -275,17 +273,7 @@ def _csv_route(description: str) -> dict[str, Any]:
 
 
 async def _csv_file(request: Request) -> TagImport:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type not in CSV_MEDIA_TYPES:
-        raise UnsupportedMediaType(
-            "send the CSV file as the request body with Content-Type: text/csv",
-            details={"content_type": media_type or None},
-        )
-    # Its size is limited as it is received (the route's body_limit).
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-    return parse_tag_import(bytes(body))
+    return parse_tag_import(await csv_body(request))
 
 
 @router.post(
