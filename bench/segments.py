@@ -388,7 +388,12 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
     database_url = admin_url.rpartition("/")[0] + "/" + name
     port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SCRM_")},
+        # How the workers run may be set from the environment (other SCRM_* settings not).
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SCRM_") or k.startswith(("SCRM_WORKER_", "SCRM_INBOUND_"))
+        },
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SCRM_QUEUE_PREFIX": f"benchseg{RUN}",

@@ -21,6 +21,7 @@ from services.points.rules.service import TenantRules, load_rules
 from services.users import contact_statuses
 from shared.events import Event, subscribe, subscribe_many
 from shared.scheduler import ScheduledWork, recurring_job
+from shared.statistics import keep_statistics_fresh
 
 log = logging.getLogger("scrm.points.tasks")
 # Handlers defined beside their rules register when their module is imported.
@@ -257,3 +258,9 @@ async def release_expired_holds(session: AsyncSession, work: ScheduledWork) -> N
     released = await holds.release_expired_holds(session)
     if released:
         log.info("points holds released", extra={"released": released})
+
+
+# Every new member opens an account and lots: earnings are planned from fresh statistics.
+keep_statistics_fresh(
+    "points", "points_accounts", "points_ledger", "points_lots", "points_tier_changes"
+)

@@ -14,6 +14,7 @@ from services.users.wecom_client import WeComApiError, WeComUnavailable
 from shared.events import Event, subscribe_many
 from shared.runtime import Runtime
 from shared.scheduler import RetryLater, ScheduledWork, deferral_seconds, scheduled_job
+from shared.statistics import keep_statistics_fresh
 from shared.worker import worker_loop
 
 GIVE_UP_AFTER_SECONDS = 7 * 86400
@@ -83,3 +84,9 @@ def _wait_for_wecom(work: ScheduledWork, exc: WeComUnavailable) -> None:
         work, settings.wecom_retry_base_seconds, cap=settings.wecom_retry_max_seconds
     )
     raise RetryLater(delay, str(exc))
+
+
+# Floods of new contacts: the apply path's statements are planned from fresh statistics.
+keep_statistics_fresh(
+    "users", "contacts", "contact_identities", "contact_events", "contact_follows", "inbound_events"
+)

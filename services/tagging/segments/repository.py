@@ -32,6 +32,7 @@ from sqlalchemy import (
     literal_column,
     select,
     text,
+    true,
     union_all,
     update,
 )
@@ -262,15 +263,35 @@ def rule_members(
 ) -> Select[Any]:
     """The contact ids of the tenant's live profiles that the rule holds for (among `ids`,
     and owned by `staff`, when given)."""
+    if ids is not None:
+        # Each given contact's profile looked up by its key (LATERAL ... OFFSET 0 is
+        # never flattened into a join): a young table's statistics, which can say the
+        # tenant has a handful of profiles, cannot turn this into a scan of all of them.
+        changed = changed_contacts(ids)
+        profile = (
+            select(_profiles)
+            .where(
+                _profiles.c.tenant_id == tenant_id,
+                _profiles.c.contact_id == changed.c.contact_id,
+                _profiles.c.status == "live",
+            )
+            .offset(0)
+            .lateral("p")
+        )
+        query = (
+            select(profile.c.contact_id)
+            .select_from(changed.join(profile, true()))
+            .where(compiler.condition(node, profile, tenant_id, moment, ids))
+        )
+        if staff is not None:
+            query = query.where(profile.c.owner_staff == staff)
+        return query
     p = _profiles.alias("p")
     query = select(p.c.contact_id).where(
         p.c.tenant_id == tenant_id,
         p.c.status == "live",
         compiler.condition(node, p, tenant_id, moment, ids),
     )
-    if ids is not None:
-        changed = changed_contacts(ids)
-        query = query.select_from(changed.join(p, p.c.contact_id == changed.c.contact_id))
     if staff is not None:
         query = query.where(p.c.owner_staff == staff)
     return query
