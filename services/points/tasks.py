@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points.ledger import expiry, merge, repository, service
+from services.points.ledger import earning, expiry, merge, repository, service
+from services.points.ledger.booking import Booked
 from services.points.rules.service import TenantRules, load_rules
 from services.users import contact_statuses
 from shared.events import Event, subscribe, subscribe_many
@@ -87,25 +88,55 @@ def _properties(event: Event) -> dict[str, Any]:
     return props if isinstance(props, dict) else {}
 
 
+def _by_tenant(
+    items: list[tuple[uuid.UUID, earning.Earning]],
+) -> dict[uuid.UUID, list[tuple[int, earning.Earning]]]:
+    """(position in `items`, earning) of each tenant, in the items' order."""
+    found: dict[uuid.UUID, list[tuple[int, earning.Earning]]] = {}
+    for i, (tenant_id, item) in enumerate(items):
+        found.setdefault(tenant_id, []).append((i, item))
+    return found
+
+
+async def _earn(
+    session: AsyncSession,
+    items: list[tuple[uuid.UUID, earning.Earning]],
+    rules_of: dict[uuid.UUID, TenantRules],
+) -> list[Booked | None]:
+    """Book (tenant, earning) items, a few statements per tenant: what each booked."""
+    booked: list[Booked | None] = [None] * len(items)
+    for tenant_id, own in _by_tenant(items).items():
+        found = await earning.earn_many(
+            session, tenant_id, [item for _, item in own], rules_of[tenant_id]
+        )
+        for (i, _), result in zip(own, found, strict=True):
+            booked[i] = result
+    return booked
+
+
 @subscribe_many("points", "checkin", name="points.earn_checkin")
 async def earn_checkin(session: AsyncSession, events: list[Event]) -> None:
     """Check-in points, once per member and tenant-local day."""
     members = await _by_member(session, events)
     rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
+    items: list[tuple[uuid.UUID, earning.Earning]] = []
     for event, tenant_id, contact in members:
         rules = rules_of[tenant_id]
         at = _occurred(event)
-        await service.earn_by_rule(
-            session,
-            tenant_id,
-            contact,
-            rule="checkin",
-            base_points=rules.rules.earning.checkin.points,
-            occurred_at=at,
-            source_key=f"checkin:{contact}:{rules.local_day(at).isoformat()}",
-            rules=rules,
-            reason="daily check-in",
+        items.append(
+            (
+                tenant_id,
+                earning.Earning(
+                    contact,
+                    rule="checkin",
+                    base_points=rules.rules.earning.checkin.points,
+                    occurred_at=at,
+                    source_key=f"checkin:{contact}:{rules.local_day(at).isoformat()}",
+                    reason="daily check-in",
+                ),
+            )
         )
+    await _earn(session, items, rules_of)
 
 
 @subscribe_many("points", "comment", name="points.earn_comment")
@@ -113,21 +144,24 @@ async def earn_comment(session: AsyncSession, events: list[Event]) -> None:
     """Comment points, up to the daily cap."""
     members = await _by_member(session, events)
     rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
+    items: list[tuple[uuid.UUID, earning.Earning]] = []
     for event, tenant_id, contact in members:
-        rules = rules_of[tenant_id]
-        rule = rules.rules.earning.comment
-        await service.earn_by_rule(
-            session,
-            tenant_id,
-            contact,
-            rule="comment",
-            base_points=rule.points,
-            occurred_at=_occurred(event),
-            source_key=f"event:{event.event_id}",
-            rules=rules,
-            reason="comment",
-            daily_cap=rule.daily_cap,
+        rule = rules_of[tenant_id].rules.earning.comment
+        items.append(
+            (
+                tenant_id,
+                earning.Earning(
+                    contact,
+                    rule="comment",
+                    base_points=rule.points,
+                    occurred_at=_occurred(event),
+                    source_key=f"event:{event.event_id}",
+                    reason="comment",
+                    daily_cap=rule.daily_cap,
+                ),
+            )
         )
+    await _earn(session, items, rules_of)
 
 
 @subscribe_many("points", "order.paid", name="points.earn_order")
@@ -135,29 +169,33 @@ async def earn_order(session: AsyncSession, events: list[Event]) -> None:
     """1 point per whole ¥1 paid (amounts are fen), times any multiplier."""
     members = await _by_member(session, events)
     rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
-    paid: dict[uuid.UUID, dict[str, uuid.UUID]] = {}
+    items: list[tuple[uuid.UUID, earning.Earning]] = []
     for event, tenant_id, contact in members:
         props = _properties(event)
         order_id, amount = props.get("order_id"), props.get("amount_fen")
         if not order_id or not isinstance(amount, int):
             continue
-        rules = rules_of[tenant_id]
-        per_yuan = rules.rules.earning.order_paid.points_per_yuan
-        booked = await service.earn_by_rule(
-            session,
-            tenant_id,
-            contact,
-            rule="order_paid",
-            base_points=amount // 100 * per_yuan,
-            occurred_at=_occurred(event),
-            source_key=f"order:{order_id}",
-            rules=rules,
-            reason=f"order {order_id}",
-            order_id=str(order_id),
-            details={"amount_fen": amount},
+        per_yuan = rules_of[tenant_id].rules.earning.order_paid.points_per_yuan
+        items.append(
+            (
+                tenant_id,
+                earning.Earning(
+                    contact,
+                    rule="order_paid",
+                    base_points=amount // 100 * per_yuan,
+                    occurred_at=_occurred(event),
+                    source_key=f"order:{order_id}",
+                    reason=f"order {order_id}",
+                    order_id=str(order_id),
+                    details={"amount_fen": amount},
+                ),
+            )
         )
+    paid: dict[uuid.UUID, dict[str, uuid.UUID]] = {}
+    for (tenant_id, item), booked in zip(items, await _earn(session, items, rules_of), strict=True):
         if booked is not None and not booked.replayed:
-            paid.setdefault(tenant_id, {})[str(order_id)] = contact
+            assert item.order_id is not None
+            paid.setdefault(tenant_id, {})[item.order_id] = item.contact_id
     for tenant_id, orders in paid.items():
         await service.apply_refunds_before_payment(session, tenant_id, orders)
 

@@ -49,6 +49,34 @@ async def lock_account(
     )
 
 
+# Many members' accounts at once, created if new, locked in contact order (the order
+# of every batch that locks accounts, so concurrent batches cannot deadlock).
+_LOCK_ACCOUNTS = text(
+    """
+    INSERT INTO points_accounts (tenant_id, contact_id)
+    SELECT CAST(:tenant AS uuid), c FROM unnest(CAST(:contacts AS uuid[])) AS u(c) ORDER BY c
+    ON CONFLICT ON CONSTRAINT uq_points_accounts_contact
+    DO UPDATE SET updated_at = now()
+    RETURNING id, contact_id, balance, debt, lifetime_earned, tier
+    """
+)
+
+
+async def lock_accounts(
+    session: AsyncSession, tenant_id: uuid.UUID, contact_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, LockedAccount]:
+    """`lock_account` for many members (each once) in one statement."""
+    if not contact_ids:
+        return {}
+    rows = await session.execute(_LOCK_ACCOUNTS, {"tenant": tenant_id, "contacts": contact_ids})
+    return {
+        row.contact_id: LockedAccount(
+            row.id, tenant_id, row.contact_id, row.balance, row.debt, row.lifetime_earned, row.tier
+        )
+        for row in rows
+    }
+
+
 _INSERT_ENTRY = text(
     """
     INSERT INTO points_ledger (tenant_id, account_id, kind, points, debt_delta, balance_after,
@@ -135,6 +163,49 @@ _POINTS_EARN = (
     "SELECT * FROM points_earn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
 
+# Many members' earnings in one statement: `points_earn` once per row, in the rows'
+# order (each call is a statement of its own inside the function, so it sees what
+# the calls before it wrote, as separate statements would).
+_POINTS_EARN_MANY = text(
+    """
+    SELECT r.*
+      FROM unnest(CAST(:contacts AS uuid[]), CAST(:rules AS text[]), CAST(:bases AS bigint[]),
+                  CAST(:multipliers AS text[]), CAST(:days AS text[]),
+                  CAST(:caps AS integer[]), CAST(:keys AS text[]), CAST(:reasons AS text[]),
+                  CAST(:orders AS text[]), CAST(:details AS text[]),
+                  CAST(:earned AS timestamptz[]), CAST(:expires AS timestamptz[]),
+                  CAST(:since AS timestamptz[]))
+           WITH ORDINALITY AS u(contact, rule, base, multipliers, day, cap, source_key,
+                                reason, order_id, details, earned_at, expires_at,
+                                growth_since, n)
+     CROSS JOIN LATERAL points_earn(
+           CAST(:tenant AS uuid), u.contact, u.rule, u.base, CAST(u.multipliers AS jsonb),
+           u.day, u.cap, u.source_key, u.reason, u.order_id, CAST(u.details AS jsonb),
+           u.earned_at, u.expires_at, u.growth_since) AS r
+     ORDER BY u.n
+    """
+)
+
+
+@dataclass(frozen=True)
+class RuleEarningArgs:
+    """One call of `points_earn`: a rule's earning for a member of the tenant."""
+
+    contact_id: uuid.UUID
+    rule: str
+    base_points: int
+    # Tier name -> multiplier ('' for a member without a tier yet), as decimal strings.
+    multipliers: dict[str, str]
+    day: str
+    daily_cap: int | None
+    source_key: str
+    reason: str
+    order_id: str | None
+    details: dict[str, Any]
+    earned_at: datetime
+    expires_at: datetime
+    growth_since: datetime | None
+
 
 @dataclass(frozen=True)
 class RuleEarning:
@@ -151,51 +222,7 @@ class RuleEarning:
     growth: int | None
 
 
-async def earn_by_rule(
-    db: AsyncSession | AsyncEngine,
-    *,
-    tenant_id: uuid.UUID,
-    contact_id: uuid.UUID,
-    rule: str,
-    base_points: int,
-    multipliers: dict[str, str],
-    day: str,
-    daily_cap: int | None,
-    source_key: str,
-    reason: str,
-    order_id: str | None,
-    details: dict[str, Any],
-    earned_at: datetime,
-    expires_at: datetime,
-    growth_since: datetime | None,
-) -> RuleEarning:
-    """Book a rule's earning. With a session it joins the session's transaction; with
-    the engine it is a transaction of its own: one statement, one round trip."""
-    args = (
-        tenant_id,
-        contact_id,
-        rule,
-        base_points,
-        json.dumps(multipliers),
-        day,
-        daily_cap,
-        source_key,
-        reason,
-        order_id,
-        json.dumps(details, ensure_ascii=False),
-        earned_at,
-        expires_at,
-        growth_since,
-    )
-    if isinstance(db, AsyncSession):
-        conn = await db.connection()
-        row: Any = (await conn.exec_driver_sql(_POINTS_EARN, args)).mappings().one()
-    else:
-        async with db.connect() as conn:
-            # The driver's own call: autocommit, with no BEGIN or COMMIT round trips.
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            row = await driver.fetchrow(_POINTS_EARN, *args)
+def _rule_earning(row: Any) -> RuleEarning:
     return RuleEarning(
         row["outcome"],
         row["account_id"],
@@ -207,6 +234,69 @@ async def earn_by_rule(
         row["created_at"],
         row["growth"],
     )
+
+
+async def earn_by_rule(
+    db: AsyncSession | AsyncEngine, tenant_id: uuid.UUID, earning: RuleEarningArgs
+) -> RuleEarning:
+    """Book a rule's earning. With a session it joins the session's transaction; with
+    the engine it is a transaction of its own: one statement, one round trip."""
+    args = (
+        tenant_id,
+        earning.contact_id,
+        earning.rule,
+        earning.base_points,
+        json.dumps(earning.multipliers),
+        earning.day,
+        earning.daily_cap,
+        earning.source_key,
+        earning.reason,
+        earning.order_id,
+        json.dumps(earning.details, ensure_ascii=False),
+        earning.earned_at,
+        earning.expires_at,
+        earning.growth_since,
+    )
+    if isinstance(db, AsyncSession):
+        conn = await db.connection()
+        row: Any = (await conn.exec_driver_sql(_POINTS_EARN, args)).mappings().one()
+    else:
+        async with db.connect() as conn:
+            # The driver's own call: autocommit, with no BEGIN or COMMIT round trips.
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            row = await driver.fetchrow(_POINTS_EARN, *args)
+    return _rule_earning(row)
+
+
+async def earn_many_by_rule(
+    session: AsyncSession, tenant_id: uuid.UUID, earnings: list[RuleEarningArgs]
+) -> list[RuleEarning]:
+    """`earn_by_rule` for many earnings of the tenant in one statement, in the
+    session's transaction; the results in the same order. Accounts lock in that order:
+    callers pass them in contact order, so concurrent batches cannot deadlock."""
+    if not earnings:
+        return []
+    rows = await session.execute(
+        _POINTS_EARN_MANY,
+        {
+            "tenant": tenant_id,
+            "contacts": [e.contact_id for e in earnings],
+            "rules": [e.rule for e in earnings],
+            "bases": [e.base_points for e in earnings],
+            "multipliers": [json.dumps(e.multipliers) for e in earnings],
+            "days": [e.day for e in earnings],
+            "caps": [e.daily_cap for e in earnings],
+            "keys": [e.source_key for e in earnings],
+            "reasons": [e.reason for e in earnings],
+            "orders": [e.order_id for e in earnings],
+            "details": [json.dumps(e.details, ensure_ascii=False) for e in earnings],
+            "earned": [e.earned_at for e in earnings],
+            "expires": [e.expires_at for e in earnings],
+            "since": [e.growth_since for e in earnings],
+        },
+    )
+    return [_rule_earning(row) for row in rows.mappings()]
 
 
 # Take `n` points from the account's open lots: the lots of `first_order` (a

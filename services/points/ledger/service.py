@@ -1,31 +1,25 @@
-"""Business rules of the points ledger: requests on accounts, earning from events, and
-refunds' clawbacks. Functions take a session and plain values (earn_by_rule also takes
-the engine, to book an earning as a transaction of its own)."""
+"""Business rules of the points ledger: requests on accounts, earning from events (in
+earning.py), and refunds' clawbacks. Functions take a session and plain values
+(earn_by_rule also takes the engine, to book an earning as a transaction of its own)."""
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points import SERVICE
 from services.points.exceptions import InsufficientPoints
 from services.points.ledger import booking, repository
 from services.points.ledger.booking import Booked
+from services.points.ledger.earning import earn_by_rule as earn_by_rule  # part of this API
 from services.points.ledger.repository import LockedAccount
-from services.points.ledger.schemas import MAX_POINTS, PointsStatus
+from services.points.ledger.schemas import PointsStatus
 from services.points.members import require_live_member
-from services.points.rules.service import TenantRules, apply_multiplier, load_rules
-from services.points.tiers import service as tiers
+from services.points.rules.service import load_rules
 from shared.runtime import Runtime
 from shared.service_status import service_status
-
-T = TypeVar("T")
 
 
 async def status(session: AsyncSession, runtime: Runtime, tenant_id: uuid.UUID) -> PointsStatus:
@@ -145,176 +139,7 @@ async def ledger_page(
     return items, (items[-1]["id"] if len(rows) > limit else None)
 
 
-# -- earning from events ----------------------------------------------------------------
-
-
-async def earn_by_rule(
-    db: AsyncSession | AsyncEngine,
-    tenant_id: uuid.UUID,
-    contact_id: uuid.UUID,
-    *,
-    rule: str,
-    base_points: int,
-    occurred_at: datetime,
-    source_key: str,
-    rules: TenantRules,
-    reason: str,
-    order_id: str | None = None,
-    details: dict[str, Any] | None = None,
-    daily_cap: int | None = None,
-) -> Booked | None:
-    """Credit what a rule gives for an event (None when it gives nothing now).
-
-    With a session the earning joins the caller's transaction (event handlers);
-    with the engine it is a transaction of its own, one round trip to the database.
-    A member who owes points from a clawback, or whose earning reaches a higher tier,
-    takes a second step (in the session's transaction, or in one more of its own).
-    """
-    day = rules.local_day(occurred_at).isoformat()
-    by_growth = rules.rules.growth_measure == "points_earned"
-    multipliers = {
-        t.name: str(rules.rules.multiplier(rule, occurred_at, t.name)) for t in rules.rules.tiers
-    }
-    multipliers[""] = str(rules.rules.multiplier(rule, occurred_at, None))
-    # One entry holds at most MAX_POINTS: an earning beyond (the largest order at the
-    # highest rate and multipliers) earns that much, rather than overflowing the ledger
-    # and failing its event for good.
-    ceiling = MAX_POINTS // max(1, math.ceil(max(Decimal(m) for m in multipliers.values())))
-    if base_points > ceiling:
-        details = {**(details or {}), "base_points_uncapped": base_points}
-        base_points = ceiling
-    found = await repository.earn_by_rule(
-        db,
-        tenant_id=tenant_id,
-        contact_id=contact_id,
-        rule=rule,
-        base_points=base_points,
-        multipliers=multipliers,
-        day=day,
-        daily_cap=daily_cap,
-        source_key=source_key,
-        reason=reason,
-        order_id=order_id,
-        details={**(details or {}), "day": day, "base_points": base_points},
-        earned_at=occurred_at,
-        expires_at=rules.expires_at(occurred_at),
-        growth_since=(
-            occurred_at - timedelta(days=rules.rules.growth_window_days) if by_growth else None
-        ),
-    )
-    if found.outcome in ("nothing", "capped"):
-        return None
-    if found.outcome == "debt":
-        return await _in_transaction(
-            db,
-            lambda session: _earn_settling_debt(
-                session,
-                tenant_id,
-                contact_id,
-                rule=rule,
-                base_points=base_points,
-                occurred_at=occurred_at,
-                source_key=source_key,
-                rules=rules,
-                reason=reason,
-                order_id=order_id,
-                details=details,
-                daily_cap=daily_cap,
-            ),
-        )
-    assert found.entry_id is not None and found.points is not None
-    assert found.balance_after is not None and found.created_at is not None
-    booked = Booked(
-        found.entry_id,
-        found.account_id,
-        found.contact_id,
-        "earn",
-        found.points,
-        found.balance_after,
-        found.created_at,
-        replayed=found.outcome == "replayed",
-    )
-    # Also when replayed: a retry after a failure between the two steps upgrades.
-    if found.tier is None or (
-        by_growth
-        and found.growth is not None
-        and rules.rules.rank(tiers.reached(rules.rules, found.growth).name)
-        > rules.rules.rank(found.tier)
-    ):
-        await _in_transaction(
-            db, lambda session: _upgrade(session, tenant_id, found.contact_id, rules, occurred_at)
-        )
-    return booked
-
-
-async def _in_transaction(
-    db: AsyncSession | AsyncEngine, work: Callable[[AsyncSession], Awaitable[T]]
-) -> T:
-    """`work` in the session's transaction, or in a new one on the engine."""
-    if isinstance(db, AsyncSession):
-        return await work(db)
-    async with AsyncSession(db, expire_on_commit=False) as session, session.begin():
-        return await work(session)
-
-
-async def _upgrade(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    contact_id: uuid.UUID,
-    rules: TenantRules,
-    at: datetime,
-) -> None:
-    account = await repository.lock_account(session, tenant_id, contact_id)
-    await tiers.upgrade_if_reached(session, account, rules, at)
-
-
-async def _earn_settling_debt(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    contact_id: uuid.UUID,
-    *,
-    rule: str,
-    base_points: int,
-    occurred_at: datetime,
-    source_key: str,
-    rules: TenantRules,
-    reason: str,
-    order_id: str | None,
-    details: dict[str, Any] | None,
-    daily_cap: int | None,
-) -> Booked | None:
-    """An earning for a member with a debt: the debt is settled from it first."""
-    account = await repository.lock_account(session, tenant_id, contact_id)
-    multiplier = rules.rules.multiplier(rule, occurred_at, account.tier)
-    points = apply_multiplier(base_points, multiplier)
-    if points <= 0:
-        return None
-    day = rules.local_day(occurred_at).isoformat()
-    if daily_cap is not None:
-        # Counted under the account's lock: concurrent events cannot both pass the cap.
-        booked_that_day, _ = await repository.count_on_day(session, account.id, rule, day)
-        if booked_that_day >= daily_cap:
-            return None
-    booked = await booking.earn(
-        session,
-        account,
-        points,
-        expires_at=rules.expires_at(occurred_at),
-        earned_at=occurred_at,
-        source_key=source_key,
-        rule=rule,
-        reason=reason,
-        order_id=order_id,
-        details={
-            **(details or {}),
-            "day": day,
-            "base_points": base_points,
-            "multiplier": str(multiplier),
-        },
-    )
-    if not booked.replayed:
-        await tiers.upgrade_if_reached(session, account, rules, occurred_at)
-    return booked
+# -- refunds ------------------------------------------------------------------------------
 
 
 async def record_refund(

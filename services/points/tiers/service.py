@@ -22,33 +22,41 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.ledger import booking, repository
 from services.points.ledger.repository import LockedAccount
-from services.points.members import require_live_member
+from services.points.members import in_passes, require_live_member
 from services.points.rules.schemas import PointsRules, Tier
 from services.points.rules.service import TenantRules, add_months, load_rules
-from shared.events import publish
+from shared.events import publish_many
 
+# Growth of many accounts, each at its own moment, in one statement (one row each).
 _GROWTH = {
     "points_earned": text(
         """
         SELECT COALESCE((SELECT sum(points) FROM points_lots
-                          WHERE account_id = :a AND kind = 'earn'
-                            AND earned_at > :since AND earned_at <= :now), 0)
+                          WHERE account_id = u.a AND kind = 'earn'
+                            AND earned_at > u.since AND earned_at <= u.until), 0)
              + COALESCE((SELECT sum(points - debt_delta) FROM points_ledger
-                          WHERE account_id = :a AND kind = 'clawback' AND order_id IS NOT NULL
-                            AND created_at > :since), 0)
+                          WHERE account_id = u.a AND kind = 'clawback' AND order_id IS NOT NULL
+                            AND created_at > u.since), 0) AS value
+          FROM unnest(CAST(:a AS bigint[]), CAST(:since AS timestamptz[]),
+                      CAST(:until AS timestamptz[])) WITH ORDINALITY AS u(a, since, until, n)
+         ORDER BY u.n
         """
     ),
     "spend_fen": text(
         """
         SELECT COALESCE((SELECT sum((e.details->>'amount_fen')::bigint) FROM points_lots l
                            JOIN points_ledger e ON e.id = l.entry_id AND e.kind = 'earn'
-                          WHERE l.account_id = :a AND e.rule = 'order_paid'
-                            AND l.earned_at > :since AND l.earned_at <= :now), 0)
+                          WHERE l.account_id = u.a AND e.rule = 'order_paid'
+                            AND l.earned_at > u.since AND l.earned_at <= u.until), 0)
              - COALESCE((SELECT sum(r.refund_fen) FROM points_order_refunds r
-                          WHERE r.tenant_id = (SELECT tenant_id FROM points_accounts WHERE id = :a)
+                          WHERE r.tenant_id = (SELECT tenant_id FROM points_accounts
+                                                WHERE id = u.a)
                             AND r.order_id IN (SELECT order_id FROM points_lots
-                                                WHERE account_id = :a AND order_id IS NOT NULL
-                                                  AND earned_at > :since)), 0)
+                                                WHERE account_id = u.a AND order_id IS NOT NULL
+                                                  AND earned_at > u.since)), 0) AS value
+          FROM unnest(CAST(:a AS bigint[]), CAST(:since AS timestamptz[]),
+                      CAST(:until AS timestamptz[])) WITH ORDINALITY AS u(a, since, until, n)
+         ORDER BY u.n
         """
     ),
 }
@@ -66,11 +74,25 @@ _RETENTION_PROGRESS = text(
 
 
 async def growth(session: AsyncSession, account_id: int, rules: TenantRules, now: datetime) -> int:
-    since = now - timedelta(days=rules.rules.growth_window_days)
-    value = await session.scalar(
-        _GROWTH[rules.rules.growth_measure], {"a": account_id, "since": since, "now": now}
+    return (await growths(session, [(account_id, now)], rules))[0]
+
+
+async def growths(
+    session: AsyncSession, accounts: list[tuple[int, datetime]], rules: TenantRules
+) -> list[int]:
+    """Each (account, moment)'s growth over the window ending then, in one statement."""
+    if not accounts:
+        return []
+    window = timedelta(days=rules.rules.growth_window_days)
+    values = await session.scalars(
+        _GROWTH[rules.rules.growth_measure],
+        {
+            "a": [account_id for account_id, _ in accounts],
+            "since": [at - window for _, at in accounts],
+            "until": [at for _, at in accounts],
+        },
     )
-    return max(0, int(value or 0))
+    return [max(0, int(value or 0)) for value in values]
 
 
 def reached(rules: PointsRules, value: int) -> Tier:
@@ -78,65 +100,94 @@ def reached(rules: PointsRules, value: int) -> Tier:
     return [t for t in rules.tiers if t.threshold <= value][-1]
 
 
-async def _change(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    account_id: int,
-    contact_id: uuid.UUID,
-    old: str | None,
-    new: str,
-    reason: str,
-    details: dict[str, Any],
-    at: datetime,
-) -> None:
+@dataclass(frozen=True)
+class TierChange:
+    """A move of one account's tier, as recorded and announced (tier.changed)."""
+
+    account_id: int
+    contact_id: uuid.UUID
+    old: str | None
+    new: str
+    reason: str
+    details: dict[str, Any]
+    at: datetime
+
+
+_MOVE_ACCOUNTS = text(
+    """
+    UPDATE points_accounts a SET tier = u.tier, tier_since = u.at, updated_at = now()
+      FROM unnest(CAST(:a AS bigint[]), CAST(:tier AS text[]), CAST(:at AS timestamptz[]))
+           AS u(id, tier, at)
+     WHERE a.id = u.id
+    """
+)
+
+_RECORD_CHANGES = text(
+    """
+    INSERT INTO points_tier_changes (tenant_id, account_id, from_tier, to_tier, reason, details)
+    SELECT CAST(:t AS uuid), u.a, u.old, u.new, u.reason, CAST(u.details AS jsonb)
+      FROM unnest(CAST(:a AS bigint[]), CAST(:old AS text[]), CAST(:new AS text[]),
+                  CAST(:reason AS text[]), CAST(:details AS text[]))
+           WITH ORDINALITY AS u(a, old, new, reason, details, n)
+     ORDER BY u.n
+    """
+)
+
+
+async def _change(session: AsyncSession, tenant_id: uuid.UUID, changes: list[TierChange]) -> None:
+    """Move accounts (each once) to their new tiers: recorded with their reasons and
+    announced as tier.changed, in three statements whatever their number."""
+    if not changes:
+        return
     await session.execute(
-        text(
-            "UPDATE points_accounts SET tier = :tier, tier_since = :at, updated_at = now()"
-            " WHERE id = :a"
-        ),
-        {"tier": new, "at": at, "a": account_id},
+        _MOVE_ACCOUNTS,
+        {
+            "a": [c.account_id for c in changes],
+            "tier": [c.new for c in changes],
+            "at": [c.at for c in changes],
+        },
     )
     await session.execute(
-        text(
-            "INSERT INTO points_tier_changes (tenant_id, account_id, from_tier, to_tier, reason,"
-            " details) VALUES (:t, :a, :old, :new, :reason, CAST(:details AS jsonb))"
-        ),
+        _RECORD_CHANGES,
         {
             "t": tenant_id,
-            "a": account_id,
-            "old": old,
-            "new": new,
-            "reason": reason,
-            "details": json.dumps(details),
+            "a": [c.account_id for c in changes],
+            "old": [c.old for c in changes],
+            "new": [c.new for c in changes],
+            "reason": [c.reason for c in changes],
+            "details": [json.dumps(c.details) for c in changes],
         },
     )
-    await publish(
+    await publish_many(
         session,
-        "tier.changed",
-        {
-            "contact_id": str(contact_id),
-            "from": old,
-            "to": new,
-            "reason": reason,
-            **details,
-        },
-        tenant_id=tenant_id,
+        (
+            (
+                "tier.changed",
+                {
+                    "contact_id": str(c.contact_id),
+                    "from": c.old,
+                    "to": c.new,
+                    "reason": c.reason,
+                    **c.details,
+                },
+                tenant_id,
+            )
+            for c in changes
+        ),
     )
 
 
-async def upgrade_if_reached(
-    session: AsyncSession, account: LockedAccount, rules: TenantRules, now: datetime
-) -> str | None:
-    """Move the (locked) account up at once if its growth reaches a higher tier."""
-    value = await growth(session, account.id, rules, now)
+def _upgrade(
+    account: LockedAccount, value: int, rules: TenantRules, now: datetime
+) -> TierChange | None:
+    """The move up that growth `value` earns the account, if any (a member without a
+    tier yet joins at the tier it reached)."""
     target = reached(rules.rules, value)
     if rules.rules.rank(target.name) <= rules.rules.rank(account.tier) and account.tier:
         return None
     if account.tier == target.name:
         return None
-    await _change(
-        session,
-        account.tenant_id,
+    return TierChange(
         account.id,
         account.contact_id,
         account.tier,
@@ -145,8 +196,42 @@ async def upgrade_if_reached(
         {"growth": value, "threshold": target.threshold},
         now,
     )
-    object.__setattr__(account, "tier", target.name)
-    return target.name
+
+
+async def upgrade_if_reached(
+    session: AsyncSession, account: LockedAccount, rules: TenantRules, now: datetime
+) -> str | None:
+    """Move the (locked) account up at once if its growth reaches a higher tier."""
+    change = _upgrade(account, await growth(session, account.id, rules, now), rules, now)
+    if change is None:
+        return None
+    await _change(session, account.tenant_id, [change])
+    object.__setattr__(account, "tier", change.new)
+    return change.new
+
+
+async def upgrade_many_if_reached(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    members: list[tuple[uuid.UUID, datetime]],
+    rules: TenantRules,
+) -> None:
+    """`upgrade_if_reached` for many (member, moment) pairs of the tenant, in their order:
+    the accounts lock in contact order, then one statement each for their growth, their
+    new tiers, the tier changes and the events. A member listed twice is moved in a
+    second pass (its second check sees the first's move)."""
+    for members_once in in_passes(members, member=lambda item: item[0]):
+        accounts = await repository.lock_accounts(
+            session, tenant_id, [contact for contact, _ in members_once]
+        )
+        locked = [(accounts[contact], at) for contact, at in members_once]
+        values = await growths(session, [(account.id, at) for account, at in locked], rules)
+        changes = [
+            change
+            for (account, at), value in zip(locked, values, strict=True)
+            if (change := _upgrade(account, value, rules, at)) is not None
+        ]
+        await _change(session, tenant_id, changes)
 
 
 def period_start(rules: TenantRules, at: datetime) -> date:
@@ -236,9 +321,7 @@ async def review(
             continue
         lower = rules.rules.tiers[: rules.rules.rank(tier_name)]
         target = [t for t in lower if progress.meets(t)][-1]
-        await _change(
-            session,
-            tenant_id,
+        change = TierChange(
             account_id,
             contact_id,
             tier_name,
@@ -252,6 +335,7 @@ async def review(
             },
             now,
         )
+        await _change(session, tenant_id, [change])
         dropped += 1
     await session.execute(
         text("UPDATE points_tier_reviews SET downgraded = :n WHERE id = :id"),
