@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class Subscription:
     # Set for handlers registered with `subscribe_many`: `handler` then calls it
     # with one event.
     many: BatchEventHandler | None = None
+    # A set-based handler that takes turns per tenant (`subscribe_many(gather=True)`):
+    # one batch of a tenant at a time, and the batch whose turn it is takes the
+    # tenant's other events waiting for the handler with it (shared/worker.py).
+    gather: bool = False
 
     def consumes(self, event_type: str) -> bool:
         """An exact type, or a family such as `custom.*` (every `custom.<name>`)."""
@@ -77,6 +82,10 @@ class SubscriptionRegistry:
     """Which handler of which service consumes which event types."""
 
     _by_name: dict[str, Subscription] = field(default_factory=dict)
+    # Bumped by every (un)subscription; services_for's memory is for one version.
+    _version: int = 0
+    _services_version: int = 0
+    _services_for: dict[str, set[str]] = field(default_factory=dict)
 
     def subscribe(
         self, service: str, *event_types: str, name: str | None = None, batch: bool = True
@@ -94,16 +103,22 @@ class SubscriptionRegistry:
             self._by_name[handler_name] = Subscription(
                 service, handler_name, frozenset(event_types), handler, batch
             )
+            self._version += 1
             return handler
 
         return register
 
     def subscribe_many(
-        self, service: str, *event_types: str, name: str | None = None
+        self, service: str, *event_types: str, name: str | None = None, gather: bool = False
     ) -> Callable[[BatchEventHandler], BatchEventHandler]:
         """Register a set-based handler: it gets a list of events (in outbox order)
         and applies them in the caller's transaction, with a few statements per
-        batch rather than per event."""
+        batch rather than per event.
+
+        With `gather`, batches of one tenant take turns, and each takes the tenant's
+        events already waiting for the handler along (up to MANY_BATCH_SIZE): for a
+        handler whose batches share rows (a contact's events), which side by side
+        would wait on each other's locks, and whose cost is mostly per batch."""
         if service not in SERVICES:
             raise ValueError(f"unknown service {service!r}")
         if not event_types:
@@ -120,14 +135,16 @@ class SubscriptionRegistry:
                 await many(session, [event])
 
             self._by_name[handler_name] = Subscription(
-                service, handler_name, frozenset(event_types), one, True, many
+                service, handler_name, frozenset(event_types), one, True, many, gather
             )
+            self._version += 1
             return many
 
         return register
 
     def unsubscribe(self, name: str) -> None:
         self._by_name.pop(name, None)
+        self._version += 1
 
     def get(self, name: str) -> Subscription | None:
         return self._by_name.get(name)
@@ -140,7 +157,16 @@ class SubscriptionRegistry:
         ]
 
     def services_for(self, event_type: str) -> set[str]:
-        return {sub.service for sub in self._by_name.values() if sub.consumes(event_type)}
+        # Asked for every event the relay publishes: remembered per type until the
+        # subscriptions change.
+        if self._version != self._services_version:
+            self._services_for.clear()
+            self._services_version = self._version
+        found = self._services_for.get(event_type)
+        if found is None:
+            found = {sub.service for sub in self._by_name.values() if sub.consumes(event_type)}
+            self._services_for[event_type] = found
+        return set(found)
 
     def all(self) -> list[Subscription]:
         return list(self._by_name.values())
@@ -185,19 +211,36 @@ async def publish_many(
     session: AsyncSession,
     events: Iterable[tuple[str, Mapping[str, Any], uuid.UUID | None]],
 ) -> list[uuid.UUID]:
-    """Bulk `publish` (one executemany) for set-based paths such as imports."""
+    """Bulk `publish` for set-based paths (imports, batches): one multi-row INSERT."""
     ids: list[uuid.UUID] = []
-    rows: list[dict[str, Any]] = []
+    tenants: list[str | None] = []
+    kinds: list[str] = []
+    payloads: list[str] = []
     for kind, payload, tenant in events:
         ids.append(uuid.uuid4())
-        rows.append(
-            {"event_id": ids[-1], "tenant_id": tenant, "type": kind, "payload": dict(payload)}
-        )
-    if not rows:
+        tenants.append(str(tenant) if tenant is not None else None)
+        kinds.append(kind)
+        payloads.append(json.dumps(dict(payload)))
+    if not ids:
         return []
-    await session.execute(insert(OutboxEvent), rows)
+    await session.execute(
+        _PUBLISH_MANY,
+        {"ids": [str(i) for i in ids], "tenants": tenants, "types": kinds, "payloads": payloads},
+    )
     await _notify_relay(session)
     return ids
+
+
+# Rows in the order given, so their ids (the delivery order) follow it.
+_PUBLISH_MANY = text(
+    """
+    INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+    SELECT e, t, k, CAST(p AS jsonb)
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:tenants AS uuid[]), CAST(:types AS text[]),
+                  CAST(:payloads AS text[])) WITH ORDINALITY AS u(e, t, k, p, n)
+     ORDER BY n
+    """
+)
 
 
 async def _notify_relay(session: AsyncSession) -> None:

@@ -19,6 +19,7 @@ from arq import Retry
 from arq.worker import Worker, func
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import unit_of_work
 from shared.events import Event, Subscription, SubscriptionRegistry
@@ -43,6 +44,43 @@ _CLAIM_MANY = text(
     RETURNING event_id, handler
     """
 )
+
+# Turns per (handler, tenant) for gathering handlers, taken in one order (no deadlock).
+_TAKE_TURNS = text(
+    """
+    SELECT pg_advisory_xact_lock(hashtextextended(k, 0))
+      FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k
+    """
+)
+
+# The tenants' events waiting for a gathering handler, claimed for this batch: from the
+# batch's first event on (older ones are in batches of their own), at most GATHER_SPAN
+# ids ahead (the scan stays short whatever the backlog), never a dead letter.
+_GATHER = text(
+    """
+    WITH wanted AS (
+        SELECT o.id FROM outbox_events o
+         WHERE o.id >= :from_id AND o.id < :from_id + :span
+           AND o.tenant_id = ANY(CAST(:tenants AS uuid[]))
+           AND (o.type = ANY(CAST(:types AS text[])) OR o.type LIKE ANY(CAST(:families AS text[])))
+           AND NOT EXISTS (SELECT 1 FROM processed_events p
+                            WHERE p.event_id = o.id AND p.handler = :handler)
+           AND NOT EXISTS (SELECT 1 FROM dead_letters d
+                            WHERE d.event_id = o.id AND d.handler = :handler)
+         ORDER BY o.id
+         LIMIT :room
+    ), claimed AS (
+        INSERT INTO processed_events (event_id, handler)
+        SELECT id, :handler FROM wanted
+        ON CONFLICT DO NOTHING
+        RETURNING event_id
+    )
+    SELECT o.id, o.event_id, o.type, o.tenant_id, o.payload, o.created_at
+      FROM outbox_events o JOIN claimed c ON c.event_id = o.id
+     ORDER BY o.id
+    """
+)
+GATHER_SPAN = 20_000
 
 # A dead letter counts the attempts of the round that ended in it: a replay starts a
 # new round, and a second delivery of the same event (the relay published it twice)
@@ -129,6 +167,8 @@ class EventDelivery:
                     # still, so the batch continues in a new job, in halves.
                     await self._split(chunk, handler)
                 except Exception as exc:
+                    if chunk[0][1].gather and await self._without_gathering(chunk, exc):
+                        continue
                     # A handler failed (or the batch was too slow): it rolled back as
                     # a whole; each of its events goes alone, so only a failing one
                     # is retried.
@@ -154,6 +194,19 @@ class EventDelivery:
             event, sub = remaining.pop(0)
             await self._deliver_one(event, sub, attempt)
             delivered_alone += 1
+
+    async def _without_gathering(
+        self, chunk: list[tuple[Event, Subscription]], exc: Exception
+    ) -> bool:
+        """A gathering batch failed: perhaps on an event it gathered (one being retried
+        by its own job). The job's own events alone, still as one batch."""
+        log.info("gathering batch of %d failed (%r); its own events alone", len(chunk), exc)
+        try:
+            await self._deliver_batch(chunk, gather=False)
+        except Exception as again:
+            log.info("batch of %d deliveries failed again (%r)", len(chunk), again)
+            return False
+        return True
 
     async def _split(self, chunk: list[tuple[Event, Subscription]], handler: str | None) -> None:
         ids = sorted({event.id for event, _ in chunk})
@@ -204,8 +257,17 @@ class EventDelivery:
         pairs.sort(key=lambda pair: (pair[0].id, pair[1].name))
         return pairs
 
-    async def _deliver_batch(self, pairs: list[tuple[Event, Subscription]]) -> None:
+    async def _deliver_batch(
+        self, pairs: list[tuple[Event, Subscription]], *, gather: bool = True
+    ) -> None:
+        gathered = 0
         async with unit_of_work(self.runtime.sessionmaker) as session:
+            # A gathering handler's chunk is its own (deliver() groups by handler).
+            gathering = pairs[0][1] if pairs[0][1].gather else None
+            if gathering is not None:
+                # The turn comes before any claim: a batch waiting for it holds none of
+                # the events the batch whose turn it is may gather.
+                await _take_turns(session, gathering, [event for event, _ in pairs])
             claimed = await session.execute(
                 _CLAIM_MANY,
                 {"ids": [e.id for e, _ in pairs], "handlers": [s.name for _, s in pairs]},
@@ -222,14 +284,20 @@ class EventDelivery:
             for name, events in sorted(by_many.items()):
                 many = self.registry.get(name)
                 assert many is not None and many.many is not None
+                if many.gather and gather and events:
+                    more = await _gather(session, many, events)
+                    gathered = len(more)
+                    events = sorted([*events, *more], key=lambda event: event.id)
                 await many.many(session, events)
-        EVENTS_HANDLED.labels(self.service, "ok").inc(len(fresh))
+        EVENTS_HANDLED.labels(self.service, "ok").inc(len(fresh) + gathered)
         if len(pairs) > len(fresh):
             EVENTS_HANDLED.labels(self.service, "duplicate").inc(len(pairs) - len(fresh))
 
     async def _deliver_one(self, event: Event, sub: Subscription, attempt: int) -> None:
         try:
             async with unit_of_work(self.runtime.sessionmaker) as session:
+                if sub.gather:
+                    await _take_turns(session, sub, [event])
                 first = await session.scalar(
                     insert(ProcessedEvent)
                     .values(event_id=event.id, handler=sub.name)
@@ -284,6 +352,46 @@ class EventDelivery:
             )
         EVENTS_HANDLED.labels(self.service, "dead").inc()
         log.error("event %s is a dead letter for handler %s", event.id, sub.name)
+
+
+async def _take_turns(session: AsyncSession, sub: Subscription, events: list[Event]) -> None:
+    """Wait for (and hold to commit) the handler's turn for these events' tenants."""
+    tenants = sorted({str(event.tenant_id) for event in events if event.tenant_id is not None})
+    if tenants:
+        await session.execute(_TAKE_TURNS, {"keys": [f"{sub.name}:{t}" for t in tenants]})
+
+
+async def _gather(session: AsyncSession, sub: Subscription, events: list[Event]) -> list[Event]:
+    """Claim the tenants' other events waiting for `sub` (their turn is held), to be
+    applied with `events`; their own jobs later find them done."""
+    room = MANY_BATCH_SIZE - len(events)
+    tenants = sorted({str(event.tenant_id) for event in events if event.tenant_id is not None})
+    if room <= 0 or not tenants:
+        return []
+    rows = await session.execute(
+        _GATHER,
+        {
+            "from_id": min(event.id for event in events),
+            "span": GATHER_SPAN,
+            "tenants": tenants,
+            "types": sorted(t for t in sub.event_types if not t.endswith(".*")),
+            # custom.* -> custom.% (the names of a family are [a-z0-9_.])
+            "families": sorted(t[:-1] + "%" for t in sub.event_types if t.endswith(".*")),
+            "handler": sub.name,
+            "room": room,
+        },
+    )
+    return [
+        Event(
+            id=row.id,
+            event_id=row.event_id,
+            type=row.type,
+            tenant_id=row.tenant_id,
+            payload=row.payload,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]
 
 
 async def deliver_events(

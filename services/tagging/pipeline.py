@@ -27,6 +27,7 @@ from services.tagging.facts import Changes
 from services.tagging.profile import ingest, lifecycle, scores
 from services.tagging.rules import engine as rules_engine
 from services.tagging.segments import live
+from services.tagging.segments import repository as segments_repository
 from services.tagging.tags import follow as tags_follow
 from shared.events import Event, subscribe_many
 
@@ -53,14 +54,16 @@ CONTACT_EVENTS = (
 CONSUMED = BUSINESS_EVENTS + CONTACT_EVENTS
 
 
-@subscribe_many("tagging", *CONSUMED, name="tagging.apply_events")
+@subscribe_many("tagging", *CONSUMED, name="tagging.apply_events", gather=True)
 async def apply_events(session: AsyncSession, events: list[Event]) -> None:
     """Apply a batch of events to the tagging service's model, in the parts' order."""
     now = clock.now()
     changes = Changes()
-    applied = await ingest.apply(session, events, changes, now)
-    await tags_follow.apply(session, events, changes, now)
-    await rules_engine.apply(session, applied, changes, now)
-    await lifecycle.recompute(session, changes, now)
-    await scores.recompute(session, changes, now)
-    await live.reevaluate(session, changes, now)
+    # Every statement of the batch is about the batch's contacts: lookups by key.
+    async with segments_repository.planned_as_lookups(session):
+        applied = await ingest.apply(session, events, changes, now)
+        await tags_follow.apply(session, events, changes, now)
+        await rules_engine.apply(session, applied, changes, now)
+        await lifecycle.recompute(session, changes, now)
+        await scores.recompute(session, changes, now)
+        await live.reevaluate(session, changes, now)

@@ -56,6 +56,31 @@ async def record_many(session: AsyncSession, events: list[Event]) -> None:
     )
 
 
+@subscribe_many(
+    "points",
+    "test.gather",
+    "test.gather_fail",
+    "test.gather_family.*",
+    name="test.gather",
+    gather=True,
+)
+async def record_gathered(session: AsyncSession, events: list[Event]) -> None:
+    """Records each batch as `test.gather:<tenant>:<size>`; fails on a
+    `test.gather_fail` until healed."""
+    if any(e.type == "test.gather_fail" for e in events) and not await switched_on(
+        session, "healed"
+    ):
+        raise RuntimeError("gathering handler broken")
+    tenants = sorted({str(e.tenant_id) for e in events})
+    await session.execute(
+        text(
+            "INSERT INTO test_effects (event_id, handler) "
+            "SELECT unnest(CAST(:ids AS bigint[])), 'test.gather:' || :t || ':' || :n"
+        ),
+        {"ids": [e.id for e in events], "t": ",".join(tenants), "n": str(len(events))},
+    )
+
+
 @subscribe("points", "test.family.*", name="test.family")
 async def record_family(session: AsyncSession, event: Event) -> None:
     await record(session, event.id, "test.family")

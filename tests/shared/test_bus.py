@@ -173,6 +173,100 @@ async def test_a_failing_set_based_batch_goes_one_by_one(committed: Runtime) -> 
     assert sorted(rows) == [(event_id, "test.many:1") for event_id in good]
 
 
+async def publish_for(runtime: Runtime, tenant_id: uuid.UUID, types: list[str]) -> list[int]:
+    async with unit_of_work(runtime.sessionmaker) as session:
+        await publish_many(session, [(t, {"n": i}, tenant_id) for i, t in enumerate(types)])
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id FROM outbox_events WHERE tenant_id = :t ORDER BY id"),
+            {"t": tenant_id},
+        )
+        return [row[0] for row in rows][-len(types) :]
+
+
+async def two_tenants(runtime: Runtime) -> tuple[uuid.UUID, uuid.UUID]:
+    async with unit_of_work(runtime.sessionmaker) as session:
+        first, second = await make_tenant(session), await make_tenant(session)
+        return first.id, second.id
+
+
+async def gathered(runtime: Runtime) -> list[tuple[int, str]]:
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT event_id, handler FROM test_effects "
+                "WHERE handler LIKE 'test.gather:%' ORDER BY event_id"
+            )
+        )
+        return [(row[0], row[1]) for row in rows]
+
+
+async def test_a_gathering_batch_takes_its_tenants_waiting_events_along(
+    committed: Runtime,
+) -> None:
+    a, b = await two_tenants(committed)
+    ids_a = await publish_for(
+        committed, a, ["test.gather"] * 20 + ["test.ping"] + ["test.gather_family.x"] * 9
+    )
+    ids_b = await publish_for(committed, b, ["test.gather"] * 5)
+    queue = committed.queue_name("points")
+    # The job for A's first 3 events comes first; the others' jobs are still queued.
+    await committed.redis.enqueue_job(DELIVER_JOB, ids_a[:3], _queue_name=queue)
+    await committed.redis.enqueue_job(DELIVER_JOB, ids_a[3:], _queue_name=queue)
+    await committed.redis.enqueue_job(DELIVER_JOB, ids_b, _queue_name=queue)
+    await work_until_idle(committed, "points")
+    rows = await gathered(committed)
+    want_a = [i for i in ids_a if i != ids_a[20]]  # test.ping is not the handler's
+    assert [event_id for event_id, _ in rows] == sorted(want_a + ids_b), "each event once"
+    assert {handler for event_id, handler in rows if event_id in want_a} == {
+        f"test.gather:{a}:29"
+    }, "one batch: the job's 3 events and the 26 of the tenant waiting"
+    assert {handler for event_id, handler in rows if event_id in ids_b} == {f"test.gather:{b}:5"}, (
+        "another tenant's events are left to their own batch"
+    )
+    assert await effects(committed, "test.record") == [ids_a[20]]
+
+
+async def test_an_event_a_batch_gathered_cannot_fail_the_batch(committed: Runtime) -> None:
+    a, _ = await two_tenants(committed)
+    ids = await publish_for(committed, a, ["test.gather"] * 3 + ["test.gather_fail"])
+    queue = committed.queue_name("points")
+    await committed.redis.enqueue_job(DELIVER_JOB, ids[:3], _queue_name=queue)
+    await work_until_idle(committed, "points")
+    # The batch failed on the event it gathered; its own 3 went on, still together.
+    assert await gathered(committed) == [(i, f"test.gather:{a}:3") for i in ids[:3]]
+    await switch_on(committed, "healed")
+    await committed.redis.enqueue_job(DELIVER_JOB, ids[3:], _queue_name=queue)
+    await work_until_idle(committed, "points")
+    assert (await gathered(committed))[-1] == (ids[3], f"test.gather:{a}:1")
+
+
+async def test_gathering_workers_side_by_side_apply_each_event_once(committed: Runtime) -> None:
+    a, b = await two_tenants(committed)
+    ids_a = await publish_for(committed, a, ["test.gather"] * 60)
+    ids_b = await publish_for(committed, b, ["test.gather"] * 60)
+    queue = committed.queue_name("points")
+    mixed = sorted(ids_a + ids_b)
+    for start in range(0, len(mixed), 7):
+        # Every job twice (a relay that published twice), split across the workers.
+        for _ in range(2):
+            await committed.redis.enqueue_job(
+                DELIVER_JOB, mixed[start : start + 7], _queue_name=queue
+            )
+    await asyncio.gather(*(work_until_idle(committed, "points") for _ in range(3)))
+    rows = await gathered(committed)
+    assert [event_id for event_id, _ in rows] == mixed, "each event exactly once"
+    async with committed.engine.connect() as conn:
+        done = await conn.scalar(
+            text(
+                "SELECT count(*) FROM processed_events "
+                "WHERE handler = 'test.gather' AND event_id = ANY(:ids)"
+            ),
+            {"ids": mixed},
+        )
+    assert done == len(mixed)
+
+
 async def test_failing_handler_ends_in_dlq_and_replays(
     committed: Runtime, committed_client: httpx.AsyncClient
 ) -> None:

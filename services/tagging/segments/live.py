@@ -45,13 +45,14 @@ def parsed_rule(segment_id: int, version: int, rule: object) -> rules.Node:
 
 async def reevaluate(session: AsyncSession, changes: Changes, now: datetime) -> None:
     """Re-evaluate the changed contacts; publish segment.entered / segment.left."""
-    if changes:
-        await repository.plan_for_these_contacts(session)
-    for rounds, (tenant_id, contacts) in enumerate(changes.take(), start=1):
-        if rounds > MAX_ROUNDS:
-            log.error("segments: re-evaluation did not settle after %d rounds", MAX_ROUNDS)
-            return
-        await _reevaluate_tenant(session, tenant_id, contacts, now, changes)
+    if not changes:
+        return
+    async with repository.planned_as_lookups(session):
+        for rounds, (tenant_id, contacts) in enumerate(changes.take(), start=1):
+            if rounds > MAX_ROUNDS:
+                log.error("segments: re-evaluation did not settle after %d rounds", MAX_ROUNDS)
+                return
+            await _reevaluate_tenant(session, tenant_id, contacts, now, changes)
 
 
 async def _reevaluate_tenant(

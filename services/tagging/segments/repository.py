@@ -11,6 +11,7 @@ from __future__ import annotations
 import typing
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -236,11 +237,36 @@ async def set_timeouts(session: AsyncSession, lock_ms: int, statement_ms: int) -
     )
 
 
-async def plan_for_these_contacts(session: AsyncSession) -> None:
-    """For the rest of the transaction, plan each statement for its own parameters: a
-    generic plan of a prepared statement knows neither how many contacts the batch has
-    nor which windows, and can scan where a lookup per contact is right."""
-    await session.execute(text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)"))
+# Per-contact work (a batch's changed contacts, at most a few thousand per statement) is
+# always best done as lookups by key; a planner that misjudges a young table, or a
+# segment's member count, would otherwise hash whole tables (every member of the segment,
+# every profile of the tenant) for each batch.
+# (Hash joins stay: of a batch's own rows, e.g. CTEs joined by contact, they are right.)
+_LOOKUPS = text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
+    " set_config('enable_seqscan', 'off', true)"
+)
+_LOOKUPS_DONE = ("plan_cache_mode", "enable_seqscan")
+_LOOKUPS_KEY = "tagging.lookups"
+
+
+@asynccontextmanager
+async def planned_as_lookups(session: AsyncSession) -> AsyncIterator[None]:
+    """Statements inside are planned for their own parameters (never a generic plan,
+    which knows neither how many contacts there are nor which windows) and as index
+    lookups: no sequential scans of tables. Nested uses keep the outermost's."""
+    if session.info.get(_LOOKUPS_KEY):
+        yield
+        return
+    await session.execute(_LOOKUPS)
+    session.info[_LOOKUPS_KEY] = True
+    try:
+        yield
+    finally:
+        session.info.pop(_LOOKUPS_KEY, None)
+        if session.in_transaction():
+            for name in _LOOKUPS_DONE:
+                await session.execute(text(f"SET LOCAL {name} TO DEFAULT"))
 
 
 async def tune_for_every_contact(session: AsyncSession, work_mem: str) -> None:
