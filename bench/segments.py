@@ -511,10 +511,23 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
             "WHERE event_type = 'order.paid'"
         )
         delays = []
+        by_request: dict[int, list[float]] = {}
         for row in orders:
             r = int(row["o"][2:].rsplit("-", 1)[0])
             if row["c"] in seen and r in acked:
                 delays.append(seen[row["c"]] - acked[r])
+                by_request.setdefault(r, []).append(delays[-1])
+        # Whether a backlog builds up: the delays of the stream's first, middle and last
+        # fifths (a pipeline that keeps up has the same delay throughout).
+        fifths = []
+        for k in range(5):
+            part = [
+                d
+                for r, ds in by_request.items()
+                if k * requests // 5 <= r < (k + 1) * requests // 5
+                for d in ds
+            ]
+            fifths.append(quantile(part, 0.5) if part else float("nan"))
         # The tagging part alone: from the users service's order.paid (its transaction's
         # start) to segment.entered (the tagging batch's), both on the database's clock.
         split = await conn.fetch(
@@ -542,6 +555,12 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
                 f"p95 {ms(quantile(delays, 0.95))}  p99 {ms(quantile(delays, 0.99))}"
                 "  (target p95 <= 1 s)"
             )
+        if delays:
+            print(
+                "  p50 by fifth of the stream: "
+                + ", ".join(ms(f).strip() for f in fifths)
+                + "  (the same throughout when the pipeline keeps up)"
+            )
         if tagging:
             print(
                 f"  of which order.paid published -> segment.entered: "
@@ -559,6 +578,7 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
             "delay_p95_ms": round(quantile(delays, 0.95) * 1000, 1) if delays else None,
             "delay_p99_ms": round(quantile(delays, 0.99) * 1000, 1) if delays else None,
             "tagging_p95_ms": round(quantile(tagging, 0.95) * 1000, 1) if tagging else None,
+            "delay_p50_by_fifth_ms": [round(f * 1000, 1) for f in fifths],
             "scrm_peak_rss_mib": sorted(round(kb / 1024) for kb in memory.values()),
         }
     finally:

@@ -34,7 +34,7 @@ log = logging.getLogger("scrm.worker")
 # Batchable deliveries per transaction.
 BATCH_SIZE = 25
 # Events per call of a set-based handler (`subscribe_many`), in one transaction.
-MANY_BATCH_SIZE = 500
+MANY_BATCH_SIZE = 1500
 
 _CLAIM_MANY = text(
     """
