@@ -22,9 +22,9 @@ import asyncio
 import logging
 import zlib
 
-import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
-from shared.config import plain_postgres_url
 from shared.relay import wait_any
 from shared.runtime import Runtime
 from shared.worker import worker_loop
@@ -36,14 +36,17 @@ CHECK_SECONDS = 2.0
 MIN_CHANGES = 1000
 SHARE = 0.2
 
-_STALE = """
+_STALE = text(
+    """
     SELECT s.relname
       FROM pg_stat_user_tables s
       JOIN pg_class c ON c.oid = s.relid
-     WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[])
-       AND s.n_live_tup >= $2::bigint + (1 + $3::float8) * greatest(c.reltuples, 0)
+     WHERE s.schemaname = current_schema() AND s.relname = ANY(CAST(:tables AS text[]))
+       AND s.n_live_tup >= CAST(:min AS bigint)
+                           + (1 + CAST(:share AS float8)) * greatest(c.reltuples, 0)
      ORDER BY s.n_live_tup DESC
-"""
+    """
+)
 
 _TABLES: dict[str, set[str]] = {}
 
@@ -60,46 +63,32 @@ class StatisticsKeeper:
         self.tables = sorted(tables)
 
     async def run(self, stop: asyncio.Event) -> None:
-        conn: asyncpg.Connection | None = None
-        try:
-            while not stop.is_set():
-                try:
-                    if conn is None or conn.is_closed():
-                        conn = await asyncpg.connect(
-                            plain_postgres_url(self.runtime.database_url), timeout=5
-                        )
-                    await self._analyze_stale(conn)
-                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                    log.warning("statistics: check failed (%s); trying again", exc)
-                    if conn is not None and not conn.is_closed():
-                        await conn.close()
-                    conn = None
-                await wait_any(stop, None, CHECK_SECONDS)
-        finally:
-            if conn is not None and not conn.is_closed():
-                await conn.close()
+        while not stop.is_set():
+            try:
+                await self.drain()
+            except (OSError, SQLAlchemyError, TimeoutError) as exc:
+                log.warning("statistics: check failed (%s); trying again", exc)
+            await wait_any(stop, None, CHECK_SECONDS)
 
     async def drain(self) -> int:
-        conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
-        try:
-            return await self._analyze_stale(conn)
-        finally:
-            await conn.close()
-
-    async def _analyze_stale(self, conn: asyncpg.Connection) -> int:
-        stale = await conn.fetch(_STALE, self.tables, MIN_CHANGES, SHARE)
+        """Analyze the tables that outgrew their statistics; how many it analyzed."""
         done = 0
-        for row in stale:
-            table = str(row["relname"])
-            key = _lock_key(table)
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                continue  # another worker is analyzing it
-            try:
-                # The name comes from the service's own list, never from input.
-                await conn.execute(f'ANALYZE "{table}"')
-                done += 1
-            finally:
-                await conn.fetchval("SELECT pg_advisory_unlock($1)", key)
+        # A pooled connection, in autocommit: each ANALYZE stands alone.
+        async with self.runtime.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            stale = await conn.execute(
+                _STALE, {"tables": self.tables, "min": MIN_CHANGES, "share": SHARE}
+            )
+            for (table,) in stale.all():
+                key = _lock_key(str(table))
+                if not await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}):
+                    continue  # another worker is analyzing it
+                try:
+                    # The name comes from the service's own list, never from input.
+                    await conn.execute(text(f'ANALYZE "{table}"'))
+                    done += 1
+                finally:
+                    await conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         if done:
             log.info("statistics: analyzed %d table(s) that outgrew their statistics", done)
         return done

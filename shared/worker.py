@@ -224,24 +224,18 @@ class EventDelivery:
     async def _work_for(
         self, event_ids: list[int], handler: str | None
     ) -> list[tuple[Event, Subscription]]:
+        outbox = OutboxEvent.__table__
         async with unit_of_work(self.runtime.sessionmaker) as session:
             rows = (
-                await session.scalars(
-                    select(OutboxEvent)
-                    .where(OutboxEvent.id.in_(event_ids))
-                    .order_by(OutboxEvent.id)
+                await session.execute(
+                    select(*(outbox.c[name] for name in _EVENT_COLUMNS))
+                    .where(outbox.c.id.in_(event_ids))
+                    .order_by(outbox.c.id)
                 )
             ).all()
         pairs: list[tuple[Event, Subscription]] = []
         for row in rows:
-            event = Event(
-                id=row.id,
-                event_id=row.event_id,
-                type=row.type,
-                tenant_id=row.tenant_id,
-                payload=row.payload,
-                created_at=row.created_at,
-            )
+            event = _event_of(row)
             if handler is not None:
                 sub = self.registry.get(handler)
                 if sub is None or sub.service != self.service:
@@ -381,17 +375,22 @@ async def _gather(session: AsyncSession, sub: Subscription, events: list[Event])
             "room": room,
         },
     )
-    return [
-        Event(
-            id=row.id,
-            event_id=row.event_id,
-            type=row.type,
-            tenant_id=row.tenant_id,
-            payload=row.payload,
-            created_at=row.created_at,
-        )
-        for row in rows
-    ]
+    return [_event_of(row) for row in rows]
+
+
+_EVENT_COLUMNS = ("id", "event_id", "type", "tenant_id", "payload", "created_at")
+
+
+def _event_of(row: Any) -> Event:
+    """An outbox row (its _EVENT_COLUMNS) as a consumer sees it."""
+    return Event(
+        id=row.id,
+        event_id=row.event_id,
+        type=row.type,
+        tenant_id=row.tenant_id,
+        payload=row.payload,
+        created_at=row.created_at,
+    )
 
 
 async def deliver_events(
