@@ -37,7 +37,7 @@ class UsersSettings(BaseSettings):
         default=4, validation_alias="SCRM_INGEST_WRITERS"
     )
     ingest_flood_events_per_second: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
-        default=2000, validation_alias="SCRM_INGEST_FLOOD_EVENTS_PER_SECOND"
+        default=1200, validation_alias="SCRM_INGEST_FLOOD_EVENTS_PER_SECOND"
     )
     inbound_batch_size: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=100, validation_alias="SCRM_INBOUND_BATCH_SIZE"
