@@ -115,9 +115,8 @@ async def test_counts_on_the_tenant_local_day_and_profile_facts(session: AsyncSe
     facts = changes.contacts(tenant)[contact]
     assert ("event", "page.view") in facts and ("event", "order.paid") in facts
     assert ("field", "created_at") in facts  # first seen: every field is new
-    assert await rows(session, "SELECT order_id, amount_fen, refunded_fen FROM tagging_orders") == [
-        ("SO-1", 12900, 0)
-    ]
+    orders = "SELECT order_id, amount_fen, refunded_fen FROM tagging_orders WHERE tenant_id = :t"
+    assert await rows(session, orders, t=tenant) == [("SO-1", 12900, 0)]
 
 
 async def test_a_replayed_event_counts_once(session: AsyncSession) -> None:
@@ -239,13 +238,16 @@ async def test_group_memberships(session: AsyncSession) -> None:
         changes,
         AT,
     )
-    members = "SELECT chat_id, contact_id FROM tagging_group_members ORDER BY chat_id, contact_id"
-    assert await rows(session, members) == sorted([("g1", a), ("g1", b), ("g2", a)])
+    members = (
+        "SELECT chat_id, contact_id FROM tagging_group_members WHERE tenant_id = :t "
+        "ORDER BY chat_id, contact_id"
+    )
+    assert await rows(session, members, t=tenant) == sorted([("g1", a), ("g1", b), ("g2", a)])
     assert ("group", "g1") in changes.contacts(tenant)[a]
     assert ("group", "g3") not in changes.contacts(tenant)[b]  # joined and left: no change
     changes = Changes()
     await ingest.apply(session, [group("group.dismissed", "g1")], changes, AT)
-    assert await rows(session, members) == [("g2", a)]
+    assert await rows(session, members, t=tenant) == [("g2", a)]
     assert ("group", "g1") in changes.contacts(tenant)[b]
 
 
@@ -291,7 +293,9 @@ async def test_merge_moves_counts_and_memberships_once(session: AsyncSession) ->
         "SELECT chat_id FROM tagging_group_members WHERE contact_id = :c ORDER BY chat_id",
         c=survivor,
     ) == [("g1",), ("g2",)]
-    assert await rows(session, "SELECT contact_id FROM tagging_orders") == [(survivor,)]
+    assert await rows(
+        session, "SELECT contact_id FROM tagging_orders WHERE tenant_id = :t", t=tenant
+    ) == [(survivor,)]
     gone = await profile(session, merged)
     assert (gone["status"], gone["merged_into"]) == ("merged", survivor)
     kept = await profile(session, survivor)
@@ -357,8 +361,10 @@ async def test_erasure_clears_personal_facts_and_stops_events(session: AsyncSess
     found = await profile(session, contact)
     assert found["status"] == "erased"
     assert (found["owner_staff"], found["channel"], found["attributes"]) == (None, None, {})
-    assert await rows(session, "SELECT properties FROM tagging_events") == [({},)]
-    assert await rows(session, "SELECT * FROM tagging_group_members") == []
+    # Scoped to the tenant: rows of tests that commit may be there too.
+    scoped = "SELECT {} FROM {} WHERE tenant_id = :t"
+    assert await rows(session, scoped.format("properties", "tagging_events"), t=tenant) == [({},)]
+    assert await rows(session, scoped.format("*", "tagging_group_members"), t=tenant) == []
     assert await days(session, contact) == [("comment", "2026-11-20", 1)]  # aggregates stay
     assert ("group", "g1") in changes.contacts(tenant)[contact]
     assert await ingest.apply(session, [business(tenant, "comment", contact)], Changes(), AT) == []
