@@ -183,9 +183,9 @@ async def main(args: argparse.Namespace) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     cores = os.cpu_count() or 1
     workers = (
-        f"scrm up's {os.environ.get('SCRM_WORKER_PROCESSES', max(1, min(4, cores - 1)))} "
-        "worker process(es) (each runs every service's worker, at nice "
-        f"{os.environ.get('SCRM_WORKER_NICE', '10')}) on {cores} cores, each claiming "
+        f"scrm up's {os.environ.get('SCRM_WORKER_PROCESSES', '1')} "
+        "worker process(es) per service (at nice "
+        f"{os.environ.get('SCRM_WORKER_NICE', '10')}) on {cores} cores, the users ones claiming "
         f"{os.environ.get('SCRM_INBOUND_BATCH_SIZE', '100')} stored events a transaction in "
         f"{os.environ.get('SCRM_INBOUND_CONCURRENCY', '2')} concurrent transactions, plus one "
         "`scrm worker --service users` SIGKILLed while the callbacks come in"

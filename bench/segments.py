@@ -33,7 +33,9 @@ postgresql://postgres@127.0.0.1:5432/postgres) in a database of its own:
    a segment "order.paid in the last 30 days"; the
    delay from each request's acknowledgement to the moment its contacts'
    segment.entered is committed (seen through LISTEN on the outbox channel),
-   p50/p95/p99, and the peak memory (VmHWM) of the scrm processes.
+   p50/p95/p99, the p50 by fifth of the stream (a growing backlog shows), where the
+   delay goes (users batch, relay, tagging batch: from the rows' timestamps), and
+   the peak memory (VmHWM) of the scrm processes.
 
 Prints a human summary and a final JSON line.
 """
@@ -439,7 +441,7 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
                     "WHERE id > $1 AND type = 'segment.entered' ORDER BY id",
                     last_id[0],
                 )
-                moment = time.monotonic()
+                moment = time.time()  # wall clock: compared with the database's now()
                 for row in rows:
                     seen.setdefault(row["c"], moment)
                     last_id[0] = max(last_id[0], row["id"])
@@ -477,7 +479,7 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
                 },
             )
             if response.status_code < 300:
-                acked[r] = time.monotonic()
+                acked[r] = time.time()
 
         # A tenant with a history: a warm-up (not measured) fills the tables, then they
         # are analyzed as autovacuum would have, so plans see their real sizes.
@@ -537,6 +539,33 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
             "WHERE e.type = 'segment.entered'"
         )
         tagging = [float(r["s"]) for r in split]
+        # Where the delay goes, per order.paid (each stage ends at the next one's start):
+        # acknowledged -> the users batch that applied it began -> the relay's batch that
+        # published order.paid began -> the tagging batch that applied it began -> its
+        # segment.entered was seen committed.
+        staged = await conn.fetch(
+            "SELECT e.payload->>'contact_id' c, o.properties->>'order_id' r, "
+            "extract(epoch FROM e.created_at) users, extract(epoch FROM e.published_at) relay, "
+            "extract(epoch FROM p.processed_at) tagging "
+            "FROM outbox_events e JOIN tagging_events o ON o.contact_id::text = "
+            "e.payload->>'contact_id' AND o.event_type = 'order.paid' "
+            "JOIN processed_events p ON p.event_id = e.id AND p.handler = 'tagging.apply_events' "
+            "WHERE e.type = 'order.paid'"
+        )
+        stages: dict[str, list[float]] = {
+            "ack -> users batch": [],
+            "users batch -> relay": [],
+            "relay -> tagging batch": [],
+            "tagging batch -> segment.entered": [],
+        }
+        for row in staged:
+            r = int(row["r"][2:].rsplit("-", 1)[0])
+            if r not in acked or row["c"] not in seen:
+                continue
+            points = [acked[r], float(row["users"]), float(row["relay"]), float(row["tagging"])]
+            points.append(seen[row["c"]])
+            for key, start, end in zip(stages, points, points[1:], strict=False):
+                stages[key].append(end - start)
         memory = peak_memory(up.pid)
         members = await conn.fetchval(
             "SELECT count(*) FROM segment_members WHERE segment_id = $1", segment_id
@@ -566,6 +595,12 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
                 f"  of which order.paid published -> segment.entered: "
                 f"p50 {ms(quantile(tagging, 0.5))}  p95 {ms(quantile(tagging, 0.95))}"
             )
+        for key, values in stages.items():
+            if values:
+                print(
+                    f"  {key:>34}: p50 {ms(quantile(values, 0.5))}  "
+                    f"p95 {ms(quantile(values, 0.95))}"
+                )
         print(
             f"  peak memory of the scrm processes (VmHWM): "
             f"{', '.join(f'{kb / 1024:.0f} MiB' for kb in sorted(memory.values()))}"
@@ -579,6 +614,7 @@ async def stream(admin_url: str, redis_url: str, args: argparse.Namespace) -> di
             "delay_p99_ms": round(quantile(delays, 0.99) * 1000, 1) if delays else None,
             "tagging_p95_ms": round(quantile(tagging, 0.95) * 1000, 1) if tagging else None,
             "delay_p50_by_fifth_ms": [round(f * 1000, 1) for f in fifths],
+            "stage_p50_ms": {k: round(quantile(v, 0.5) * 1000, 1) for k, v in stages.items() if v},
             "scrm_peak_rss_mib": sorted(round(kb / 1024) for kb in memory.values()),
         }
     finally:

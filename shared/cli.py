@@ -232,10 +232,12 @@ async def _migrate(database_url: str) -> None:
 def up() -> None:
     """Migrate, then run every service's API, workers, the outbox relay and the scheduler.
 
-    The API and the workers (SCRM_WORKER_PROCESSES of them; by default the number
-    of cores minus one, from 1 to 4) run as supervised child processes, so
-    processing never slows the acknowledgement of callbacks (and a crashed child
-    is restarted). Ctrl-C or SIGTERM stops them all, the embedded servers too.
+    The API and the workers run as supervised child processes: one API process and,
+    for each service, SCRM_WORKER_PROCESSES worker processes of its own (as deploy/
+    runs them), so processing never slows the acknowledgement of callbacks, and one
+    service's backlog never delays another's events. The users workers also run the
+    outbox relay and the scheduler. A crashed child is restarted. Ctrl-C or SIGTERM
+    stops them all, the embedded servers too.
     """
     import asyncio
 
@@ -247,29 +249,36 @@ def up() -> None:
     with servers(settings) as (database_url, redis_url):
         asyncio.run(_migrate(database_url))
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
-        parts = {"api": [sys.executable, "-m", "shared.cli", "run-part", "--api"]}
-        for n in range(settings.worker_processes):
-            parts[f"workers-{n + 1}"] = [
-                sys.executable,
-                "-m",
-                "shared.cli",
-                "run-part",
-                "--workers",
-            ]
-        crashing = supervise(parts, env)
+        crashing = supervise(worker_parts(settings.worker_processes), env)
     if crashing is not None:
         raise click.ClickException(f"{crashing} kept crashing; everything was stopped")
 
 
+def worker_parts(copies: int) -> dict[str, list[str]]:
+    """The child processes of `scrm up` by name: the API, and `copies` worker processes
+    per service (the users ones with the outbox relay and the scheduler)."""
+    part = [sys.executable, "-m", "shared.cli", "run-part"]
+    parts = {"api": [*part, "--api"]}
+    for service in SERVICES:
+        for n in range(copies):
+            name = f"workers-{service}" if copies == 1 else f"workers-{service}-{n + 1}"
+            dispatch = ["--dispatch"] if service == "users" else []
+            parts[name] = [*part, "--service", service, *dispatch]
+    return parts
+
+
 @cli.command(name="run-part", hidden=True)
 @click.option("--api", "api", is_flag=True, help="Serve every service's API.")
-@click.option("--workers", "workers", is_flag=True, help="Run every worker, relay, scheduler.")
-def run_part(api: bool, workers: bool) -> None:
+@click.option(
+    "--service", "services", type=SERVICE_CHOICE, multiple=True, help="Run this service's worker."
+)
+@click.option("--dispatch", "dispatch", is_flag=True, help="Also run the relay and scheduler.")
+def run_part(api: bool, services: tuple[str, ...], dispatch: bool) -> None:
     """One part of `scrm up` (started by it; stops when its parent dies)."""
     _run(
         list(SERVICES) if api else [],
-        list(SERVICES) if workers else [],
-        dispatch=workers,
+        list(services),
+        dispatch=dispatch,
         migrate_first=False,
     )
 

@@ -54,10 +54,9 @@ class Settings(BaseSettings):
     worker_poll_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
         default=0.02, validation_alias="SCRM_WORKER_POLL_SECONDS"
     )
+    # Worker processes of each service under `scrm up` (deploy/ scales replicas instead).
     worker_processes: Annotated[int, Field(ge=1, le=32)] = Field(
-        # One core stays with the API, so acknowledgements keep their latency.
-        default_factory=lambda: max(1, min(4, (os.cpu_count() or 1) - 1)),
-        validation_alias="SCRM_WORKER_PROCESSES",
+        default=1, validation_alias="SCRM_WORKER_PROCESSES"
     )
     worker_max_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=4, validation_alias="SCRM_WORKER_MAX_JOBS"

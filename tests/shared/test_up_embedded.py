@@ -111,6 +111,20 @@ def test_up_on_embedded_servers_keeps_data_across_restarts(data_dir: Path) -> No
     up.start()
     ready = httpx.get(f"{up.url}/readyz").json()
     assert ready == {"status": "ready", "database": "ok", "redis": "ok"}
+    # One API process and a worker process per service; the users one dispatches.
+    assert up.proc is not None
+    parts = sorted(
+        " ".join(child.cmdline()[3:])
+        for child in psutil.Process(up.proc.pid).children()
+        if "run-part" in child.cmdline()
+    )
+    assert parts == [
+        "run-part --api",
+        "run-part --service campaigns",
+        "run-part --service points",
+        "run-part --service tagging",
+        "run-part --service users --dispatch",
+    ]
     # Other commands use the running servers.
     assert up.scrm("tenant", "create", "kept-brand") == "kept-brand"
     key = up.scrm("apikey", "create", "--role", "platform")
