@@ -82,10 +82,12 @@ class SubscriptionRegistry:
     """Which handler of which service consumes which event types."""
 
     _by_name: dict[str, Subscription] = field(default_factory=dict)
-    # Bumped by every (un)subscription; services_for's memory is for one version.
+    # Bumped by every (un)subscription; what services_for and handlers remember is
+    # for one version.
     _version: int = 0
     _services_version: int = 0
     _services_for: dict[str, set[str]] = field(default_factory=dict)
+    _handlers: dict[tuple[str, str], list[Subscription]] = field(default_factory=dict)
 
     def subscribe(
         self, service: str, *event_types: str, name: str | None = None, batch: bool = True
@@ -150,18 +152,28 @@ class SubscriptionRegistry:
         return self._by_name.get(name)
 
     def handlers(self, service: str, event_type: str) -> list[Subscription]:
-        return [
-            sub
-            for sub in self._by_name.values()
-            if sub.service == service and sub.consumes(event_type)
-        ]
+        # Asked for every event a worker delivers: remembered like services_for.
+        self._forget_if_changed()
+        found = self._handlers.get((service, event_type))
+        if found is None:
+            found = [
+                sub
+                for sub in self._by_name.values()
+                if sub.service == service and sub.consumes(event_type)
+            ]
+            self._handlers[(service, event_type)] = found
+        return list(found)
+
+    def _forget_if_changed(self) -> None:
+        if self._version != self._services_version:
+            self._services_for.clear()
+            self._handlers.clear()
+            self._services_version = self._version
 
     def services_for(self, event_type: str) -> set[str]:
         # Asked for every event the relay publishes: remembered per type until the
         # subscriptions change.
-        if self._version != self._services_version:
-            self._services_for.clear()
-            self._services_version = self._version
+        self._forget_if_changed()
         found = self._services_for.get(event_type)
         if found is None:
             found = {sub.service for sub in self._by_name.values() if sub.consumes(event_type)}

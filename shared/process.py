@@ -32,6 +32,7 @@ from shared.worker import build_worker, worker_loops
 log = logging.getLogger("scrm.process")
 
 WORKER_DRAIN_SECONDS = 8.0
+WORKER_GC_THRESHOLDS = (20_000, 20, 20)
 
 
 class _Server(uvicorn.Server):
@@ -122,6 +123,11 @@ async def run_process(
         # pauses would otherwise stall every request in flight now and then.
         gc.collect()
         gc.freeze()
+        if worker_services:
+            # A batch builds and drops many short-lived objects (rows, events, their
+            # parameters): collecting the young ones every 700 allocations cost a
+            # worker about 6% of its time.
+            gc.set_threshold(*WORKER_GC_THRESHOLDS)
         log.info(
             "scrm running",
             extra={

@@ -45,6 +45,16 @@ _CLAIM_MANY = text(
     """
 )
 
+# A job's events and the handlers that have processed each (no payloads).
+_TO_DO = text(
+    """
+    SELECT o.id, o.type,
+           ARRAY(SELECT p.handler FROM processed_events p WHERE p.event_id = o.id) AS done
+      FROM outbox_events o
+     WHERE o.id = ANY(CAST(:ids AS bigint[]))
+    """
+)
+
 # Turns per (handler, tenant) for gathering handlers, taken in one order (no deadlock).
 _TAKE_TURNS = text(
     """
@@ -226,30 +236,45 @@ class EventDelivery:
     ) -> list[tuple[Event, Subscription]]:
         outbox = OutboxEvent.__table__
         async with unit_of_work(self.runtime.sessionmaker) as session:
+            # First what is still to do (without payloads): a job whose events another
+            # batch gathered and applied meanwhile loads nothing more, and waits for no
+            # turn.
+            wanted: dict[int, list[Subscription]] = {}
+            for event_id, event_type, done in await session.execute(
+                _TO_DO, {"ids": sorted(set(event_ids))}
+            ):
+                subs = self._subscriptions(event_id, event_type, handler)
+                todo = [sub for sub in subs if sub.name not in done]
+                if todo:
+                    wanted[event_id] = todo
+            if not wanted:
+                return []
             rows = (
                 await session.execute(
                     select(*(outbox.c[name] for name in _EVENT_COLUMNS))
-                    .where(outbox.c.id.in_(event_ids))
+                    .where(outbox.c.id.in_(sorted(wanted)))
                     .order_by(outbox.c.id)
                 )
             ).all()
         pairs: list[tuple[Event, Subscription]] = []
         for row in rows:
             event = _event_of(row)
-            if handler is not None:
-                sub = self.registry.get(handler)
-                if sub is None or sub.service != self.service:
-                    log.error(
-                        "no handler %r in service %s; event %s", handler, self.service, row.id
-                    )
-                    continue
-                pairs.append((event, sub))
-            else:
-                pairs.extend((event, sub) for sub in self.registry.handlers(self.service, row.type))
+            pairs.extend((event, sub) for sub in wanted[row.id])
         # One order everywhere, so concurrent batches lock processed_events rows
         # in the same order and cannot deadlock.
         pairs.sort(key=lambda pair: (pair[0].id, pair[1].name))
         return pairs
+
+    def _subscriptions(
+        self, event_id: int, event_type: str, handler: str | None
+    ) -> list[Subscription]:
+        if handler is None:
+            return list(self.registry.handlers(self.service, event_type))
+        sub = self.registry.get(handler)
+        if sub is None or sub.service != self.service:
+            log.error("no handler %r in service %s; event %s", handler, self.service, event_id)
+            return []
+        return [sub]
 
     async def _deliver_batch(
         self, pairs: list[tuple[Event, Subscription]], *, gather: bool = True

@@ -18,6 +18,7 @@ from shared.db import unit_of_work
 from shared.events import publish, publish_many, registry
 from shared.relay import DELIVER_JOB, OutboxRelay
 from shared.runtime import Runtime
+from shared.worker import EventDelivery
 from tests.clock import wait_until
 from tests.helpers import bearer, make_key, make_tenant, run_scrm
 from tests.shared.bus_support import (
@@ -265,6 +266,33 @@ async def test_gathering_workers_side_by_side_apply_each_event_once(committed: R
             {"ids": mixed},
         )
     assert done == len(mixed)
+
+
+async def test_a_job_loads_only_the_events_still_to_do(committed: Runtime) -> None:
+    # Jobs whose events a gathering batch already applied are the common case under load:
+    # such a job loads no payloads and waits for no turn.
+    a, _ = await two_tenants(committed)
+    ids = await publish_for(committed, a, ["test.gather"] * 3 + ["test.ping"])
+    delivery = EventDelivery(committed, "points", registry)
+    todo = await delivery._work_for(ids, None)
+    assert [(e.id, s.name) for e, s in todo] == [
+        *((i, "test.gather") for i in ids[:3]),
+        (ids[3], "test.record"),
+    ]
+    async with unit_of_work(committed.sessionmaker) as session:
+        await session.execute(
+            text(
+                "INSERT INTO processed_events (event_id, handler) "
+                "SELECT unnest(CAST(:ids AS bigint[])), 'test.gather'"
+            ),
+            {"ids": ids[:2]},
+        )
+    todo = await delivery._work_for(ids, None)
+    assert [(e.id, s.name) for e, s in todo] == [(ids[2], "test.gather"), (ids[3], "test.record")]
+    assert todo[0][0].payload == {"n": 2}, "the events still to do come whole"
+    assert await delivery._work_for(ids[:2], None) == []
+    assert await delivery._work_for(ids[:2], "test.gather") == []
+    assert [e.id for e, _ in await delivery._work_for(ids[:3], "test.gather")] == [ids[2]]
 
 
 async def test_failing_handler_ends_in_dlq_and_replays(
