@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         validation_alias="SCRM_EXTRA_TASK_MODULES",
         description="Comma-separated modules with more @subscribe handlers / scheduled jobs.",
     )
+    # After a pass that published events, the relay waits this long before the next:
+    # under a steady stream, what was committed meanwhile goes out in one job per
+    # service instead of many small ones (each a consumer transaction of its own).
+    relay_pause_seconds: Annotated[float, Field(ge=0, le=5)] = Field(
+        default=0.1, validation_alias="SCRM_RELAY_PAUSE_SECONDS"
+    )
     redeliver_after_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = Field(
         default=600.0, validation_alias="SCRM_REDELIVER_AFTER_SECONDS"
     )

@@ -6,7 +6,9 @@ batch, then marks the rows published, all in one transaction. A relay killed
 after enqueueing but before its commit leaves the rows unpublished: they are
 enqueued again later and the consumers' `processed_events` record turns the
 second delivery into a no-op. It wakes on `NOTIFY scrm_outbox` (sent at commit
-by `publish`) and polls once a second in case a notification was missed.
+by `publish`) and polls once a second in case a notification was missed. After a
+pass that published events it pauses (SCRM_RELAY_PAUSE_SECONDS, 0.1 s), so a
+steady stream of commits goes out in a few larger jobs rather than a job per commit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
@@ -61,6 +64,8 @@ class OutboxRelay:
         job_size: int = 200,
         idle_poll_seconds: float = 1.0,
         sweep_seconds: float = 60.0,
+        pause_seconds: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
@@ -68,6 +73,10 @@ class OutboxRelay:
         self.job_size = job_size
         self.idle_poll_seconds = idle_poll_seconds
         self.sweep_seconds = sweep_seconds
+        self.pause_seconds = (
+            runtime.settings.relay_pause_seconds if pause_seconds is None else pause_seconds
+        )
+        self._sleep = sleep  # the pause's; tests pass one that records it
         self._wake = asyncio.Event()
 
     async def publish_pending(self) -> int:
@@ -167,6 +176,10 @@ class OutboxRelay:
                     continue
                 if handled >= self.batch_size:
                     continue
+                if handled and self.pause_seconds:
+                    # A stream of commits: let the next ones gather (SCRM_RELAY_PAUSE_SECONDS).
+                    # After a quiet spell the first event goes out at once.
+                    await self._sleep(self.pause_seconds)
                 await wait_any(stop, self._wake, self.idle_poll_seconds)
         finally:
             if listener is not None and not listener.is_closed():

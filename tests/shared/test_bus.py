@@ -105,6 +105,42 @@ async def test_relay_killed_after_enqueue_before_marking(
     assert await effects(committed, "test.record_in_tagging") == [event_id]
 
 
+async def test_a_relay_pauses_after_publishing_so_a_stream_goes_out_together(
+    committed: Runtime,
+) -> None:
+    pauses: list[float] = []
+    during_pause: list[int] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 1:  # commits made while the relay pauses
+            during_pause.extend(await publish_committed(committed, "test.ping", 3))
+
+    first = await publish_committed(committed, "test.ping", 2)
+    relay = OutboxRelay(committed, registry, pause_seconds=0.1, sleep=pause)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+
+    async def all_published() -> bool:
+        async with committed.engine.connect() as conn:
+            left = await conn.scalar(
+                text("SELECT count(*) FROM outbox_events WHERE published_at IS NULL")
+            )
+        return len(during_pause) == 3 and left == 0
+
+    await wait_until(all_published, "the relay published all five")
+    stop.set()
+    await running
+    # A pause after each pass that published, none after the empty ones.
+    assert pauses == [0.1, 0.1]
+    jobs = await committed.redis.queued_jobs(queue_name=committed.queue_name("points"))
+    ours = set(first + during_pause)
+    assert sorted(job.args[0] for job in jobs if ours & set(job.args[0])) == [
+        first,
+        during_pause,
+    ], "the events committed during the pause went out in one job"
+
+
 async def test_relay_that_dies_before_enqueue_loses_nothing(committed: Runtime) -> None:
     ids = await publish_committed(committed, "test.ping", 3)
     broken = dataclasses.replace(committed, redis=_DeadRedis())  # Redis gone mid-publish
