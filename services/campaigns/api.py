@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 
 from services.campaigns import SERVICE, service
+from services.campaigns.journeys.api import router as journeys_router
 from services.campaigns.schemas import CampaignsStatus
 from shared.auth import Principal, require
 from shared.deps import SessionDep
@@ -20,3 +21,7 @@ Reader = Annotated[Principal, require("admin", "operator", "analyst")]
 async def status(principal: Reader, session: SessionDep, request: Request) -> CampaignsStatus:
     """The event types this service consumes and the caller's tenant backlog in it."""
     return await service.status(session, request.app.state.runtime, principal.tenant)
+
+
+# After /campaigns/status, which /campaigns/{campaign_id} would otherwise take.
+router.include_router(journeys_router)

@@ -1,4 +1,8 @@
 """Tables owned by the campaigns service, declared on shared.db.Base so the single
-Alembic history sees them. Every tenant-owned table mixes in `TenantScoped`."""
+Alembic history sees them: each part keeps its own in its models.py."""
 
 from __future__ import annotations
+
+from services.campaigns.journeys import models as journeys_models
+
+__all__ = ["journeys_models"]

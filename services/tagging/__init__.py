@@ -4,4 +4,39 @@ Other services read from it only through functions exported here, and
 otherwise talk to it through events.
 """
 
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
 SERVICE = "tagging"
+
+
+async def check_segment_rule(session: AsyncSession, tenant_id: uuid.UUID, rule: Any) -> None:
+    """Nothing when `rule` is a segment rule over the tenant's own tags and segments;
+    otherwise the 422 `invalid_rule` naming the failing path in the rule."""
+    from services.tagging.segments.service import check_rule
+
+    await check_rule(session, tenant_id, rule)
+
+
+async def existing_tag_ids(
+    session: AsyncSession, tenant_id: uuid.UUID, tag_ids: Sequence[int]
+) -> set[int]:
+    """Which of these tags the tenant has."""
+    from services.tagging.segments import repository
+
+    return await repository.existing_tags(session, tenant_id, tag_ids)
+
+
+async def existing_segment_ids(
+    session: AsyncSession, tenant_id: uuid.UUID, segment_ids: Sequence[int]
+) -> set[int]:
+    """Which of these segments the tenant has."""
+    from services.tagging.segments import repository
+
+    return await repository.existing_segments(session, tenant_id, segment_ids)

@@ -137,6 +137,19 @@ async def existing_tags(
     return set(found)
 
 
+async def existing_segments(
+    session: AsyncSession, tenant_id: uuid.UUID, segment_ids: Sequence[int]
+) -> set[int]:
+    if not segment_ids:
+        return set()
+    found = await session.scalars(
+        select(Segment.id).where(
+            Segment.tenant_id == tenant_id, Segment.id.in_(sorted(set(segment_ids)))
+        )
+    )
+    return set(found)
+
+
 async def segment_reads(session: AsyncSession, tenant_id: uuid.UUID) -> dict[int, list[str]]:
     """Every segment of the tenant and the facts it reads (for nesting and cycles)."""
     rows = await session.execute(

@@ -1,0 +1,114 @@
+"""SQL of the journeys part: campaigns and their versions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.campaigns.journeys.models import Campaign, CampaignVersion
+
+
+async def insert_campaign(
+    session: AsyncSession, tenant_id: uuid.UUID, name: str, trigger_type: str
+) -> int | None:
+    """The new campaign's id, or None when the tenant has one of that name."""
+    found = await session.scalar(
+        insert(Campaign)
+        .values(tenant_id=tenant_id, name=name, trigger_type=trigger_type)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "name"])
+        .returning(Campaign.id)
+    )
+    return None if found is None else int(found)
+
+
+async def put_version(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    campaign_id: int,
+    version: int,
+    definition: dict[str, Any],
+) -> None:
+    """Store a version's definition (a draft's version 1 is replaced in place)."""
+    statement = insert(CampaignVersion).values(
+        campaign_id=campaign_id, version=version, tenant_id=tenant_id, definition=definition
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["campaign_id", "version"],
+            set_={
+                "definition": statement.excluded.definition,
+                "created_at": statement.excluded.created_at,
+            },
+        )
+    )
+
+
+async def get_campaign(
+    session: AsyncSession, tenant_id: uuid.UUID, campaign_id: int, *, lock: bool = False
+) -> Campaign | None:
+    query = select(Campaign).where(Campaign.tenant_id == tenant_id, Campaign.id == campaign_id)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    found: Campaign | None = await session.scalar(query)
+    return found
+
+
+async def get_version(
+    session: AsyncSession, tenant_id: uuid.UUID, campaign_id: int, version: int
+) -> CampaignVersion | None:
+    found: CampaignVersion | None = await session.scalar(
+        select(CampaignVersion).where(
+            CampaignVersion.tenant_id == tenant_id,
+            CampaignVersion.campaign_id == campaign_id,
+            CampaignVersion.version == version,
+        )
+    )
+    return found
+
+
+async def list_versions(session: AsyncSession, campaign_id: int) -> list[tuple[int, datetime]]:
+    rows = await session.execute(
+        select(CampaignVersion.version, CampaignVersion.created_at)
+        .where(CampaignVersion.campaign_id == campaign_id)
+        .order_by(CampaignVersion.version)
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+async def list_campaigns(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    after: int | None,
+    limit: int,
+    status: str | None,
+) -> list[Campaign]:
+    query = select(Campaign).where(Campaign.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Campaign.status == status)
+    if after is not None:
+        query = query.where(Campaign.id > after)
+    return list(await session.scalars(query.order_by(Campaign.id).limit(limit)))
+
+
+async def name_taken(
+    session: AsyncSession, tenant_id: uuid.UUID, name: str, other_than: int
+) -> bool:
+    found = await session.scalar(
+        select(Campaign.id).where(
+            Campaign.tenant_id == tenant_id, Campaign.name == name, Campaign.id != other_than
+        )
+    )
+    return found is not None
+
+
+async def set_fields(session: AsyncSession, campaign_id: int, **values: Any) -> None:
+    await session.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))
+
+
+async def delete_campaign(session: AsyncSession, campaign_id: int) -> None:
+    await session.execute(delete(Campaign).where(Campaign.id == campaign_id))
