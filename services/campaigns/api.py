@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 
 from services.campaigns import SERVICE, service
+from services.campaigns.enrolment.api import router as enrolment_router
 from services.campaigns.journeys.api import router as journeys_router
 from services.campaigns.schemas import CampaignsStatus
 from shared.auth import Principal, require
@@ -25,3 +26,4 @@ async def status(principal: Reader, session: SessionDep, request: Request) -> Ca
 
 # After /campaigns/status, which /campaigns/{campaign_id} would otherwise take.
 router.include_router(journeys_router)
+router.include_router(enrolment_router)

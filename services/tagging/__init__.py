@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.sql import Select
 
 SERVICE = "tagging"
 
@@ -40,3 +41,15 @@ async def existing_segment_ids(
     from services.tagging.segments import repository
 
     return await repository.existing_segments(session, tenant_id, segment_ids)
+
+
+def segment_members(tenant_id: uuid.UUID, segment_id: int) -> Select[Any]:
+    """The segment's members as a query of `contact_id`s, for another service's set-based
+    statement (campaigns enrol a segment in one INSERT ... SELECT)."""
+    from sqlalchemy import select
+
+    from services.tagging.segments.models import SegmentMember
+
+    return select(SegmentMember.contact_id.label("contact_id")).where(
+        SegmentMember.tenant_id == tenant_id, SegmentMember.segment_id == segment_id
+    )

@@ -49,11 +49,20 @@ async def put_version(
 
 
 async def get_campaign(
-    session: AsyncSession, tenant_id: uuid.UUID, campaign_id: int, *, lock: bool = False
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    campaign_id: int,
+    *,
+    lock: bool = False,
+    share: bool = False,
 ) -> Campaign | None:
+    """The campaign; `lock`ed FOR UPDATE (a status change, an edit) or FOR SHARE
+    (`share`: an enrolment, which a status change waits for)."""
     query = select(Campaign).where(Campaign.tenant_id == tenant_id, Campaign.id == campaign_id)
-    if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
+    if lock or share:
+        query = query.with_for_update(read=share and not lock).execution_options(
+            populate_existing=True
+        )
     found: Campaign | None = await session.scalar(query)
     return found
 
