@@ -7,16 +7,34 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, Uuid, func, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import ARRAY, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from services.campaigns.enrolment.models import CampaignEnrolment, CampaignEntry
 
 
-def listed(contact_ids: list[uuid.UUID]) -> Select[Any]:
-    """Contacts given by id, as an enrolment source."""
-    return select(func.unnest(literal(contact_ids, ARRAY(Uuid))).label("contact_id"))
+def listed(contact_ids: list[uuid.UUID], occurrence: str) -> Select[Any]:
+    """Contacts given by id, all of one trigger occurrence, as an enrolment source."""
+    return select(
+        func.unnest(literal(contact_ids, ARRAY(Uuid))).label("contact_id"),
+        literal(occurrence, String).label("occurrence"),
+    )
+
+
+def paired(contact_ids: list[uuid.UUID], occurrences: list[str]) -> Select[Any]:
+    """Contacts each with its own trigger occurrence (an event's), as a source (two
+    arrays of one length, unnested side by side)."""
+    return select(
+        func.unnest(literal(contact_ids, ARRAY(Uuid))).label("contact_id"),
+        func.unnest(literal(occurrences, ARRAY(String))).label("occurrence"),
+    )
+
+
+def of_occurrence(contacts: Select[Any], occurrence: str) -> Select[Any]:
+    """A query of `contact_id`s (a segment's members), all of one occurrence."""
+    found = contacts.subquery()
+    return select(found.c.contact_id, literal(occurrence, String).label("occurrence"))
 
 
 async def enrol(
@@ -27,32 +45,33 @@ async def enrol(
     version: int,
     entry_step: str,
     reentry: dict[str, Any],
-    occurrence: str,
     source: Select[Any],
     now: datetime,
 ) -> int:
-    """Enrol the source's contacts (a query of `contact_id`s) in one statement; returns
-    how many were enrolled. The re-entry policy is decided on `campaign_entries`, whose
-    rows are taken in contact order (concurrent enrolments of a contact wait for each
-    other and cannot deadlock); the enrolment's unique occurrence makes a repeated
-    trigger occurrence a no-op."""
+    """Enrol the source's (contact_id, occurrence) rows in one statement; returns how
+    many enrolments were made. The re-entry policy is decided on `campaign_entries`,
+    whose rows are taken in contact order (concurrent enrolments of a contact wait for
+    each other and cannot deadlock); an enrolment's unique (campaign, contact,
+    occurrence) makes a repeated trigger occurrence a no-op. Under `once` and
+    `once_per_days` a contact enters at most once per statement (its first
+    occurrence); under `every_time` once per occurrence."""
     policy = reentry["policy"]
-    candidates = source.distinct().cte("candidates")
+    candidates = source.cte("candidates")
+    contacts = select(candidates.c.contact_id).distinct().order_by(candidates.c.contact_id)
     entries = insert(CampaignEntry).from_select(
         ["campaign_id", "contact_id", "tenant_id", "last_entered_at"],
         select(
             literal(campaign_id, BigInteger),
-            candidates.c.contact_id,
+            contacts.subquery().c.contact_id,
             literal(tenant_id, Uuid),
             literal(now, DateTime(timezone=True)),
-        ).order_by(candidates.c.contact_id),
+        ),
     )
     keys = [CampaignEntry.campaign_id, CampaignEntry.contact_id]
     if policy == "once":
-        upsert = entries.on_conflict_do_nothing(index_elements=keys)
-        occurrence = "once"
+        gate = entries.on_conflict_do_nothing(index_elements=keys)
     else:
-        upsert = entries.on_conflict_do_update(
+        gate = entries.on_conflict_do_update(
             index_elements=keys,
             set_={"last_entered_at": entries.excluded.last_entered_at},
             where=(
@@ -61,7 +80,24 @@ async def enrol(
                 else CampaignEntry.last_entered_at <= now - timedelta(days=int(reentry["days"]))
             ),
         )
-    entered = upsert.returning(CampaignEntry.contact_id).cte("entered")
+    entered = gate.returning(CampaignEntry.contact_id).cte("entered")
+    if policy == "every_time":
+        # Every occurrence enters; the entries are only kept up to date.
+        rows = select(candidates.c.contact_id, candidates.c.occurrence).where(
+            candidates.c.contact_id.in_(select(entered.c.contact_id))
+        )
+    else:
+        first = (
+            select(candidates.c.contact_id, candidates.c.occurrence)
+            .ext(distinct_on(candidates.c.contact_id))
+            .order_by(candidates.c.contact_id, candidates.c.occurrence)
+            .cte("first_occurrence")
+        )
+        occurrence = literal("once", String) if policy == "once" else first.c.occurrence
+        rows = select(entered.c.contact_id, occurrence).join(
+            first, first.c.contact_id == entered.c.contact_id
+        )
+    picked = rows.subquery()
     enrolled = (
         insert(CampaignEnrolment)
         .from_select(
@@ -80,8 +116,8 @@ async def enrol(
                 literal(tenant_id, Uuid),
                 literal(campaign_id, BigInteger),
                 literal(version, Integer),
-                entered.c.contact_id,
-                literal(occurrence, String),
+                picked.c[0],
+                picked.c[1],
                 literal("active", String),
                 literal(entry_step, String),
                 literal(now, DateTime(timezone=True)),

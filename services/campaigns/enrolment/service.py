@@ -70,7 +70,8 @@ async def enrol_contacts(
             reason = "erased" if status == "erased" or contact_id in survivors else "missing"
             skipped.append({"contact_id": contact_id, "reason": reason})
     live = list(dict.fromkeys(live))
-    enrolled = await _enrol(session, campaign, definition, repository.listed(live), now)
+    source = repository.listed(live, _manual())
+    enrolled = await enrol(session, campaign, definition, source, now)
     return {"enrolled": enrolled, "reentry_refused": len(live) - enrolled, "skipped": skipped}
 
 
@@ -81,18 +82,24 @@ async def enrol_segment(
     campaign, definition = await _live(session, tenant_id, campaign_id)
     if not await tagging.existing_segment_ids(session, tenant_id, [segment_id]):
         raise JourneyError("segment_id", f"no segment {segment_id}")
-    source = tagging.segment_members(tenant_id, segment_id)
-    enrolled = await _enrol(session, campaign, definition, source, now)
+    source = repository.of_occurrence(tagging.segment_members(tenant_id, segment_id), _manual())
+    enrolled = await enrol(session, campaign, definition, source, now)
     return {"enrolled": enrolled, "reentry_refused": None, "skipped": []}
 
 
-async def _enrol(
+def _manual() -> str:
+    # A manual launch is an occurrence of its own.
+    return f"manual:{uuid.uuid4()}"
+
+
+async def enrol(
     session: AsyncSession,
     campaign: Campaign,
     definition: dict[str, Any],
     source: Any,
     now: datetime,
 ) -> int:
+    """Enrol a source of (contact_id, occurrence) rows in the campaign's current version."""
     return await repository.enrol(
         session,
         tenant_id=campaign.tenant_id,
@@ -100,8 +107,6 @@ async def _enrol(
         version=campaign.version,
         entry_step=definition["steps"][0]["id"],
         reentry=definition["reentry"],
-        # A manual launch is an occurrence of its own.
-        occurrence=f"manual:{uuid.uuid4()}",
         source=source,
         now=now,
     )

@@ -49,6 +49,23 @@ TRIGGERS = (
     "schedule",
     "manual",
 )
+# What an `event` trigger may name: the business events (the users service republishes
+# each stored one under its own type), a brand's custom.<name>, and these.
+EVENT_TRIGGERS = (
+    "order.paid",
+    "order.refunded",
+    "checkin",
+    "comment",
+    "page.view",
+    "product.view",
+    "cart.add",
+    "share",
+    "live.watch",
+    "custom.*",
+    "contact.lifecycle_changed",
+    "tier.changed",
+    "referral.succeeded",
+)
 STEP_TYPES = ("wait", "wait_for", "condition", "split", "action", "exit")
 ACTIONS = ("send", "add_tag", "remove_tag", "award_points", "create_task", "call_webhook")
 # Each channel and the users service's consent channel a send on it needs.
@@ -183,6 +200,12 @@ def _trigger(raw: Any, refs: References) -> dict[str, Any]:
     elif kind == "event":
         _only(raw, path, {"type", "event_type", "where"})
         out["event_type"] = _event_type(raw.get("event_type"), f"{path}.event_type")
+        if out["event_type"] not in EVENT_TRIGGERS and not out["event_type"].startswith("custom."):
+            raise JourneyError(
+                f"{path}.event_type",
+                f"a journey starts on one of {', '.join(EVENT_TRIGGERS)} "
+                "(or a dedicated trigger type)",
+            )
         refs.event_types.append((f"{path}.event_type", out["event_type"]))
         out["where"] = _where(raw.get("where"), f"{path}.where")
     elif kind == "schedule":

@@ -1,0 +1,88 @@
+"""Triggers: the events that enrol contacts in live journeys, set-based per batch.
+
+Each journey's trigger (journeys/definition.py) is matched against a batch's events
+of its tenant: `contact.added` (optionally only some channel codes' `state`),
+`group.joined` (optionally some chats), `tag.added` / `tag.removed` (a tag),
+`segment.entered` / `segment.left` (a segment) and `event` (a business event type,
+with `where` on its properties). The matching contacts enter in one statement per
+journey, each event an occurrence of its own (`event:<outbox id>`), so a second
+delivery of an event enrols nobody. `schedule` and `manual` journeys enter through
+the scheduler and ops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.campaigns import clock
+from services.campaigns.enrolment import repository
+from services.campaigns.enrolment.service import enrol
+from services.campaigns.journeys import repository as journeys
+from services.campaigns.journeys.definition import EVENT_TRIGGERS
+from shared.events import Event, subscribe_many
+
+DEDICATED = (
+    "contact.added",
+    "group.joined",
+    "tag.added",
+    "tag.removed",
+    "segment.entered",
+    "segment.left",
+)
+CONSUMED = (*DEDICATED, *EVENT_TRIGGERS)
+
+
+def trigger_type(event: Event) -> str:
+    return event.type if event.type in DEDICATED else "event"
+
+
+def matches(trigger: dict[str, Any], event: Event) -> bool:
+    """Whether the event is an occurrence of the trigger (of its type already)."""
+    payload = event.payload
+    kind = trigger["type"]
+    if kind == "contact.added":
+        return "states" not in trigger or payload.get("state") in trigger["states"]
+    if kind == "group.joined":
+        return "chat_ids" not in trigger or payload.get("chat_id") in trigger["chat_ids"]
+    if kind in ("tag.added", "tag.removed"):
+        return bool(payload.get("tag_id") == trigger["tag_id"])
+    if kind in ("segment.entered", "segment.left"):
+        return bool(payload.get("segment_id") == trigger["segment_id"])
+    if kind == "event":
+        if event.type != trigger["event_type"]:
+            return False
+        properties = payload.get("properties") or {}
+        return all(properties.get(k) == v for k, v in trigger.get("where", {}).items())
+    return False
+
+
+def _contact(event: Event) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(event.payload["contact_id"]))
+    except (KeyError, ValueError):
+        return None
+
+
+@subscribe_many("campaigns", *CONSUMED, name="campaigns.enrol_on_trigger")
+async def enrol_on_trigger(session: AsyncSession, events: list[Event]) -> None:
+    """Enrol the contacts of a batch's trigger events in the live journeys they trigger."""
+    now = clock.now()
+    by_tenant: dict[uuid.UUID, list[Event]] = defaultdict(list)
+    for event in events:
+        if event.tenant_id is not None and _contact(event) is not None:
+            by_tenant[event.tenant_id].append(event)
+    for tenant_id, batch in sorted(by_tenant.items()):
+        kinds = sorted({trigger_type(e) for e in batch})
+        for campaign, definition in await journeys.live_triggered(session, tenant_id, kinds):
+            trigger = definition["trigger"]
+            hits = [e for e in batch if trigger_type(e) == trigger["type"] and matches(trigger, e)]
+            if not hits:
+                continue
+            contacts = [c for c in (_contact(e) for e in hits) if c is not None]
+            occurrences = [f"event:{e.id}" for e in hits]
+            source = repository.paired(contacts, occurrences)
+            await enrol(session, campaign, definition, source, now)
