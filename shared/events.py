@@ -69,6 +69,10 @@ class Subscription:
     # one batch of a tenant at a time, and the batch whose turn it is takes the
     # tenant's other events waiting for the handler with it (shared/worker.py).
     gather: bool = False
+    # SQL over the outbox row `o`: whether the handler has anything to do with the event
+    # now (`subscribe_many(interest=...)`). Events it has not are marked processed
+    # without being loaded or handed to it.
+    interest: str | None = None
 
     def consumes(self, event_type: str) -> bool:
         """An exact type, or a family such as `custom.*` (every `custom.<name>`)."""
@@ -111,7 +115,12 @@ class SubscriptionRegistry:
         return register
 
     def subscribe_many(
-        self, service: str, *event_types: str, name: str | None = None, gather: bool = False
+        self,
+        service: str,
+        *event_types: str,
+        name: str | None = None,
+        gather: bool = False,
+        interest: str | None = None,
     ) -> Callable[[BatchEventHandler], BatchEventHandler]:
         """Register a set-based handler: it gets a list of events (in outbox order)
         and applies them in the caller's transaction, with a few statements per
@@ -120,7 +129,13 @@ class SubscriptionRegistry:
         With `gather`, batches of one tenant take turns, and each takes the tenant's
         events already waiting for the handler along (up to MANY_BATCH_SIZE): for a
         handler whose batches share rows (a contact's events), which side by side
-        would wait on each other's locks, and whose cost is mostly per batch."""
+        would wait on each other's locks, and whose cost is mostly per batch.
+
+        `interest` is an SQL condition on the outbox row `o` (its tenant_id, type,
+        payload) saying whether the handler has anything to do with the event at the
+        time it is delivered (a journey listening for it, say): events it has not are
+        marked processed in one statement, never loaded. Deciding it then is what the
+        handler would do itself, only without the cost of each event."""
         if service not in SERVICES:
             raise ValueError(f"unknown service {service!r}")
         if not event_types:
@@ -137,7 +152,7 @@ class SubscriptionRegistry:
                 await many(session, [event])
 
             self._by_name[handler_name] = Subscription(
-                service, handler_name, frozenset(event_types), one, True, many, gather
+                service, handler_name, frozenset(event_types), one, True, many, gather, interest
             )
             self._version += 1
             return many

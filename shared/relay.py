@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
@@ -36,6 +37,14 @@ _CLAIM = text(
     "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 _MARK = text("UPDATE outbox_events SET published_at = now() WHERE id = ANY(:ids)")
+# Events no handler of a service has anything to do with, done for those handlers.
+_MARK_IDLE = text(
+    """
+    INSERT INTO processed_events (event_id, handler)
+    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:handlers AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
 
 # Events a handler has neither processed nor dead-lettered, published long ago.
 _UNDELIVERED = text(
@@ -89,6 +98,10 @@ class OutboxRelay:
             for event_id, event_type in rows:
                 for service in self.registry.services_for(event_type):
                     by_service[service].append(event_id)
+            for service in sorted(by_service):
+                by_service[service] = await self._interesting(
+                    session, service, by_service[service], dict(rows)
+                )
             for service, ids in by_service.items():
                 queue = self.runtime.queue_name(service)
                 for start in range(0, len(ids), self.job_size):
@@ -98,6 +111,40 @@ class OutboxRelay:
             await session.execute(_MARK, {"ids": [row[0] for row in rows]})
         EVENTS_PUBLISHED.inc(len(rows))
         return len(rows)
+
+    async def _interesting(
+        self, session: AsyncSession, service: str, ids: list[int], types: dict[int, str]
+    ) -> list[int]:
+        """The events some handler of the service has something to do with. Where every
+        handler of an event's type has an `interest` (shared.events.subscribe_many) and
+        none holds, the event is marked processed for them here and never enqueued: a
+        job, a claim and a transaction less for the many events nobody listens for."""
+        handlers = {t: self.registry.handlers(service, t) for t in {types[i] for i in ids}}
+        asked = sorted(
+            {s.name: s for subs in handlers.values() for s in subs if s.interest}.values(),
+            key=lambda s: s.name,
+        )
+        if not asked or any(not s.interest for subs in handlers.values() for s in subs):
+            return ids
+        columns = ", ".join(f"({s.interest})" for s in asked)
+        found = await session.execute(
+            text(f"SELECT o.id, {columns} FROM outbox_events o WHERE o.id = ANY(:ids)"),
+            {"ids": ids},
+        )
+        keep: list[int] = []
+        idle: list[tuple[int, str]] = []
+        for event_id, *flags in found:
+            interest = dict(zip((s.name for s in asked), flags, strict=True))
+            names = [s.name for s in handlers[types[event_id]]]
+            if any(interest[name] for name in names):
+                keep.append(event_id)
+            else:
+                idle.extend((event_id, name) for name in names)
+        if idle:
+            await session.execute(
+                _MARK_IDLE, {"ids": [e for e, _ in idle], "handlers": [h for _, h in idle]}
+            )
+        return sorted(keep)
 
     async def redeliver_lost(self) -> int:
         """Re-enqueue events whose delivery job was lost (e.g. Redis restarted empty).

@@ -11,13 +11,14 @@ that ops can list and replay.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from arq import Retry
 from arq.worker import Worker, func
-from sqlalchemy import select, text
+from sqlalchemy import TextClause, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,15 +46,23 @@ _CLAIM_MANY = text(
     """
 )
 
-# A job's events and the handlers that have processed each (no payloads).
-_TO_DO = text(
-    """
+
+@functools.cache
+def _to_do(interests: tuple[str, ...]) -> TextClause:
+    """A job's events, the handlers that have processed each (no payloads), and for
+    each handler with an `interest`, whether it has anything to do with the event."""
+    asked = "".join(
+        f",\n           ({condition}) AS interest_{n}" for n, condition in enumerate(interests)
+    )
+    return text(
+        f"""
     SELECT o.id, o.type,
-           ARRAY(SELECT p.handler FROM processed_events p WHERE p.event_id = o.id) AS done
+           ARRAY(SELECT p.handler FROM processed_events p WHERE p.event_id = o.id) AS done{asked}
       FROM outbox_events o
      WHERE o.id = ANY(CAST(:ids AS bigint[]))
     """
-)
+    )
+
 
 # Turns per (handler, tenant) for gathering handlers, taken in one order (no deadlock).
 _TAKE_TURNS = text(
@@ -239,14 +248,34 @@ class EventDelivery:
             # First what is still to do (without payloads): a job whose events another
             # batch gathered and applied meanwhile loads nothing more, and waits for no
             # turn.
+            # A handler's `interest` is asked in the same statement: the events it has
+            # nothing to do with are marked processed here, never loaded.
+            interested = self._interested()
             wanted: dict[int, list[Subscription]] = {}
-            for event_id, event_type, done in await session.execute(
-                _TO_DO, {"ids": sorted(set(event_ids))}
+            idle: list[tuple[int, str]] = []
+            for event_id, event_type, done, *flags in await session.execute(
+                _to_do(tuple(sub.interest or "" for sub in interested)),
+                {"ids": sorted(set(event_ids))},
             ):
-                subs = self._subscriptions(event_id, event_type, handler)
-                todo = [sub for sub in subs if sub.name not in done]
+                interest = {
+                    sub.name: bool(flag) for sub, flag in zip(interested, flags, strict=True)
+                }
+                todo = []
+                for sub in self._subscriptions(event_id, event_type, handler):
+                    if sub.name in done:
+                        continue
+                    if not interest.get(sub.name, True):
+                        idle.append((event_id, sub.name))
+                        continue
+                    todo.append(sub)
                 if todo:
                     wanted[event_id] = todo
+            if idle:
+                await session.execute(
+                    _CLAIM_MANY,
+                    {"ids": [e for e, _ in idle], "handlers": [h for _, h in idle]},
+                )
+                EVENTS_HANDLED.labels(self.service, "ok").inc(len(idle))
             if not wanted:
                 return []
             rows = (
@@ -264,6 +293,13 @@ class EventDelivery:
         # in the same order and cannot deadlock.
         pairs.sort(key=lambda pair: (pair[0].id, pair[1].name))
         return pairs
+
+    def _interested(self) -> list[Subscription]:
+        """This service's handlers with an `interest`, in name order."""
+        return sorted(
+            (s for s in self.registry.all() if s.service == self.service and s.interest),
+            key=lambda s: s.name,
+        )
 
     def _subscriptions(
         self, event_id: int, event_type: str, handler: str | None

@@ -81,6 +81,15 @@ async def record_gathered(session: AsyncSession, events: list[Event]) -> None:
     )
 
 
+@subscribe_many(
+    "points", "test.maybe", name="test.interested", interest="o.payload->>'want' = 'yes'"
+)
+async def record_interesting(session: AsyncSession, events: list[Event]) -> None:
+    """Records the events it is handed; only those with `want: yes` should be."""
+    for event in events:
+        await record(session, event.id, "test.interested")
+
+
 @subscribe("points", "test.family.*", name="test.family")
 async def record_family(session: AsyncSession, event: Event) -> None:
     await record(session, event.id, "test.family")

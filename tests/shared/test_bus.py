@@ -304,6 +304,64 @@ async def test_gathering_workers_side_by_side_apply_each_event_once(committed: R
     assert done == len(mixed)
 
 
+async def test_events_a_handler_has_no_interest_in_are_marked_done_unloaded(
+    committed: Runtime,
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(
+            session, [("test.maybe", {"want": w}, None) for w in ("yes", "no", "yes", "no")]
+        )
+    async with committed.engine.connect() as conn:
+        ids = [
+            row[0]
+            for row in await conn.execute(
+                text("SELECT id FROM outbox_events WHERE type = 'test.maybe' ORDER BY id")
+            )
+        ]
+    delivery = EventDelivery(committed, "points", registry)
+    todo = await delivery._work_for(ids, None)
+    assert [e.id for e, _ in todo] == [ids[0], ids[2]], "only the interesting ones are loaded"
+    async with committed.engine.connect() as conn:
+        done = await conn.scalar(
+            text(
+                "SELECT array_agg(event_id ORDER BY event_id) FROM processed_events "
+                "WHERE handler = 'test.interested'"
+            )
+        )
+    assert done == [ids[1], ids[3]], "the others are marked done at once"
+    await relay_all(committed)
+    await work_until_idle(committed, "points")
+    await committed.redis.enqueue_job(DELIVER_JOB, ids, _queue_name=committed.queue_name("points"))
+    await work_until_idle(committed, "points")
+    assert await effects(committed, "test.interested") == [ids[0], ids[2]], "each once"
+
+
+async def test_the_relay_enqueues_no_event_that_no_handler_has_interest_in(
+    committed: Runtime,
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(session, [("test.maybe", {"want": w}, None) for w in ("no", "yes")])
+    async with committed.engine.connect() as conn:
+        ids = [
+            row[0]
+            for row in await conn.execute(
+                text("SELECT id FROM outbox_events WHERE type = 'test.maybe' ORDER BY id")
+            )
+        ]
+    await relay_all(committed)
+    jobs = await committed.redis.queued_jobs(queue_name=committed.queue_name("points"))
+    assert [job.args[0] for job in jobs if set(ids) & set(job.args[0])] == [[ids[1]]]
+    async with committed.engine.connect() as conn:
+        done = await conn.scalar(
+            text(
+                "SELECT array_agg(event_id) FROM processed_events WHERE handler = 'test.interested'"
+            )
+        )
+    assert done == [ids[0]], "marked done by the relay, never enqueued"
+    await work_until_idle(committed, "points")
+    assert await effects(committed, "test.interested") == [ids[1]]
+
+
 async def test_a_job_loads_only_the_events_still_to_do(committed: Runtime) -> None:
     # Jobs whose events a gathering batch already applied are the common case under load:
     # such a job loads no payloads and waits for no turn.

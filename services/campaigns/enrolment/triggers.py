@@ -67,7 +67,17 @@ def _contact(event: Event) -> uuid.UUID | None:
         return None
 
 
-@subscribe_many("campaigns", *CONSUMED, name="campaigns.enrol_on_trigger")
+# Only events that a live journey of their tenant may start on are loaded and handed
+# to the handler (shared.events.subscribe_many `interest`); the rest are marked done.
+INTEREST = (
+    "EXISTS (SELECT 1 FROM campaigns c WHERE c.tenant_id = o.tenant_id "
+    "AND c.status = 'live' AND c.trigger_type = CASE WHEN o.type IN ("
+    + ", ".join(f"'{t}'" for t in DEDICATED)
+    + ") THEN o.type ELSE 'event' END)"
+)
+
+
+@subscribe_many("campaigns", *CONSUMED, name="campaigns.enrol_on_trigger", interest=INTEREST)
 async def enrol_on_trigger(session: AsyncSession, events: list[Event]) -> None:
     """Enrol the contacts of a batch's trigger events in the live journeys they trigger."""
     now = clock.now()
