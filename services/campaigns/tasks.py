@@ -6,8 +6,3 @@ runs them. Each takes ids or an event, loads what it needs and is idempotent.
 """
 
 from __future__ import annotations
-
-from services.campaigns.enrolment import triggers
-
-# Handlers defined beside their rules register when their module is imported.
-HANDLER_MODULES = (triggers,)
