@@ -190,6 +190,11 @@ BAD: list[tuple[str, Any, str]] = [
         "trigger.cron",
     ),
     (
+        "an event a journey cannot start on",
+        lambda j: j.update(trigger={"type": "event", "event_type": "group.created"}),
+        "trigger.event_type",
+    ),
+    (
         "unknown event type",
         lambda j: j.update(trigger={"type": "event", "event_type": "order.teleported"}),
         "trigger.event_type",
@@ -413,3 +418,16 @@ async def test_names_roles_and_tenants(
     deleted = await client.delete(f"/v1/campaigns/{cid}", headers=brand.h())
     assert deleted.status_code == 204
     assert (await client.get(f"/v1/campaigns/{cid}", headers=brand.h())).status_code == 404
+
+
+async def test_an_event_trigger_starts_on_a_business_or_custom_event(
+    client: httpx.AsyncClient, brand: Brand
+) -> None:
+    for n, event_type in enumerate(("order.paid", "custom.signed_up", "tier.changed")):
+        journey = {
+            **copy.deepcopy(WELCOME),
+            "name": f"on {n}",
+            "trigger": {"type": "event", "event_type": event_type, "where": {"channel": "tmall"}},
+        }
+        saved = await client.post("/v1/campaigns", json=journey, headers=brand.h())
+        assert saved.status_code == 201, (event_type, saved.text)

@@ -17,12 +17,14 @@ service's check (it needs the database); `references` lists them with their path
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from croniter import croniter  # type: ignore[import-untyped]
 
+from shared.catalog import catalog
 from shared.errors import InvalidInput
 
 MAX_STEPS = 200
@@ -49,23 +51,23 @@ TRIGGERS = (
     "schedule",
     "manual",
 )
-# What an `event` trigger may name: the business events (the users service republishes
-# each stored one under its own type), a brand's custom.<name>, and these.
-EVENT_TRIGGERS = (
-    "order.paid",
-    "order.refunded",
-    "checkin",
-    "comment",
-    "page.view",
-    "product.view",
-    "cart.add",
-    "share",
-    "live.watch",
-    "custom.*",
-    "contact.lifecycle_changed",
-    "tier.changed",
-    "referral.succeeded",
-)
+# Besides the business events, what an `event` trigger may start on.
+MORE_EVENT_TRIGGERS = ("contact.lifecycle_changed", "tier.changed", "referral.succeeded")
+
+
+@functools.cache
+def event_triggers() -> tuple[str, ...]:
+    """What an `event` trigger may name: the business events of the event catalog (the
+    users service republishes each stored one under its own type; a brand's
+    `custom.<name>` too) and MORE_EVENT_TRIGGERS."""
+    business = [
+        t.name
+        for t in catalog().inbound("events")
+        if not t.name.startswith("consent.") and t.name != "custom.*"
+    ]
+    return (*business, *MORE_EVENT_TRIGGERS)
+
+
 STEP_TYPES = ("wait", "wait_for", "condition", "split", "action", "exit")
 ACTIONS = ("send", "add_tag", "remove_tag", "award_points", "create_task", "call_webhook")
 # Each channel and the users service's consent channel a send on it needs.
@@ -200,10 +202,11 @@ def _trigger(raw: Any, refs: References) -> dict[str, Any]:
     elif kind == "event":
         _only(raw, path, {"type", "event_type", "where"})
         out["event_type"] = _event_type(raw.get("event_type"), f"{path}.event_type")
-        if out["event_type"] not in EVENT_TRIGGERS and not out["event_type"].startswith("custom."):
+        allowed = event_triggers()
+        if out["event_type"] not in allowed and not out["event_type"].startswith("custom."):
             raise JourneyError(
                 f"{path}.event_type",
-                f"a journey starts on one of {', '.join(EVENT_TRIGGERS)} "
+                f"a journey starts on one of {', '.join(allowed)}, custom.<name> "
                 "(or a dedicated trigger type)",
             )
         refs.event_types.append((f"{path}.event_type", out["event_type"]))
