@@ -36,7 +36,7 @@ class CampaignEnrolment(Base):
         Index("ix_campaign_enrolments_due", "due_at", postgresql_where="status = 'active'"),
         Index("ix_campaign_enrolments_contact", "tenant_id", "contact_id"),
         CheckConstraint(
-            "status IN ('active', 'waiting', 'done', 'exited', 'converted')",
+            f"status IN ({', '.join(repr(s) for s in ENROLMENT_STATUSES)})",
             name="status_known",
         ),
     )

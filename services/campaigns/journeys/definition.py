@@ -29,7 +29,6 @@ from shared.errors import InvalidInput
 
 MAX_STEPS = 200
 MAX_TEXT = 4000
-MAX_NAME = 100
 MAX_WHERE_KEYS = 10
 MAX_LIST = 500
 MAX_SECONDS = 366 * 86400
@@ -345,11 +344,6 @@ def _template(raw: Any, path: str, longest: int) -> str:
     if "{{" in _VARIABLE.sub("", text) or "}}" in _VARIABLE.sub("", text):
         raise JourneyError(path, "unbalanced {{ }} in the text")
     return text
-
-
-def variables(text: str) -> list[str]:
-    """The variables a checked template uses."""
-    return _VARIABLE.findall(text)
 
 
 def _variants(raw: Any, path: str) -> list[dict[str, Any]]:

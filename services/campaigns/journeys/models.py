@@ -32,7 +32,9 @@ class Campaign(TenantScoped, Base):
             "trigger_type",
             postgresql_where="status = 'live'",
         ),
-        CheckConstraint("status IN ('draft', 'live', 'paused', 'stopped')", name="status_known"),
+        CheckConstraint(
+            f"status IN ({', '.join(repr(s) for s in CAMPAIGN_STATUSES)})", name="status_known"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
