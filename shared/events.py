@@ -70,8 +70,8 @@ class Subscription:
     # tenant's other events waiting for the handler with it (shared/worker.py).
     gather: bool = False
     # SQL over the outbox row `o`: whether the handler has anything to do with the event
-    # now (`subscribe_many(interest=...)`). Events it has not are marked processed
-    # without being loaded or handed to it.
+    # now (`subscribe_many(interest=...)`). Events it has not are neither enqueued,
+    # loaded nor handed to it.
     interest: str | None = None
 
     def consumes(self, event_type: str) -> bool:
@@ -133,9 +133,12 @@ class SubscriptionRegistry:
 
         `interest` is an SQL condition on the outbox row `o` (its tenant_id, type,
         payload) saying whether the handler has anything to do with the event at the
-        time it is delivered (a journey listening for it, say): events it has not are
-        marked processed in one statement, never loaded. Deciding it then is what the
-        handler would do itself, only without the cost of each event."""
+        time it is published (a journey listening for it, say): events it has not are
+        neither enqueued nor loaded, and nothing is written for them. The relay, the
+        worker and the redelivery sweep each ask it, so it must not turn true for an
+        event after the fact (compare the event's `o.created_at` with when the
+        listener started). Deciding it then is what the handler would do itself, only
+        without the cost of each event."""
         if service not in SERVICES:
             raise ValueError(f"unknown service {service!r}")
         if not event_types:

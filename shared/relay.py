@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.config import plain_postgres_url
@@ -37,18 +37,15 @@ _CLAIM = text(
     "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
 _MARK = text("UPDATE outbox_events SET published_at = now() WHERE id = ANY(:ids)")
-# Events no handler of a service has anything to do with, done for those handlers.
-_MARK_IDLE = text(
-    """
-    INSERT INTO processed_events (event_id, handler)
-    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:handlers AS text[]))
-    ON CONFLICT DO NOTHING
-    """
-)
 
-# Events a handler has neither processed nor dead-lettered, published long ago.
-_UNDELIVERED = text(
-    """
+
+def _undelivered(interest: str | None) -> TextClause:
+    """Events a handler has neither processed nor dead-lettered, published long ago, and
+    (for a handler with an `interest`) that it has something to do with: the events it
+    had none in when they were published were never its to do, and are not now."""
+    interested = f"\n       AND ({interest})" if interest else ""
+    return text(
+        f"""
     SELECT o.id FROM outbox_events o
      WHERE (o.type = ANY(:types) OR o.type LIKE ANY(:families))
        AND o.published_at >= now() - interval '7 days'
@@ -56,10 +53,12 @@ _UNDELIVERED = text(
        AND NOT EXISTS (SELECT 1 FROM processed_events p
                         WHERE p.event_id = o.id AND p.handler = :handler)
        AND NOT EXISTS (SELECT 1 FROM dead_letters d
-                        WHERE d.event_id = o.id AND d.handler = :handler)
+                        WHERE d.event_id = o.id AND d.handler = :handler){interested}
      ORDER BY o.id LIMIT :limit
     """
-)
+    )
+
+
 _SWEEP_LOCK = 0x5C12_0002
 
 
@@ -117,8 +116,11 @@ class OutboxRelay:
     ) -> list[int]:
         """The events some handler of the service has something to do with. Where every
         handler of an event's type has an `interest` (shared.events.subscribe_many) and
-        none holds, the event is marked processed for them here and never enqueued: a
-        job, a claim and a transaction less for the many events nobody listens for."""
+        none holds, the event is not enqueued for the service: a job, a claim and a
+        transaction less for the many events nobody listens for, and no row written
+        (the redelivery sweep asks the same interests, so it does not send them later).
+        An interest is therefore written so that it cannot turn true for an event
+        after the fact: a journey launched later is not interested in older events."""
         handlers = {t: self.registry.handlers(service, t) for t in {types[i] for i in ids}}
         asked = sorted(
             {s.name: s for subs in handlers.values() for s in subs if s.interest}.values(),
@@ -132,18 +134,10 @@ class OutboxRelay:
             {"ids": ids},
         )
         keep: list[int] = []
-        idle: list[tuple[int, str]] = []
         for event_id, *flags in found:
             interest = dict(zip((s.name for s in asked), flags, strict=True))
-            names = [s.name for s in handlers[types[event_id]]]
-            if any(interest[name] for name in names):
+            if any(interest[s.name] for s in handlers[types[event_id]]):
                 keep.append(event_id)
-            else:
-                idle.extend((event_id, name) for name in names)
-        if idle:
-            await session.execute(
-                _MARK_IDLE, {"ids": [e for e, _ in idle], "handlers": [h for _, h in idle]}
-            )
         return sorted(keep)
 
     async def redeliver_lost(self) -> int:
@@ -168,7 +162,7 @@ class OutboxRelay:
                     continue
                 ids = list(
                     await session.scalars(
-                        _UNDELIVERED,
+                        _undelivered(sub.interest),
                         {
                             "types": sorted(sub.event_types),
                             # custom.* -> custom.% (the names of a family are [a-z0-9_.])

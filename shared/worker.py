@@ -249,10 +249,10 @@ class EventDelivery:
             # batch gathered and applied meanwhile loads nothing more, and waits for no
             # turn.
             # A handler's `interest` is asked in the same statement: the events it has
-            # nothing to do with are marked processed here, never loaded.
+            # nothing to do with are never loaded nor handed to it (nor recorded: the
+            # redelivery sweep asks the same interest).
             interested = self._interested()
             wanted: dict[int, list[Subscription]] = {}
-            idle: list[tuple[int, str]] = []
             for event_id, event_type, done, *flags in await session.execute(
                 _to_do(tuple(sub.interest or "" for sub in interested)),
                 {"ids": sorted(set(event_ids))},
@@ -265,17 +265,10 @@ class EventDelivery:
                     if sub.name in done:
                         continue
                     if not interest.get(sub.name, True):
-                        idle.append((event_id, sub.name))
                         continue
                     todo.append(sub)
                 if todo:
                     wanted[event_id] = todo
-            if idle:
-                await session.execute(
-                    _CLAIM_MANY,
-                    {"ids": [e for e, _ in idle], "handlers": [h for _, h in idle]},
-                )
-                EVENTS_HANDLED.labels(self.service, "ok").inc(len(idle))
             if not wanted:
                 return []
             rows = (

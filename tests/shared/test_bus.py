@@ -304,7 +304,7 @@ async def test_gathering_workers_side_by_side_apply_each_event_once(committed: R
     assert done == len(mixed)
 
 
-async def test_events_a_handler_has_no_interest_in_are_marked_done_unloaded(
+async def test_events_a_handler_has_no_interest_in_are_skipped_unloaded(
     committed: Runtime,
 ) -> None:
     async with unit_of_work(committed.sessionmaker) as session:
@@ -328,7 +328,7 @@ async def test_events_a_handler_has_no_interest_in_are_marked_done_unloaded(
                 "WHERE handler = 'test.interested'"
             )
         )
-    assert done == [ids[1], ids[3]], "the others are marked done at once"
+    assert done is None, "nothing is written for the others"
     await relay_all(committed)
     await work_until_idle(committed, "points")
     await committed.redis.enqueue_job(DELIVER_JOB, ids, _queue_name=committed.queue_name("points"))
@@ -357,9 +357,28 @@ async def test_the_relay_enqueues_no_event_that_no_handler_has_interest_in(
                 "SELECT array_agg(event_id) FROM processed_events WHERE handler = 'test.interested'"
             )
         )
-    assert done == [ids[0]], "marked done by the relay, never enqueued"
+    assert done is None, "nothing written for the uninteresting one, never enqueued"
     await work_until_idle(committed, "points")
     assert await effects(committed, "test.interested") == [ids[1]]
+    # The redelivery sweep asks the same interest: it finds nothing lost.
+    async with committed.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE outbox_events SET published_at = now() - interval '1 hour' "
+                "WHERE id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        )
+    relay = OutboxRelay(committed, registry)
+    assert await relay.redeliver_lost() == 0
+    async with committed.engine.begin() as conn:
+        await conn.execute(
+            text('UPDATE outbox_events SET payload = \'{"want": "yes"}\' WHERE id = :id'),
+            {"id": ids[0]},
+        )
+    assert await relay.redeliver_lost() == 1, "one it has an interest in now is sent again"
+    await work_until_idle(committed, "points")
+    assert sorted(await effects(committed, "test.interested")) == [ids[0], ids[1]]
 
 
 async def test_a_job_loads_only_the_events_still_to_do(committed: Runtime) -> None:
