@@ -6,6 +6,13 @@ manual launch, a schedule's firing; `once` for a journey entered once ever). The
 row says where the contact is (`step_id`) and when that step is due (`due_at`):
 the scheduler claims due rows (`FOR UPDATE SKIP LOCKED` through the partial index).
 
+An enrolment at a `wait` or `wait_for` step is `waiting` until `due_at` (the wait's
+end, the timeout); one that is `active` runs its step at `due_at`. `listens` holds the
+event types it awaits (the journey's goals, the current `wait_for`'s event), so the
+events handler's interest finds it by contact. `seq` counts the steps it has taken:
+with the step, the key of each send it makes (a step visited again in a loop sends
+again, a step run again after a crash does not).
+
 `campaign_entries`: when each contact last entered each journey, the lock and the
 record the re-entry policy (once, once per N days, every time) is decided on.
 """
@@ -14,8 +21,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base, utcnow_column
@@ -33,7 +42,12 @@ class CampaignEnrolment(Base):
             "occurrence",
             unique=True,
         ),
-        Index("ix_campaign_enrolments_due", "due_at", postgresql_where="status = 'active'"),
+        Index(
+            "ix_campaign_enrolments_due",
+            "campaign_id",
+            "due_at",
+            postgresql_where="status IN ('active', 'waiting')",
+        ),
         Index("ix_campaign_enrolments_contact", "tenant_id", "contact_id"),
         CheckConstraint(
             f"status IN ({', '.join(repr(s) for s in ENROLMENT_STATUSES)})",
@@ -52,6 +66,14 @@ class CampaignEnrolment(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="active")
     step_id: Mapped[str] = mapped_column(String(64))
     due_at: Mapped[datetime]
+    step_since: Mapped[datetime] = utcnow_column()
+    seq: Mapped[int] = mapped_column(Integer, server_default="0")
+    listens: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    # The split variant the contact was routed to (the latest, for a journey with more).
+    variant: Mapped[str | None] = mapped_column(String(50))
+    # What the trigger said that later steps use: the WeCom welcome code and the staff
+    # member of a contact.added, the triggering event's id, type and properties.
+    context: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     entered_at: Mapped[datetime] = utcnow_column()
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(Text)

@@ -6,12 +6,16 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Uuid, func, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY, distinct_on, insert
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, Uuid, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from services.campaigns.enrolment.models import CampaignEnrolment, CampaignEntry
+
+
+def _no_context() -> Any:
+    return literal({}, JSONB).label("context")
 
 
 def listed(contact_ids: list[uuid.UUID], occurrence: str) -> Select[Any]:
@@ -19,22 +23,28 @@ def listed(contact_ids: list[uuid.UUID], occurrence: str) -> Select[Any]:
     return select(
         func.unnest(literal(contact_ids, ARRAY(Uuid))).label("contact_id"),
         literal(occurrence, String).label("occurrence"),
+        _no_context(),
     )
 
 
-def paired(contact_ids: list[uuid.UUID], occurrences: list[str]) -> Select[Any]:
-    """Contacts each with its own trigger occurrence (an event's), as a source (two
-    arrays of one length, unnested side by side)."""
+def paired(
+    contact_ids: list[uuid.UUID], occurrences: list[str], contexts: list[dict[str, Any]]
+) -> Select[Any]:
+    """Contacts each with its own trigger occurrence (an event's) and context, as a
+    source (arrays of one length, unnested side by side)."""
     return select(
         func.unnest(literal(contact_ids, ARRAY(Uuid))).label("contact_id"),
         func.unnest(literal(occurrences, ARRAY(String))).label("occurrence"),
+        func.unnest(literal(contexts, ARRAY(JSONB))).label("context"),
     )
 
 
 def of_occurrence(contacts: Select[Any], occurrence: str) -> Select[Any]:
     """A query of `contact_id`s (a segment's members), all of one occurrence."""
     found = contacts.subquery()
-    return select(found.c.contact_id, literal(occurrence, String).label("occurrence"))
+    return select(
+        found.c.contact_id, literal(occurrence, String).label("occurrence"), _no_context()
+    )
 
 
 async def enrol(
@@ -47,6 +57,7 @@ async def enrol(
     reentry: dict[str, Any],
     source: Select[Any],
     now: datetime,
+    listens: list[str],
 ) -> int:
     """Enrol the source's (contact_id, occurrence) rows in one statement; returns how
     many enrolments were made. The re-entry policy is decided on `campaign_entries`,
@@ -83,18 +94,18 @@ async def enrol(
     entered = gate.returning(CampaignEntry.contact_id).cte("entered")
     if policy == "every_time":
         # Every occurrence enters; the entries are only kept up to date.
-        rows = select(candidates.c.contact_id, candidates.c.occurrence).where(
+        rows = select(candidates.c.contact_id, candidates.c.occurrence, candidates.c.context).where(
             candidates.c.contact_id.in_(select(entered.c.contact_id))
         )
     else:
         first = (
-            select(candidates.c.contact_id, candidates.c.occurrence)
+            select(candidates.c.contact_id, candidates.c.occurrence, candidates.c.context)
             .ext(distinct_on(candidates.c.contact_id))
             .order_by(candidates.c.contact_id, candidates.c.occurrence)
             .cte("first_occurrence")
         )
         occurrence = literal("once", String) if policy == "once" else first.c.occurrence
-        rows = select(entered.c.contact_id, occurrence).join(
+        rows = select(entered.c.contact_id, occurrence, first.c.context).join(
             first, first.c.contact_id == entered.c.contact_id
         )
     picked = rows.subquery()
@@ -111,6 +122,9 @@ async def enrol(
                 "step_id",
                 "due_at",
                 "entered_at",
+                "step_since",
+                "context",
+                "listens",
             ],
             select(
                 literal(tenant_id, Uuid),
@@ -122,6 +136,9 @@ async def enrol(
                 literal(entry_step, String),
                 literal(now, DateTime(timezone=True)),
                 literal(now, DateTime(timezone=True)),
+                literal(now, DateTime(timezone=True)),
+                picked.c[2],
+                literal(listens, ARRAY(Text)),
             ),
         )
         .on_conflict_do_nothing(index_elements=["campaign_id", "contact_id", "occurrence"])

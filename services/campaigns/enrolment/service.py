@@ -109,4 +109,10 @@ async def enrol(
         reentry=definition["reentry"],
         source=source,
         now=now,
+        listens=goal_events(definition),
     )
+
+
+def goal_events(definition: dict[str, Any]) -> list[str]:
+    """The event types an enrolment listens for from its entry: the journey's goals."""
+    return sorted({goal["event"] for goal in definition.get("goals", [])})

@@ -45,6 +45,9 @@ class Campaign(TenantScoped, Base):
     created_at: Mapped[datetime] = utcnow_column()
     updated_at: Mapped[datetime] = utcnow_column()
     launched_at: Mapped[datetime | None]
+    # When it last went live (launched or resumed): its triggers and listeners take the
+    # events that happened since (shared.events `interest`), none from before.
+    live_since: Mapped[datetime | None]
     paused_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
 

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.campaigns.enrolment.models import CampaignEnrolment as E
 from services.campaigns.journeys.models import Campaign, CampaignVersion
 
 
@@ -121,3 +122,38 @@ async def set_fields(session: AsyncSession, campaign_id: int, **values: Any) -> 
 
 async def delete_campaign(session: AsyncSession, campaign_id: int) -> None:
     await session.execute(delete(Campaign).where(Campaign.id == campaign_id))
+
+
+async def end_enrolments(
+    session: AsyncSession, campaign_id: int, reason: str, now: datetime
+) -> int:
+    """Every contact still in the campaign leaves it (one statement)."""
+    result = await session.execute(
+        update(E)
+        .where(E.campaign_id == campaign_id, E.status.in_(("active", "waiting")))
+        .values(status="exited", end_reason=reason, ended_at=now, listens=[])
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def live_triggered(
+    session: AsyncSession, tenant_id: uuid.UUID, trigger_types: list[str]
+) -> list[tuple[Campaign, dict[str, Any]]]:
+    """The tenant's live campaigns with one of these triggers, with their current
+    definitions, held FOR SHARE (a status change waits for the enrolment)."""
+    rows = await session.execute(
+        select(Campaign, CampaignVersion.definition)
+        .join(
+            CampaignVersion,
+            (CampaignVersion.campaign_id == Campaign.id)
+            & (CampaignVersion.version == Campaign.version),
+        )
+        .where(
+            Campaign.tenant_id == tenant_id,
+            Campaign.status == "live",
+            Campaign.trigger_type.in_(trigger_types),
+        )
+        .order_by(Campaign.id)
+        .with_for_update(read=True, of=Campaign)
+    )
+    return [(row[0], row[1]) for row in rows]

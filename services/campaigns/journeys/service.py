@@ -2,7 +2,9 @@
 
 A draft is edited in place (its version stays 1). Saving a live or paused journey
 creates the next version: contacts enrolled on an earlier version finish it, new
-enrolments take the current one. A stopped journey is kept as it ended.
+enrolments take the current one. A stopped journey is kept as it ended: its contacts
+leave it (`stopped`). A paused one keeps them where they are; what falls due
+meanwhile runs once it resumes.
 """
 
 from __future__ import annotations
@@ -181,9 +183,13 @@ async def transition(
             f"cannot {action} a {campaign.status} campaign",
             details={"status": campaign.status, "action": action},
         )
-    await repository.set_fields(
-        session, campaign_id, status=target, updated_at=now, **{_STAMP[target]: now}
-    )
+    stamps = {_STAMP[target]: now}
+    if target == "live":
+        # Triggers and listeners take events from now on: none of a pause.
+        stamps["live_since"] = now
+    await repository.set_fields(session, campaign_id, status=target, updated_at=now, **stamps)
+    if target == "stopped":
+        await repository.end_enrolments(session, campaign_id, "stopped", now)
     return await _fresh(session, tenant_id, campaign_id)
 
 
