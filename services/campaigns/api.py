@@ -8,8 +8,10 @@ from fastapi import APIRouter, Request
 
 from services.campaigns import SERVICE, service
 from services.campaigns.enrolment.api import router as enrolment_router
+from services.campaigns.governor.api import router as governor_router
 from services.campaigns.journeys.api import router as journeys_router
 from services.campaigns.schemas import CampaignsStatus
+from services.campaigns.sends.api import router as sends_router
 from shared.auth import Principal, require
 from shared.deps import SessionDep
 
@@ -24,6 +26,9 @@ async def status(principal: Reader, session: SessionDep, request: Request) -> Ca
     return await service.status(session, request.app.state.runtime, principal.tenant)
 
 
-# After /campaigns/status, which /campaigns/{campaign_id} would otherwise take.
+# After /campaigns/status and /campaigns/settings, which /campaigns/{campaign_id} would
+# otherwise take.
+router.include_router(governor_router)
 router.include_router(journeys_router)
 router.include_router(enrolment_router)
+router.include_router(sends_router)

@@ -8,6 +8,22 @@ worker loops with `@worker_loop("campaigns")`; the service's worker
 from __future__ import annotations
 
 from services.campaigns.enrolment import triggers
+from services.campaigns.runner.loop import JourneyRunner
+from services.campaigns.sends.dispatch import SendDispatcher
+from shared.runtime import Runtime
+from shared.worker import worker_loop
 
 # Handlers defined beside their rules register when their module is imported.
 HANDLER_MODULES = (triggers,)
+
+
+@worker_loop("campaigns")
+def journey_runner(runtime: Runtime) -> JourneyRunner:
+    """Due enrolments taken through their steps, by every campaigns worker."""
+    return JourneyRunner(runtime)
+
+
+@worker_loop("campaigns")
+def send_dispatcher(runtime: Runtime) -> SendDispatcher:
+    """Planned sends handed to their channels, by every campaigns worker."""
+    return SendDispatcher(runtime)

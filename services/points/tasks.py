@@ -302,3 +302,30 @@ async def release_expired_holds(session: AsyncSession, work: ScheduledWork) -> N
 keep_statistics_fresh(
     "points", "points_accounts", "points_ledger", "points_lots", "points_tier_changes"
 )
+
+
+@subscribe_many("points", "campaign.points_awarded", name="points.earn_campaign_award")
+async def earn_campaign_award(session: AsyncSession, events: list[Event]) -> None:
+    """A journey's award_points step: its points, booked once per step run (`key`)."""
+    members = await _by_member(session, events)
+    rules_of = await _rules_of(session, (tenant_id for _, tenant_id, _ in members))
+    items: list[tuple[uuid.UUID, earning.Earning]] = []
+    for event, tenant_id, contact in members:
+        points, key = event.payload.get("points"), event.payload.get("key")
+        if not isinstance(points, int) or points < 1 or not isinstance(key, str):
+            continue
+        items.append(
+            (
+                tenant_id,
+                earning.Earning(
+                    contact,
+                    rule="campaign",
+                    base_points=points,
+                    occurred_at=event.created_at,
+                    source_key=f"campaign:{key}",
+                    reason=str(event.payload.get("reason") or "campaign")[:100],
+                    details={"campaign_id": event.payload.get("campaign_id")},
+                ),
+            )
+        )
+    await _earn(session, items, rules_of)

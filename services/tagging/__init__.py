@@ -53,3 +53,25 @@ def segment_members(tenant_id: uuid.UUID, segment_id: int) -> Select[Any]:
     return select(SegmentMember.contact_id.label("contact_id")).where(
         SegmentMember.tenant_id == tenant_id, SegmentMember.segment_id == segment_id
     )
+
+
+async def rule_holds_for(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    rule: Any,
+    contact_ids: Sequence[uuid.UUID],
+    now: Any,
+) -> set[uuid.UUID]:
+    """Which of these contacts the segment rule holds for at `now` (one statement, on
+    the tenant's clock): a journey's condition step."""
+    from services.tagging.segments import repository, rules
+    from services.tagging.segments.service import moment_for
+
+    if not contact_ids:
+        return set()
+    node = rules.parse(rule)
+    moment = await moment_for(session, tenant_id, now)
+    query = repository.rule_members(
+        tenant_id, node, moment, repository.ids_param(list(contact_ids))
+    )
+    return set((await session.scalars(query)).all())

@@ -143,3 +143,89 @@ async def contact_in_scope(session: AsyncSession, principal: Principal, contact_
 
 # Every service's contact-keyed routes ask this package who sees which contact.
 register_contact_resolver(contact_in_scope)
+
+
+async def message_facts(
+    session: AsyncSession, tenant_id: UUID, contact_ids: Collection[UUID]
+) -> dict[UUID, dict[str, str | None]]:
+    """For each live contact among these (merged and erased ones are left out): its
+    `name` (decrypted, for rendering a message to it), `lifecycle_stage`, `owner`
+    (the owning staff member) and `phone` (its first phone number, for SMS)."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects.postgresql import distinct_on
+
+    from services.users.identity import identity_context, name_context
+    from services.users.models import Contact, ContactIdentity
+    from shared.runtime import runtime_of
+
+    if not contact_ids:
+        return {}
+    wanted = list(contact_ids)
+    rows = (
+        await session.execute(
+            select(
+                Contact.id, Contact.name_enc, Contact.lifecycle_stage, Contact.owner_staff_userid
+            ).where(
+                Contact.tenant_id == tenant_id,
+                Contact.id.in_(wanted),
+                Contact.merged_into_id.is_(None),
+                Contact.erased_at.is_(None),
+            )
+        )
+    ).all()
+    phones = (
+        await session.execute(
+            select(ContactIdentity.contact_id, ContactIdentity.value_enc)
+            .where(
+                ContactIdentity.tenant_id == tenant_id,
+                ContactIdentity.kind == "phone",
+                ContactIdentity.contact_id.in_(wanted),
+            )
+            .ext(distinct_on(ContactIdentity.contact_id))
+            .order_by(ContactIdentity.contact_id, ContactIdentity.id)
+        )
+    ).all()
+    cipher = runtime_of(session).cipher
+    names = name_context(tenant_id)
+    phone_context = identity_context(tenant_id, "phone")
+    phone_of = {
+        row.contact_id: cipher.decrypt(row.value_enc, context=phone_context) for row in phones
+    }
+    return {
+        row.id: {
+            "name": None if row.name_enc is None else cipher.decrypt(row.name_enc, context=names),
+            "lifecycle_stage": row.lifecycle_stage,
+            "owner": row.owner_staff_userid,
+            "phone": phone_of.get(row.id),
+        }
+        for row in rows
+    }
+
+
+async def opted_out(
+    session: AsyncSession, tenant_id: UUID, contact_ids: Collection[UUID], channel: str
+) -> set[UUID]:
+    """Which of these contacts may not receive marketing messages on `channel` (their
+    latest consent change for it, or for all channels, is an opt-out): `may_message`
+    for many contacts in one statement."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects.postgresql import distinct_on
+
+    from services.users.consent import check_channel
+    from services.users.models import ConsentChange
+
+    if not contact_ids:
+        return set()
+    latest = (
+        select(ConsentChange.contact_id, ConsentChange.status)
+        .where(
+            ConsentChange.tenant_id == tenant_id,
+            ConsentChange.contact_id.in_(list(contact_ids)),
+            ConsentChange.channel.in_((check_channel(channel), "all")),
+        )
+        .ext(distinct_on(ConsentChange.contact_id))
+        .order_by(ConsentChange.contact_id, ConsentChange.id.desc())
+        .subquery()
+    )
+    rows = await session.execute(select(latest.c.contact_id).where(latest.c.status == "opted_out"))
+    return {row[0] for row in rows}

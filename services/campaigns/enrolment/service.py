@@ -20,6 +20,7 @@ from services.campaigns.journeys import repository as journeys
 from services.campaigns.journeys.definition import JourneyError
 from services.campaigns.journeys.models import Campaign
 from services.campaigns.journeys.service import CampaignStatusConflict
+from services.campaigns.runner.wake import notify
 from shared.errors import NotFound
 
 
@@ -100,7 +101,7 @@ async def enrol(
     now: datetime,
 ) -> int:
     """Enrol a source of (contact_id, occurrence) rows in the campaign's current version."""
-    return await repository.enrol(
+    enrolled = await repository.enrol(
         session,
         tenant_id=campaign.tenant_id,
         campaign_id=campaign.id,
@@ -111,6 +112,9 @@ async def enrol(
         now=now,
         listens=goal_events(definition),
     )
+    if enrolled:
+        await notify(session)
+    return enrolled
 
 
 def goal_events(definition: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.catalog import EventType
 
-Source = Literal["manual", "rule", "import", "wecom"]
+Source = Literal["manual", "rule", "import", "wecom", "campaign"]
 RemovalReason = Literal[
     "manual", "decayed", "exclusive", "erased", "merged", "wecom", "rule", "deleted"
 ]

@@ -63,7 +63,7 @@ class TagWrite:
     mode: Literal["raise", "set", "remove", "ensure"]
     weight: float | None = None  # raise: the increment; set/ensure: the new weight
     cap: float | None = None  # raise: the weight never goes above cap
-    source: str = "manual"  # manual | rule | import | wecom
+    source: str = "manual"  # manual | rule | import | wecom | campaign
     cause: Mapping[str, Any] = field(default_factory=dict)  # -> history, e.g. {"rule_id": 3}
 
 

@@ -1,0 +1,111 @@
+"""The channels' providers: how a claimed send reaches the contact (or another system).
+
+`in_app` is delivered inside the database (the contact's inbox, in the dispatcher's
+claim transaction). `webhook` POSTs the send's body to the step's URL, signed like
+the webhooks this product accepts: `X-Scrm-Timestamp` and `X-Scrm-Signature:
+sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>` with the tenant's outbound
+webhook secret (campaign settings), and the send's key in `X-Scrm-Delivery`, which
+stays the same across retries so the receiver can drop a repeat. A 2xx answer is
+sent; a 4xx other than 408/429 fails the send at once; anything else is retried
+with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.campaigns.governor.planner import settings_of
+from shared.db import unit_of_work
+from shared.runtime import Runtime
+
+if TYPE_CHECKING:
+    from services.campaigns.sends.dispatch import Send
+
+# The channels whose provider is wired here; sends on the others wait planned.
+READY = ("in_app", "webhook")
+IN_DATABASE = ("in_app",)
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Result:
+    status: str  # sent, delivered, failed, skipped, retry
+    reason: str | None = None
+    error: str | None = None
+    provider_ref: str | None = None
+
+
+_INBOX = text(
+    """
+    INSERT INTO contact_inbox (tenant_id, contact_id, send_id, text)
+    VALUES (:tenant, :contact, :send, :text)
+    ON CONFLICT (send_id) DO NOTHING
+    """
+)
+_SENT_INSIDE = text(
+    """
+    UPDATE campaign_sends SET status = 'delivered', sent_at = :now, delivered_at = :now,
+           attempts = attempts + 1, updated_at = :now
+     WHERE id = :id
+    """
+)
+
+
+async def deliver_inside(session: AsyncSession, send: Send, now: datetime) -> None:
+    await session.execute(
+        _INBOX,
+        {
+            "tenant": send.tenant_id,
+            "contact": send.contact_id,
+            "send": send.id,
+            "text": send.content.get("text", ""),
+        },
+    )
+    await session.execute(_SENT_INSIDE, {"id": send.id, "now": now})
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+async def call(runtime: Runtime, send: Send) -> Result:
+    if send.channel == "webhook":
+        return await _webhook(runtime, send)
+    return Result("retry", error=f"no provider for {send.channel}")
+
+
+async def _webhook(runtime: Runtime, send: Send) -> Result:
+    async with unit_of_work(runtime.sessionmaker) as session:
+        settings = await settings_of(session, send.tenant_id)
+    secret = settings.webhook_secret
+    if not secret:
+        return Result("failed", reason="no_webhook_secret")
+    body = json.dumps(send.content["body"], separators=(",", ":"), ensure_ascii=False).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Scrm-Timestamp": timestamp,
+        "X-Scrm-Signature": sign(secret, timestamp, body),
+        "X-Scrm-Delivery": send.key,
+    }
+    async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
+        try:
+            answer = await client.post(send.content["url"], content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return Result("retry", error=f"{type(exc).__name__}: {exc}")
+    if answer.is_success:
+        return Result("delivered")
+    if 400 <= answer.status_code < 500 and answer.status_code not in (408, 429):
+        return Result("failed", reason="rejected", error=f"HTTP {answer.status_code}")
+    return Result("retry", error=f"HTTP {answer.status_code}")

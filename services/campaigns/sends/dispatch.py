@@ -1,0 +1,196 @@
+"""The send dispatcher: every campaigns worker process runs one (`worker_loop`).
+
+It claims `planned` sends that are due with `FOR UPDATE SKIP LOCKED`. A send the
+channel completes inside the database (`in_app`: the contact's inbox) is done in
+that same transaction, so it happens exactly once. A send to an outside system is
+first marked `sending` (attempt counted, a lease of LEASE_SECONDS as its `due_at`)
+and committed, then called outside any transaction, and its answer stored. A
+worker killed during the call leaves the row `sending`; once the lease has run out
+the row is claimed again and its channel decides from what the other side already
+has (`reconcile`) whether to call again, so a lost answer never makes a second
+message where the provider can tell (a webhook receiver is given the send's key
+in `X-Scrm-Delivery` for the same end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.campaigns import clock
+from services.campaigns.sends import channels
+from shared.config import plain_postgres_url
+from shared.db import unit_of_work
+from shared.relay import wait_any
+from shared.runtime import Runtime
+
+log = logging.getLogger("scrm.campaigns.sends")
+
+NOTIFY_CHANNEL = "scrm_campaign_sends"
+BATCH = 200
+LEASE_SECONDS = 60.0
+MAX_ATTEMPTS = 6
+CONCURRENCY = 20
+
+
+def backoff(attempt: int) -> float:
+    return float(min(3600, 5 * 4 ** (attempt - 1)))
+
+
+@dataclass
+class Send:
+    id: int
+    tenant_id: Any
+    key: str
+    channel: str
+    status: str
+    contact_id: Any
+    content: dict[str, Any]
+    sender: str | None
+    attempts: int
+    provider_ref: str | None
+
+
+_CLAIM = text(
+    """
+    SELECT id, tenant_id, key, channel, status, contact_id, content, sender, attempts,
+           provider_ref
+      FROM campaign_sends
+     WHERE status IN ('planned', 'sending') AND due_at <= :now
+       AND channel = ANY(CAST(:channels AS text[]))
+     ORDER BY due_at, id
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+    """
+)
+
+_MARK_SENDING = text(
+    """
+    UPDATE campaign_sends SET status = 'sending', attempts = attempts + 1,
+           due_at = :lease, updated_at = :now
+     WHERE id = ANY(CAST(:ids AS bigint[]))
+    """
+)
+
+_DONE = text(
+    """
+    UPDATE campaign_sends
+       SET status = :status, reason = :reason, error = :error, provider_ref = :ref,
+           sent_at = CASE WHEN :status IN ('sent', 'delivered') THEN :now ELSE sent_at END,
+           due_at = :due, updated_at = :now
+     WHERE id = :id
+    """
+)
+
+
+async def notify(session: AsyncSession) -> None:
+    await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+class SendDispatcher:
+    def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 1.0) -> None:
+        self.runtime = runtime
+        self.idle_poll_seconds = idle_poll_seconds
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+
+    async def step(self) -> int:
+        now = clock.now()
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            rows = (
+                await session.execute(
+                    _CLAIM, {"now": now, "limit": BATCH, "channels": list(channels.READY)}
+                )
+            ).all()
+            sends = [Send(**row._mapping) for row in rows]
+            inside = [s for s in sends if s.channel in channels.IN_DATABASE]
+            for send in inside:
+                await channels.deliver_inside(session, send, now)
+            outside = [s for s in sends if s.channel not in channels.IN_DATABASE]
+            if outside:
+                await session.execute(
+                    _MARK_SENDING,
+                    {
+                        "ids": [s.id for s in outside],
+                        "lease": now + timedelta(seconds=LEASE_SECONDS),
+                        "now": now,
+                    },
+                )
+        if outside:
+            await asyncio.gather(*(self._call(s) for s in outside))
+        return len(sends)
+
+    async def _call(self, send: Send) -> None:
+        async with self._slots:
+            try:
+                result = await channels.call(self.runtime, send)
+            except Exception as exc:
+                result = channels.Result("retry", error=f"{type(exc).__name__}: {exc}")
+        now = clock.now()
+        attempts = send.attempts + 1
+        status, due, reason = result.status, now, result.reason
+        if status == "retry":
+            if attempts >= MAX_ATTEMPTS:
+                status, reason = "failed", reason or "provider_error"
+            else:
+                status, due = "planned", now + timedelta(seconds=backoff(attempts))
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            await session.execute(
+                _DONE,
+                {
+                    "id": send.id,
+                    "status": status,
+                    "reason": reason,
+                    "error": result.error,
+                    "ref": result.provider_ref or send.provider_ref,
+                    "due": due,
+                    "now": now,
+                },
+            )
+
+    async def drain(self) -> int:
+        total = 0
+        while handled := await self.step():
+            total += handled
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._listen()
+        try:
+            while not stop.is_set():
+                wake = self._wake
+                try:
+                    handled = await self.step()
+                except Exception:
+                    log.exception("send dispatcher: a round failed; retrying in 1 s")
+                    await wait_any(stop, None, 1.0)
+                    await self._listen()
+                    continue
+                if not handled:
+                    await wait_any(stop, wake, self.idle_poll_seconds)
+        finally:
+            if self._listener is not None and not self._listener.is_closed():
+                await self._listener.close()
+
+    def _notified(self, *_: object) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
+            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("send dispatcher: LISTEN unavailable (%s); polling only", exc)
+            return
+        self._listener = conn
