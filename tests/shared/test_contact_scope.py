@@ -37,7 +37,7 @@ CONTACT_ROUTES = sorted(
 )
 # Values for the routes' other path parameters.
 # A tag the contact does not hold: its routes answer 404 with a code of their own.
-PATH_VALUES = {"code": "free_shipping", "tag_id": "1"}
+PATH_VALUES = {"code": "free_shipping", "tag_id": "1", "message_id": "1"}
 # A valid body where a route needs one, so an admitted request gets past validation.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/v1/contacts/{contact_id}"): {"attributes": {"scope_test": "yes"}},

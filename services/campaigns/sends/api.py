@@ -27,6 +27,11 @@ from shared.scope import contact_in_scope
 
 router = APIRouter()
 
+
+class InboxMessageNotFound(NotFound):
+    code = "inbox_message_not_found"
+
+
 _reader = require("admin", "operator", "analyst", "staff")
 _writer = require("admin", "operator", "staff")
 Reader = Annotated[Principal, require("admin", "operator", "analyst")]
@@ -123,7 +128,8 @@ async def mark_read(
     principal: Annotated[Principal, _writer],
     session: SessionDep,
 ) -> InboxMessageOut:
-    """Mark an in-app message read (again: it keeps its first read time)."""
+    """Mark an in-app message read (again: it keeps its first read time). 404
+    `inbox_message_not_found` for a message not in the contact's inbox."""
     m = ContactInboxMessage
     found = await session.scalar(
         update(m)
@@ -136,5 +142,5 @@ async def mark_read(
         .returning(m)
     )
     if found is None:
-        raise NotFound(f"no message {message_id} in the contact's inbox")
+        raise InboxMessageNotFound(f"no message {message_id} in the contact's inbox")
     return InboxMessageOut.model_validate(found)
