@@ -7,14 +7,14 @@ worker loops with `@worker_loop("campaigns")`; the service's worker
 
 from __future__ import annotations
 
-from services.campaigns.enrolment import triggers
+from services.campaigns.enrolment import listeners, triggers
 from services.campaigns.runner.loop import JourneyRunner
 from services.campaigns.sends.dispatch import SendDispatcher
 from shared.runtime import Runtime
 from shared.worker import worker_loop
 
 # Handlers defined beside their rules register when their module is imported.
-HANDLER_MODULES = (triggers,)
+HANDLER_MODULES = (listeners, triggers)
 
 
 @worker_loop("campaigns")
