@@ -10,6 +10,7 @@ from __future__ import annotations
 from services.campaigns.enrolment import listeners, triggers
 from services.campaigns.runner.loop import JourneyRunner
 from services.campaigns.sends.dispatch import SendDispatcher
+from services.campaigns.sends.wecom_mass import WeComMassQueue
 from shared.runtime import Runtime
 from shared.worker import worker_loop
 
@@ -27,3 +28,9 @@ def journey_runner(runtime: Runtime) -> JourneyRunner:
 def send_dispatcher(runtime: Runtime) -> SendDispatcher:
     """Planned sends handed to their channels, by every campaigns worker."""
     return SendDispatcher(runtime)
+
+
+@worker_loop("campaigns")
+def wecom_mass_queue(runtime: Runtime) -> WeComMassQueue:
+    """WeCom mass messages and Moments tasks: bundled, called once, followed up."""
+    return WeComMassQueue(runtime)

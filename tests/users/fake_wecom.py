@@ -11,6 +11,9 @@ with an opaque cursor, and can misbehave on demand: `expire_token_once()`,
 `rate_limit(n)`, `fail_http(n, status)`, `down = True`, or
 `unreachable_base_url()` for a port nobody listens on.
 
+It also serves the messaging API (fake_wecom_messages.py, as `fake.messaging`):
+welcome messages, mass messages and their follow-up, Moments, app messages.
+
 It also keeps the corp's customer tags (`add_corp_tag_group(...)`, then
 get_corp_tag_list, add_corp_tag, edit_corp_tag, del_corp_tag and mark_tag, whose
 tags show in externalcontact/get's follow_user[].tags). Like WeCom, those answer
@@ -40,6 +43,8 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+
+from tests.users.fake_wecom_messages import FakeMessaging
 
 TOKEN_PATH = "/cgi-bin/gettoken"
 
@@ -154,6 +159,9 @@ class FakeWeCom:
             ("POST", "/cgi-bin/externalcontact/del_corp_tag"): self._del_corp_tag,
             ("POST", "/cgi-bin/externalcontact/mark_tag"): self._mark_tag,
         }
+        # Welcome messages, mass messages, Moments, app messages (fake_wecom_messages.py).
+        self.messaging = FakeMessaging(self)
+        self._routes.update(self.messaging.routes())
 
     # -- lifecycle ------------------------------------------------------------
 

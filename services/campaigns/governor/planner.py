@@ -281,6 +281,12 @@ class Governor:
             if handle is None:
                 return SendOutcome("skipped", "not_on_wecom"), content
             content["external_userid"] = handle[0]
+            if channel == "wecom_group":
+                # A group message goes to the group the contact joined (its trigger's).
+                chat = e.context.get("chat_id")
+                if not chat:
+                    return SendOutcome("skipped", "no_group"), content
+                content["chat_id"] = chat
         elif channel == "sms":
             if not fact.get("phone"):
                 return SendOutcome("skipped", "no_phone"), content

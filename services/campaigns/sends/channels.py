@@ -17,7 +17,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import httpx
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from services.campaigns.sends.dispatch import Send
 
 # The channels whose provider is wired here; sends on the others wait planned.
-READY = ("in_app", "webhook")
+READY = ("in_app", "webhook", "wecom_welcome")
 IN_DATABASE = ("in_app",)
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
@@ -82,7 +82,37 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 async def call(runtime: Runtime, send: Send) -> Result:
     if send.channel == "webhook":
         return await _webhook(runtime, send)
+    if send.channel == "wecom_welcome":
+        return await _welcome(runtime, send)
     return Result("retry", error=f"no provider for {send.channel}")
+
+
+async def _welcome(runtime: Runtime, send: Send) -> Result:
+    """send_welcome_msg with the contact's WelcomeCode, one attempt. The code is valid
+    for 20 s and usable once: a send claimed again after its lease (a worker died
+    during the call) past that is given up (`welcome_code_expired`); a second call
+    within it is harmless, as WeCom refuses a used code."""
+    from services import users
+    from services.campaigns import clock
+    from services.campaigns.governor.planner import WELCOME_CODE_SECONDS
+    from services.campaigns.sends import wecom_api
+    from services.users.wecom_client import WeComApiError
+
+    if clock.now() - send.created_at > timedelta(seconds=WELCOME_CODE_SECONDS):
+        return Result("failed", reason="welcome_code_expired")
+    async with unit_of_work(runtime.sessionmaker) as session:
+        client = await users.wecom_api_client(session, send.tenant_id, max_retries=0)
+    if client is None:
+        return Result("failed", reason="no_wecom")
+    try:
+        await wecom_api.send_welcome_msg(
+            client, str(send.content["welcome_code"]), send.content["text"]
+        )
+    except WeComApiError as exc:
+        return Result("failed", reason=f"wecom_{exc.errcode}", error=str(exc))
+    finally:
+        await client.aclose()
+    return Result("sent")
 
 
 async def _webhook(runtime: Runtime, send: Send) -> Result:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaigns import clock
 from services.campaigns.sends import channels
+from services.campaigns.settings import campaigns_settings
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
 from shared.relay import wait_any
@@ -56,12 +57,13 @@ class Send:
     sender: str | None
     attempts: int
     provider_ref: str | None
+    created_at: datetime
 
 
 _CLAIM = text(
     """
     SELECT id, tenant_id, key, channel, status, contact_id, content, sender, attempts,
-           provider_ref
+           provider_ref, created_at
       FROM campaign_sends
      WHERE status IN ('planned', 'sending') AND due_at <= :now
        AND channel = ANY(CAST(:channels AS text[]))
@@ -82,8 +84,12 @@ _MARK_SENDING = text(
 _DONE = text(
     """
     UPDATE campaign_sends
-       SET status = :status, reason = :reason, error = :error, provider_ref = :ref,
-           sent_at = CASE WHEN :status IN ('sent', 'delivered') THEN :now ELSE sent_at END,
+       SET status = CAST(:status AS varchar), reason = :reason, error = :error,
+           provider_ref = :ref,
+           sent_at = CASE WHEN CAST(:status AS varchar) IN ('sent', 'delivered')
+                          THEN CAST(:now AS timestamptz) ELSE sent_at END,
+           delivered_at = CASE WHEN CAST(:status AS varchar) = 'delivered'
+                               THEN CAST(:now AS timestamptz) ELSE delivered_at END,
            due_at = :due, updated_at = :now
      WHERE id = :id
     """
@@ -115,15 +121,17 @@ class SendDispatcher:
             for send in inside:
                 await channels.deliver_inside(session, send, now)
             outside = [s for s in sends if s.channel not in channels.IN_DATABASE]
-            if outside:
-                await session.execute(
-                    _MARK_SENDING,
-                    {
-                        "ids": [s.id for s in outside],
-                        "lease": now + timedelta(seconds=LEASE_SECONDS),
-                        "now": now,
-                    },
-                )
+            settings = campaigns_settings()
+            for short, ids in (
+                (True, [s.id for s in outside if s.channel == "wecom_welcome"]),
+                (False, [s.id for s in outside if s.channel != "wecom_welcome"]),
+            ):
+                if ids:
+                    lease = settings.welcome_lease_seconds if short else LEASE_SECONDS
+                    await session.execute(
+                        _MARK_SENDING,
+                        {"ids": ids, "lease": now + timedelta(seconds=lease), "now": now},
+                    )
         if outside:
             await asyncio.gather(*(self._call(s) for s in outside))
         return len(sends)

@@ -114,3 +114,53 @@ class CampaignReview(Base):
     decided_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = utcnow_column()
     decided_at: Mapped[datetime | None]
+
+
+WECOM_JOB_STATUSES = ("calling", "created", "done", "cancelled", "failed")
+
+
+class WeComJob(Base):
+    """One WeCom mass-message task (add_msg_template, chat_type single or group) or
+    Moments task (add_moment_task): one staff member, one text, up to 10,000
+    recipients, written (with its sends marked `sending`) before the call.
+
+    `calling`: the call is under way or its answer was lost (the lease `due_at` runs
+    out, then WeCom is asked what it already created before any second call).
+    `created`: WeCom made it (`msgid`); followed up until every recipient's result
+    is in, reminded (at most 3 a day) and cancelled at `deadline_at`.
+    """
+
+    __tablename__ = "campaign_wecom_jobs"
+    __table_args__ = (
+        Index(
+            "ix_campaign_wecom_jobs_due",
+            "due_at",
+            postgresql_where="status IN ('calling', 'created')",
+        ),
+        Index("ix_campaign_wecom_jobs_msgid", "tenant_id", "msgid"),
+        CheckConstraint(
+            f"status IN ({', '.join(repr(s) for s in WECOM_JOB_STATUSES)})", name="status_known"
+        ),
+        CheckConstraint("kind IN ('single', 'group', 'moment')", name="kind_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tenant_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(String(16))
+    campaign_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("campaigns.id", ondelete="CASCADE")
+    )
+    sender: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    # external_userids (single, moment) or chat ids (group), as sent.
+    recipients: Mapped[list[str]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), server_default="calling")
+    msgid: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    call_started_at: Mapped[datetime | None]
+    due_at: Mapped[datetime]
+    deadline_at: Mapped[datetime]
+    reminded_at: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = utcnow_column()
+    updated_at: Mapped[datetime] = utcnow_column()

@@ -1,0 +1,360 @@
+"""WeCom sends against the fake WeCom server (every call recorded): the welcome message
+of a contact.added journey, once however often the callback comes; 1:1 mass messages
+as staff tasks of up to 10,000 recipients, followed up, reminded and cancelled; and a
+lost answer or a killed worker never making a second mass message."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from services.campaigns import clock
+from services.campaigns.runner.loop import JourneyRunner
+from services.campaigns.sends.dispatch import SendDispatcher
+from services.campaigns.sends.wecom_mass import WeComMassQueue
+from services.campaigns.settings import campaigns_settings
+from services.users.identity import identity_context, name_context
+from services.users.models import Contact, ContactFollow, ContactIdentity
+from services.users.settings import users_settings
+from shared.db import unit_of_work
+from shared.runtime import Runtime
+from tests.clock import wait_until
+from tests.helpers import bearer
+from tests.shared.bus_support import relay_all, work_until_idle
+from tests.users.fake_wecom import FakeWeCom
+from tests.users.support import CORP_ID, WeComTenant, contact_event, process_all, wecom_tenant
+
+SECRET = "app-secret-for-campaign-tests"
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeWeCom]:
+    async with FakeWeCom(corp_id=CORP_ID, secret=SECRET) as server:
+        monkeypatch.setenv("SCRM_WECOM_API_BASE", server.base_url)
+        monkeypatch.setenv("SCRM_CAMPAIGNS_WECOM_CHECK_SECONDS", "60")
+        monkeypatch.setenv("SCRM_CAMPAIGNS_WECOM_REMIND_AFTER_SECONDS", "3600")
+        monkeypatch.setenv("SCRM_CAMPAIGNS_WECOM_DEADLINE_HOURS", "24")
+        users_settings.cache_clear()
+        campaigns_settings.cache_clear()
+        yield server
+    users_settings.cache_clear()
+    campaigns_settings.cache_clear()
+
+
+@pytest.fixture
+async def corp(committed: Runtime, fake: FakeWeCom) -> WeComTenant:
+    return await wecom_tenant(committed, app_secret=SECRET)
+
+
+class Moving:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def moving() -> Any:
+    at = Moving()
+    with clock.use(at):
+        yield at
+
+
+async def _launch(client: httpx.AsyncClient, corp: WeComTenant, journey: dict[str, Any]) -> int:
+    h = bearer(corp.admin)
+    created = await client.post("/v1/campaigns", json=journey, headers=h)
+    assert created.status_code == 201, created.text
+    cid = int(created.json()["id"])
+    assert (await client.post(f"/v1/campaigns/{cid}/launch", headers=h)).status_code == 200
+    return cid
+
+
+async def _settle(runtime: Runtime) -> None:
+    for _ in range(3):
+        await process_all(runtime)
+        await relay_all(runtime)
+        await work_until_idle(runtime, "campaigns")
+        await JourneyRunner(runtime).drain()
+        await SendDispatcher(runtime).drain()
+
+
+async def test_one_welcome_for_eight_deliveries_of_the_same_add(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+) -> None:
+    fake.add_staff("zhangsan", "张三")
+    fake.add_contact("wmW1", "Alice", follow_users=[{"userid": "zhangsan", "state": "qr1"}])
+    journey = {
+        "name": "welcome",
+        "trigger": {"type": "contact.added", "states": ["qr1"]},
+        "steps": [
+            {
+                "id": "hello",
+                "type": "action",
+                "action": "send",
+                "channel": "wecom_welcome",
+                "content": {"text": "欢迎 {{name}}"},
+            }
+        ],
+    }
+    await _launch(committed_client, corp, journey)
+    xml = contact_event("add_external_contact", external="wmW1", State="qr1", WelcomeCode="CODE-1")
+    for _ in range(8):  # WeCom retries a callback it thinks was not answered
+        answer = await committed_client.post(**corp.callback(xml))
+        assert answer.status_code == 200
+    await _settle(committed)
+    welcomes = fake.messaging.welcomes
+    assert [(w["welcome_code"], w["text"]["content"]) for w in welcomes] == [
+        ("CODE-1", "欢迎 Alice")
+    ]
+    assert fake.messaging.calls["send_welcome_msg"] == 1
+    async with committed.engine.connect() as conn:
+        status = await conn.scalar(
+            text("SELECT status FROM campaign_sends WHERE tenant_id = :t"),
+            {"t": corp.tenant_id},
+        )
+    assert status == "sent"
+
+
+async def _wecom_contacts(
+    runtime: Runtime, corp: WeComTenant, staff: str, n: int
+) -> list[uuid.UUID]:
+    """n contacts followed by `staff`, with their external_userids."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    cipher = runtime.cipher
+    async with unit_of_work(runtime.sessionmaker) as session:
+        names = name_context(corp.tenant_id)
+        externals = identity_context(corp.tenant_id, "external_userid")
+        session.add_all(
+            Contact(
+                id=c,
+                tenant_id=corp.tenant_id,
+                name_enc=cipher.encrypt(f"c{i}", context=names),
+                owner_staff_userid=staff,
+            )
+            for i, c in enumerate(ids)
+        )
+        await session.flush()
+        session.add_all(
+            ContactIdentity(
+                tenant_id=corp.tenant_id,
+                contact_id=c,
+                kind="external_userid",
+                value_bidx=cipher.blind_index(
+                    f"wm{staff}{i}", kind="external_userid", tenant=str(corp.tenant_id)
+                ),
+                value_enc=cipher.encrypt(f"wm{staff}{i}", context=externals),
+                source="wecom",
+            )
+            for i, c in enumerate(ids)
+        )
+        session.add_all(
+            ContactFollow(
+                tenant_id=corp.tenant_id, contact_id=c, staff_userid=staff, status="active"
+            )
+            for c in ids
+        )
+    return ids
+
+
+MASS = {
+    "name": "mass",
+    "trigger": {"type": "manual"},
+    "steps": [
+        {
+            "id": "offer",
+            "type": "action",
+            "action": "send",
+            "channel": "wecom_single",
+            "content": {"text": "双十二 五折"},
+        }
+    ],
+}
+
+
+async def _enrol_all(
+    client: httpx.AsyncClient, corp: WeComTenant, cid: int, ids: list[uuid.UUID]
+) -> None:
+    # Whatever the hour the test runs at: no quiet hours.
+    put = await client.put(
+        "/v1/campaigns/settings", json={"quiet_hours": None}, headers=bearer(corp.admin)
+    )
+    assert put.status_code == 200, put.text
+    for start in range(0, len(ids), 10_000):
+        answer = await client.post(
+            f"/v1/campaigns/{cid}/enrol",
+            json={"contact_ids": [str(i) for i in ids[start : start + 10_000]]},
+            headers=bearer(corp.admin),
+        )
+        assert answer.status_code == 200, answer.text
+
+
+async def _sends(runtime: Runtime, cid: int) -> dict[str, int]:
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT status || coalesce(':' || reason, ''), count(*) FROM campaign_sends "
+                "WHERE campaign_id = :c GROUP BY 1"
+            ),
+            {"c": cid},
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+
+async def test_25000_recipients_of_one_staff_member_make_3_calls_followed_to_the_end(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+    moving: Moving,
+) -> None:
+    ids = await _wecom_contacts(committed, corp, "lisi", 25_000)
+    small = await _wecom_contacts(committed, corp, "wangwu", 3)
+    cid = await _launch(committed_client, corp, MASS)
+    await _enrol_all(committed_client, corp, cid, ids + small)
+    await JourneyRunner(committed).drain()
+    queue = WeComMassQueue(committed)
+    await queue.drain()
+    calls = [b for name, b in fake.messaging.requests if name == "add_msg_template"]
+    by_sender = sorted((b["sender"], len(b["external_userid"])) for b in calls)
+    assert by_sender == [("lisi", 5_000), ("lisi", 10_000), ("lisi", 10_000), ("wangwu", 3)]
+    assert len({r for b in calls for r in b["external_userid"]}) == 25_003, "none dropped"
+    assert await _sends(committed, cid) == {"sending": 25_003}
+    async with committed.engine.connect() as conn:
+        tasks = (
+            await conn.execute(
+                text(
+                    "SELECT staff_userid, status FROM campaign_staff_tasks "
+                    "WHERE campaign_id = :c AND kind = 'wecom_mass'"
+                ),
+                {"c": cid},
+            )
+        ).all()
+    assert sorted(t[0] for t in tasks) == ["lisi", "lisi", "lisi", "wangwu"]
+    # wangwu confirms: one recipient is no longer a friend, one over quota (not a failure).
+    [theirs] = fake.messaging.of_sender("wangwu")
+    _, second, third = theirs.recipients
+    fake.messaging.confirm(theirs.msgid, {second: 2, third: 3})
+    moving.now += timedelta(seconds=61)
+    await queue.drain()
+    found = await _sends(committed, cid)
+    assert found == {
+        "sending": 25_000,
+        "delivered": 1,
+        "failed:not_friend": 1,
+        "skipped:quota": 1,
+    }
+    # lisi does not confirm: reminded after an hour, at most 3 times a day, then cancelled.
+    for _ in range(6):
+        moving.now += timedelta(hours=1, seconds=1)
+        await queue.drain()
+    reminded = {m.msgid: m.reminders for m in fake.messaging.of_sender("lisi")}
+    assert set(reminded.values()) == {3}
+    moving.now += timedelta(hours=19)
+    await queue.drain()
+    assert all(m.cancelled for m in fake.messaging.of_sender("lisi"))
+    assert (await _sends(committed, cid))["failed:not_confirmed"] == 25_000
+    async with committed.engine.connect() as conn:
+        statuses = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT staff_userid, array_agg(DISTINCT status) FROM "
+                        "campaign_staff_tasks WHERE campaign_id = :c GROUP BY 1"
+                    ),
+                    {"c": cid},
+                )
+            ).all()
+        )
+    assert statuses == {"lisi": ["overdue"], "wangwu": ["confirmed"]}
+    assert fake.messaging.calls["add_msg_template"] == 4, "never called again"
+
+
+async def test_a_lost_answer_is_looked_up_before_any_second_mass_message(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+    moving: Moving,
+) -> None:
+    ids = await _wecom_contacts(committed, corp, "lisi", 20)
+    cid = await _launch(committed_client, corp, MASS)
+    await _enrol_all(committed_client, corp, cid, ids)
+    await JourneyRunner(committed).drain()
+    fake.messaging.lose_answers("add_msg_template")
+    queue = WeComMassQueue(committed)
+    await queue.drain()
+    assert fake.messaging.calls["add_msg_template"] == 1
+    # The lease runs out: the retry finds the message WeCom made and adopts it.
+    moving.now += timedelta(seconds=61)
+    await queue.drain()
+    assert fake.messaging.calls["add_msg_template"] == 1, "no second mass message"
+    assert fake.messaging.calls["get_groupmsg_list_v2"] >= 1
+    [message] = fake.messaging.of_sender("lisi")
+    fake.messaging.confirm(message.msgid)
+    moving.now += timedelta(seconds=61)
+    await queue.drain()
+    assert await _sends(committed, cid) == {"delivered": 20}
+
+
+async def test_a_worker_killed_before_or_during_the_call_makes_one_call_per_recipient(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+    scrm_env: dict[str, str],
+) -> None:
+    ids = await _wecom_contacts(committed, corp, "lisi", 30)
+    cid = await _launch(committed_client, corp, MASS)
+    await _enrol_all(committed_client, corp, cid, ids)
+    await JourneyRunner(committed).drain()
+    # Killed between the send rows and the call: the job is written, never called.
+    await WeComMassQueue(committed).bundle()
+    assert fake.messaging.calls["add_msg_template"] == 0
+    # A real worker takes it, and is SIGKILLed while WeCom holds the answer.
+    fake.messaging.hold("add_msg_template")
+    env = {
+        **scrm_env,
+        "SCRM_WECOM_API_BASE": fake.base_url,
+        "SCRM_CAMPAIGNS_WECOM_LEASE_SECONDS": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "worker", "--service", "campaigns"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        await wait_until(fake.messaging.holding.is_set, "the worker's add_msg_template")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    fake.messaging.release()
+    assert fake.messaging.calls["add_msg_template"] == 1
+    await asyncio.sleep(1.1)  # the lease of the killed attempt runs out
+    await WeComMassQueue(committed).drain()
+    assert fake.messaging.calls["add_msg_template"] == 1, "one call per recipient"
+    [message] = fake.messaging.of_sender("lisi")
+    assert sorted(message.recipients) == sorted(f"wmlisi{i}" for i in range(30))
+    async with committed.engine.connect() as conn:
+        adopted = await conn.scalar(
+            text("SELECT msgid FROM campaign_wecom_jobs WHERE campaign_id = :c"), {"c": cid}
+        )
+    assert adopted == message.msgid
