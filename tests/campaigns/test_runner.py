@@ -313,6 +313,11 @@ async def test_settings_are_checked_and_the_governor_skips_or_defers_with_reason
         "caps": {"in_app": {"day": 1}},
         "sensitive_words": {"mode": "block", "words": ["加微信"]},
         "webhook_secret": "s3cret-s3cret-s3cret",
+        "sms_provider": {
+            "base_url": "http://127.0.0.1:9",
+            "api_key": "k",
+            "secret": "sms-secret-sms-secret",
+        },
     }
     put = await committed_client.put("/v1/campaigns/settings", json=settings, headers=h)
     assert put.status_code == 200, put.text
@@ -369,7 +374,7 @@ async def test_settings_are_checked_and_the_governor_skips_or_defers_with_reason
     ]
     assert sends[0]["due_at"].startswith("2026-12-02T00:00:00")  # 08:00 Shanghai
     moving.now = datetime(2026, 12, 2, 0, 0, tzinfo=UTC)
-    await _run(committed)
+    await JourneyRunner(committed).drain()
     sends = (await committed_client.get(f"/v1/campaigns/{cid}/sends", headers=h)).json()["items"]
     by_step = {s["step_id"]: (s["status"], s["reason"]) for s in sends}
     assert by_step == {

@@ -27,6 +27,7 @@ UNAUTHENTICATED = {
     ("GET", "/v1/wecom/{tenant_slug}/callback"),
     ("POST", "/v1/wecom/{tenant_slug}/callback"),
     ("POST", "/v1/webhooks/{tenant_slug}/events"),
+    ("POST", "/v1/sms/{tenant_slug}/receipts"),
 }
 
 
@@ -78,7 +79,7 @@ async def test_the_document_says_which_routes_want_a_key(
         if "security" in operation:
             assert response.status_code == 401, (method, path, response.text)
             assert response.json()["error"]["code"] == "unauthorized"
-        elif "/callback" in path or "/webhooks/" in path:
+        elif "/callback" in path or "/webhooks/" in path or "/receipts" in path:
             assert response.status_code in (401, 422), (method, path, response.text)
         else:
             assert response.status_code == 200, (method, path, response.text)

@@ -15,6 +15,7 @@ from shared.apikeys import Principal
 from shared.audit import audit_note
 from shared.auth import require
 from shared.deps import SessionDep
+from shared.errors import InvalidInput
 
 router = APIRouter()
 
@@ -26,6 +27,8 @@ def _shown(settings: GovernorSettings) -> dict[str, Any]:
     shown = settings.model_dump(mode="json")
     if settings.webhook_secret:
         shown["webhook_secret"] = "****" + settings.webhook_secret[-4:]
+    if settings.sms_provider is not None:
+        shown["sms_provider"]["secret"] = "****" + settings.sms_provider.secret[-4:]
     return shown
 
 
@@ -50,6 +53,14 @@ async def put_settings(
     stored = await settings_of(session, principal.tenant)
     if body.webhook_secret and body.webhook_secret.startswith("****"):
         body = body.model_copy(update={"webhook_secret": stored.webhook_secret})
+    if body.sms_provider is not None and body.sms_provider.secret.startswith("****"):
+        if stored.sms_provider is None:
+            raise InvalidInput(
+                "sms_provider.secret: send the secret itself (none is stored)",
+                details={"field": "sms_provider.secret"},
+            )
+        kept = body.sms_provider.model_copy(update={"secret": stored.sms_provider.secret})
+        body = body.model_copy(update={"sms_provider": kept})
     raw = body.model_dump(mode="json")
     statement = insert(CampaignSettingsRow).values(
         tenant_id=principal.tenant, settings=raw, updated_at=clock.now()

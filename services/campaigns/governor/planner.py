@@ -288,6 +288,8 @@ class Governor:
                     return SendOutcome("skipped", "no_group"), content
                 content["chat_id"] = chat
         elif channel == "sms":
+            if self.settings.sms_provider is None:
+                return SendOutcome("skipped", "no_sms"), content
             if not fact.get("phone"):
                 return SendOutcome("skipped", "no_phone"), content
             content["phone"] = fact["phone"]

@@ -69,6 +69,31 @@ class SensitiveWords(BaseModel):
         return sorted(set(clean))
 
 
+class SmsProvider(BaseModel):
+    """The tenant's SMS gateway (sends/sms.py): requests are signed with `secret`, and
+    its delivery receipts come to `POST /v1/sms/{tenant_slug}/receipts` signed the same
+    way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$", max_length=500)
+    api_key: str = Field(min_length=1, max_length=200)
+    secret: str = Field(
+        max_length=200,
+        description="16 characters or more; shown masked (send it back masked to keep it).",
+    )
+    sign_name: str = Field(
+        default="", max_length=30, description="The signature the gateway prefixes (【品牌】)."
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if not value.startswith("****") and len(value) < 16:
+            raise ValueError("at least 16 characters")
+        return value
+
+
 class GovernorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +137,10 @@ class GovernorSettings(BaseModel):
         max_length=200,
         description="Signs the journeys' webhook calls (X-Scrm-Signature), 16 characters "
         "or more; shown masked (send the masked value back to keep it).",
+    )
+
+    sms_provider: SmsProvider | None = Field(
+        default=None, description="Where SMS sends go; without one they are skipped (no_sms)."
     )
 
     @field_validator("webhook_secret")

@@ -3,14 +3,20 @@ inbox (in/out only)."""
 
 from __future__ import annotations
 
+import hmac
+import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, update
 
 from services.campaigns import clock
+from services.campaigns.governor.planner import settings_of
 from services.campaigns.journeys import service as journeys
+from services.campaigns.sends import sms
 from services.campaigns.sends.models import CampaignSend, ContactInboxMessage
 from services.campaigns.sends.schemas import (
     InboxMessageOut,
@@ -21,7 +27,8 @@ from services.campaigns.sends.schemas import (
 )
 from shared.auth import Principal, require
 from shared.deps import SessionDep
-from shared.errors import NotFound
+from shared.errors import InvalidInput, NotFound, Unauthorized
+from shared.models import Tenant
 from shared.params import Cursor, DbId
 from shared.scope import contact_in_scope
 
@@ -144,3 +151,101 @@ async def mark_read(
     if found is None:
         raise InboxMessageNotFound(f"no message {message_id} in the contact's inbox")
     return InboxMessageOut.model_validate(found)
+
+
+_SMS_HEADERS = [
+    {
+        "name": "X-Timestamp",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        "description": "Unix seconds; refused further than 300 s from now.",
+    },
+    {
+        "name": "X-Signature",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+        "description": '`sha256=` + hex HMAC-SHA256(the tenant\'s SMS secret, timestamp + "." + '
+        "body).",
+    },
+]
+RECEIPT_SKEW_SECONDS = 300
+
+
+class SmsReceiptIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, max_length=200)
+    reference: str | None = Field(default=None, max_length=200)
+    status: Literal["delivered", "failed"]
+    error: str | None = Field(default=None, max_length=500)
+
+
+class SmsReceiptOut(BaseModel):
+    updated: int
+
+
+@router.post(
+    "/sms/{tenant_slug}/receipts",
+    response_model=SmsReceiptOut,
+    openapi_extra={
+        "parameters": _SMS_HEADERS,
+        "x-scrm-errors": [400, 401, 413, 422],
+        "responses": {
+            "401": {
+                "description": "`invalid_signature`: a missing, stale or wrong signature, also "
+                "for an unknown tenant or one without an SMS provider."
+            }
+        },
+    },
+)
+async def sms_receipt(
+    tenant_slug: Annotated[str, PathParam(pattern=r"^[a-z0-9-]{1,63}$")],
+    request: Request,
+    session: SessionDep,
+) -> SmsReceiptOut:
+    """A delivery receipt from the tenant's SMS gateway: the send of that message id
+    becomes `delivered` or `failed` (a receipt repeated, or for a message not ours,
+    changes nothing)."""
+    body = await request.body()
+    tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == tenant_slug))
+    provider = None
+    if tenant_id is not None:
+        provider = (await settings_of(session, tenant_id)).sms_provider
+    timestamp = request.headers.get("x-timestamp", "")
+    given = request.headers.get("x-signature", "")
+    fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) <= RECEIPT_SKEW_SECONDS
+    if (
+        provider is None
+        or tenant_id is None
+        or not fresh
+        or not hmac.compare_digest(sms.signature(provider.secret, timestamp, body), given)
+    ):
+        raise Unauthorized("signature does not match", code="invalid_signature")
+    try:
+        receipt = SmsReceiptIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(
+            "the receipt is not {id, reference?, status: delivered|failed, error?}",
+            details=exc.errors(include_url=False, include_input=False),
+        ) from None
+    now = clock.now()
+    s = CampaignSend
+    result = await session.execute(
+        update(s)
+        .where(
+            s.tenant_id == tenant_id,
+            s.channel == "sms",
+            s.provider_ref == receipt.id,
+            s.status.in_(("sent", "sending")),
+        )
+        .values(
+            status=receipt.status,
+            reason=None if receipt.status == "delivered" else "provider_failed",
+            error=receipt.error,
+            delivered_at=now if receipt.status == "delivered" else None,
+            updated_at=now,
+        )
+    )
+    return SmsReceiptOut(updated=int(getattr(result, "rowcount", 0) or 0))

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from services.campaigns.sends.dispatch import Send
 
 # The channels whose provider is wired here; sends on the others wait planned.
-READY = ("in_app", "webhook", "wecom_welcome")
+READY = ("in_app", "webhook", "wecom_welcome", "sms")
 IN_DATABASE = ("in_app",)
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
@@ -84,7 +84,37 @@ async def call(runtime: Runtime, send: Send) -> Result:
         return await _webhook(runtime, send)
     if send.channel == "wecom_welcome":
         return await _welcome(runtime, send)
+    if send.channel == "sms":
+        return await _sms(runtime, send)
     return Result("retry", error=f"no provider for {send.channel}")
+
+
+async def _sms(runtime: Runtime, send: Send) -> Result:
+    """One SMS through the tenant's gateway. A send claimed again (`sending`: its
+    answer was lost, or its worker died) first asks the gateway for the messages of its
+    key, and takes the one it finds instead of sending a second."""
+    from services.campaigns.sends.sms import SmsClient, SmsRefused, SmsUnavailable
+
+    async with unit_of_work(runtime.sessionmaker) as session:
+        settings = await settings_of(session, send.tenant_id)
+    if settings.sms_provider is None:
+        return Result("failed", reason="no_sms")
+    client = SmsClient(settings.sms_provider)
+    try:
+        if send.status == "sending":
+            found = await client.find(send.key)
+            if found:
+                return Result("sent", provider_ref=found[0].id)
+        accepted = await client.send(
+            str(send.content["phone"]), str(send.content["text"]), send.key
+        )
+    except SmsRefused as exc:
+        return Result("failed", reason="rejected", error=str(exc))
+    except SmsUnavailable as exc:
+        return Result("retry", error=str(exc))
+    finally:
+        await client.aclose()
+    return Result("sent", provider_ref=accepted.id)
 
 
 async def _welcome(runtime: Runtime, send: Send) -> Result:

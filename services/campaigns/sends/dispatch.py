@@ -37,7 +37,6 @@ log = logging.getLogger("scrm.campaigns.sends")
 NOTIFY_CHANNEL = "scrm_campaign_sends"
 BATCH = 200
 LEASE_SECONDS = 60.0
-MAX_ATTEMPTS = 6
 CONCURRENCY = 20
 
 
@@ -146,10 +145,11 @@ class SendDispatcher:
         attempts = send.attempts + 1
         status, due, reason = result.status, now, result.reason
         if status == "retry":
-            if attempts >= MAX_ATTEMPTS:
+            if attempts >= campaigns_settings().max_send_attempts:
                 status, reason = "failed", reason or "provider_error"
             else:
-                status, due = "planned", now + timedelta(seconds=backoff(attempts))
+                # Still `sending`: the next attempt first asks the provider what it has.
+                status, due = "sending", now + timedelta(seconds=backoff(attempts))
         async with unit_of_work(self.runtime.sessionmaker) as session:
             await session.execute(
                 _DONE,

@@ -24,7 +24,8 @@ class SendOut(BaseModel):
     reason: str | None = Field(
         description="Why it was skipped, deferred or failed: quota, cap, quiet_hours, consent, "
         "sensitive_word, review, rejected, missing_variable, erased, no_phone, not_on_wecom, "
-        "no_welcome_code, welcome_code_expired, provider_error, ..."
+        "no_welcome_code, welcome_code_expired, no_sms, no_group, not_friend, not_confirmed, "
+        "provider_error, ..."
     )
     text: str | None = Field(description="The rendered message (a webhook's: none).")
     sender: str | None
