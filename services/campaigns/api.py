@@ -12,6 +12,7 @@ from services.campaigns.governor.api import router as governor_router
 from services.campaigns.journeys.api import router as journeys_router
 from services.campaigns.schemas import CampaignsStatus
 from services.campaigns.sends.api import router as sends_router
+from services.campaigns.sends.review_api import router as review_router
 from shared.auth import Principal, require
 from shared.deps import SessionDep
 
@@ -29,6 +30,7 @@ async def status(principal: Reader, session: SessionDep, request: Request) -> Ca
 # After /campaigns/status and /campaigns/settings, which /campaigns/{campaign_id} would
 # otherwise take.
 router.include_router(governor_router)
+router.include_router(review_router)
 router.include_router(journeys_router)
 router.include_router(enrolment_router)
 router.include_router(sends_router)

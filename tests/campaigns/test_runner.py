@@ -405,3 +405,69 @@ async def test_settings_are_checked_and_the_governor_skips_or_defers_with_reason
     )
     assert await _inbox(committed, capped) == ["Hi C"]
     assert rude
+
+
+async def test_reviews_tasks_and_counts(
+    committed: Runtime, committed_client: httpx.AsyncClient, moving: Moving
+) -> None:
+    _, h, (ann, ben, cat) = await _setup(committed, ["Ann", "Ben", "Cat"])
+    settings = {"sensitive_words": {"mode": "review", "words": ["最低价"]}}
+    assert (
+        await committed_client.put("/v1/campaigns/settings", json=settings, headers=h)
+    ).status_code == 200
+    journey = {
+        "name": "reviewed",
+        "trigger": {"type": "manual"},
+        "steps": [
+            _send("promo", "{{name}}: 全网最低价", "call"),
+            {
+                "id": "call",
+                "type": "action",
+                "action": "create_task",
+                "title": "Call {{name}}",
+                "due_in_hours": 2,
+                "next": "end",
+            },
+            {"id": "end", "type": "exit"},
+        ],
+    }
+    cid = await _launch(committed_client, h, journey)
+    await _enrol(committed_client, h, cid, [ann, ben, cat])
+    await _run(committed)
+    reviews = (await committed_client.get("/v1/campaigns/reviews", headers=h)).json()["items"]
+    assert sorted(r["text"] for r in reviews) == [f"{n}: 全网最低价" for n in ("Ann", "Ben", "Cat")]
+    assert {tuple(r["words"]) for r in reviews} == {("最低价",)}
+    by_name = {r["text"].split(":")[0]: r["id"] for r in reviews}
+    ok = await committed_client.post(f"/v1/campaigns/reviews/{by_name['Ann']}/approve", headers=h)
+    assert ok.status_code == 200 and ok.json()["status"] == "approved"
+    no = await committed_client.post(f"/v1/campaigns/reviews/{by_name['Ben']}/reject", headers=h)
+    assert no.json()["status"] == "rejected"
+    twice = await committed_client.post(
+        f"/v1/campaigns/reviews/{by_name['Ben']}/approve", headers=h
+    )
+    assert twice.status_code == 409 and twice.json()["error"]["code"] == "review_decided"
+    missing = await committed_client.post("/v1/campaigns/reviews/999999/approve", headers=h)
+    assert missing.status_code == 404
+    await _run(committed)
+    assert await _inbox(committed, ann) == ["Ann: 全网最低价"]
+    assert await _inbox(committed, ben) == []
+    still = (await committed_client.get("/v1/campaigns/reviews", headers=h)).json()["items"]
+    assert [r["id"] for r in still] == [by_name["Cat"]]
+    # Tasks: one per contact, for its owner; one confirmed, the others overdue later.
+    tasks = (
+        await committed_client.get("/v1/campaigns/tasks", params={"campaign_id": cid}, headers=h)
+    ).json()["items"]
+    assert sorted(t["title"] for t in tasks) == ["Call Ann", "Call Ben", "Call Cat"]
+    assert {t["status"] for t in tasks} == {"open"}
+    done = await committed_client.post(f"/v1/campaigns/tasks/{tasks[0]['id']}/confirm", headers=h)
+    assert done.status_code == 200 and done.json()["status"] == "confirmed"
+    moving.advance(hours=3)
+    stats = await committed_client.get(f"/v1/campaigns/{cid}/stats", headers=h)
+    assert stats.status_code == 200, stats.text
+    body = stats.json()
+    assert body["enrolled"] == 3 and body["exited"] == {"exit_step": 3}
+    assert body["by_version"] == {"1": 3}
+    promo = next(s for s in body["steps"] if s["step_id"] == "promo")
+    assert promo["delivered"] == 1 and promo["skipped"] == {"rejected": 1}
+    assert promo["deferred"] == 1
+    assert body["staff"] == [{"staff_userid": None, "assigned": 3, "confirmed": 1, "overdue": 2}]
