@@ -17,6 +17,7 @@ from services.campaigns import clock
 from services.campaigns.runner.engine import pick_variant, wait_until
 from services.campaigns.runner.loop import JourneyRunner
 from services.campaigns.sends.dispatch import SendDispatcher
+from services.tagging.segments.models import Segment
 from services.users.identity import identity_context, name_context
 from services.users.models import Contact, ContactIdentity
 from shared.db import unit_of_work
@@ -471,3 +472,50 @@ async def test_reviews_tasks_and_counts(
     assert promo["delivered"] == 1 and promo["skipped"] == {"rejected": 1}
     assert promo["deferred"] == 1
     assert body["staff"] == [{"staff_userid": None, "assigned": 3, "confirmed": 1, "overdue": 2}]
+
+
+async def test_a_schedule_fires_on_the_tenant_clock_once_per_firing(
+    committed: Runtime, committed_client: httpx.AsyncClient, moving: Moving
+) -> None:
+    tenant, h, (ann, ben) = await _setup(committed, ["Ann", "Ben"])
+    async with unit_of_work(committed.sessionmaker) as session:
+        segment = Segment(tenant_id=tenant.id, name="all", kind="static", status="ready")
+        session.add(segment)
+        await session.flush()
+        for contact in (ann, ben):
+            await session.execute(
+                text(
+                    "INSERT INTO segment_members (segment_id, contact_id, tenant_id) "
+                    "VALUES (:s, :c, :t)"
+                ),
+                {"s": segment.id, "c": contact, "t": tenant.id},
+            )
+        segment_id = segment.id
+    bad = await committed_client.post(
+        "/v1/campaigns",
+        json={
+            "name": "bad",
+            "trigger": {"type": "schedule", "cron": "0 25 * * *", "segment_id": segment_id},
+            "steps": [_send("daily", "x")],
+        },
+        headers=h,
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["path"] == "trigger.cron"
+    journey = {
+        "name": "daily tip",
+        "trigger": {"type": "schedule", "cron": "0 10 * * *", "segment_id": segment_id},
+        "reentry": {"policy": "every_time"},
+        "steps": [_send("daily", "Tip of the day")],
+    }
+    await _launch(committed_client, h, journey)  # 09:30 Shanghai
+    moving.advance(minutes=29, seconds=59)
+    await _run(committed)
+    assert await _inbox(committed, ann) == [], "not before 10:00 Shanghai"
+    moving.advance(seconds=1)
+    await asyncio.gather(*(_run(committed) for _ in range(3)))
+    moving.advance(minutes=5)
+    await _run(committed)
+    assert await _inbox(committed, ann) == await _inbox(committed, ben) == ["Tip of the day"]
+    moving.advance(days=1)
+    await _run(committed)
+    assert await _inbox(committed, ben) == ["Tip of the day"] * 2

@@ -48,6 +48,8 @@ class Campaign(TenantScoped, Base):
     # When it last went live (launched or resumed): its triggers and listeners take the
     # events that happened since (shared.events `interest`), none from before.
     live_since: Mapped[datetime | None]
+    # A schedule trigger's latest firing (its cron's time): each firing enrols once.
+    fired_at: Mapped[datetime | None]
     paused_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
 

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaigns import clock
+from services.campaigns.enrolment import schedule
 from services.campaigns.runner import engine
 from services.campaigns.runner.engine import Enrolment
 from services.campaigns.runner.wake import NOTIFY_CHANNEL
@@ -115,7 +116,13 @@ class JourneyRunner:
         self._listener: asyncpg.Connection | None = None
 
     async def step(self) -> int:
-        """One batch for every live campaign with enrolments due; how many ran."""
+        """Fire the schedule triggers due, then one batch for every live campaign with
+        enrolments due; how many ran."""
+        try:
+            async with unit_of_work(self.runtime.sessionmaker) as session:
+                await schedule.fire_due(session, clock.now())
+        except Exception:
+            log.exception("journey runner: firing the schedule triggers failed")
         async with unit_of_work(self.runtime.sessionmaker) as session:
             campaigns = list(await session.scalars(_DUE_CAMPAIGNS, {"now": clock.now()}))
         total = 0
