@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from services.campaigns.enrolment import listeners, triggers
 from services.campaigns.runner.loop import JourneyRunner
+from services.campaigns.sends import notices
 from services.campaigns.sends.dispatch import SendDispatcher
 from services.campaigns.sends.wecom_mass import WeComMassQueue
 from shared.runtime import Runtime
 from shared.worker import worker_loop
 
 # Handlers defined beside their rules register when their module is imported.
-HANDLER_MODULES = (listeners, triggers)
+HANDLER_MODULES = (listeners, notices, triggers)
 
 
 @worker_loop("campaigns")

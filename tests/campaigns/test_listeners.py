@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from services.campaigns import clock
 from services.campaigns.runner.loop import JourneyRunner
+from services.campaigns.sends.dispatch import SendDispatcher
 from services.users import consent
 from shared.db import unit_of_work
 from shared.events import publish_many
@@ -178,3 +179,50 @@ async def test_merged_erased_lost_and_opted_out_contacts_follow_or_leave(
             {"c": other, "p": opted},
         )
     assert reason == "consent", "under skip the contact stays, its sends are skipped"
+
+
+async def test_points_expiring_notices_go_out_once_per_channel(
+    committed: Runtime, committed_client: httpx.AsyncClient, moving: Moving
+) -> None:
+    tenant, h, (member,) = await _setup(committed, ["Mei"])
+    bad = await committed_client.put(
+        "/v1/campaigns/settings", json={"expiry_notice": "{{points}} expire"}, headers=h
+    )
+    assert bad.status_code == 422
+    good = await committed_client.put(
+        "/v1/campaigns/settings",
+        json={
+            "quiet_hours": None,
+            "expiry_notice": "{{name}}, {{expiring_points}} points expire on {{expiring_at}}",
+        },
+        headers=h,
+    )
+    assert good.status_code == 200, good.text
+    notice = {
+        "contact_id": str(member),
+        "expires_on": "2026-12-31",
+        "points": 320,
+        "channels": ["in_app", "sms", "wecom_template"],
+        "notice_id": 1042,
+    }
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(session, [("points.expiring", notice, tenant.id)] * 2)
+    await relay_all(committed)
+    await work_until_idle(committed, "campaigns")
+    await SendDispatcher(committed).drain()
+    sends = (await committed_client.get(f"/v1/contacts/{member}/sends", headers=h)).json()["items"]
+    assert sorted((s["channel"], s["status"], s["reason"]) for s in sends) == [
+        ("in_app", "delivered", None),
+        ("sms", "skipped", "no_sms"),
+        ("wecom_single", "skipped", "not_on_wecom"),
+    ]
+    inbox = (await committed_client.get(f"/v1/contacts/{member}/inbox", headers=h)).json()
+    assert [m["text"] for m in inbox["items"]] == ["Mei, 320 points expire on 2026-12-31"]
+    assert inbox["unread"] == 1
+    read = await committed_client.post(
+        f"/v1/contacts/{member}/inbox/{inbox['items'][0]['id']}/read", headers=h
+    )
+    assert read.status_code == 200 and read.json()["read_at"] is not None
+    assert (await committed_client.get(f"/v1/contacts/{member}/inbox", headers=h)).json()[
+        "unread"
+    ] == 0

@@ -76,7 +76,7 @@ _COUNTS = text(
       FROM campaign_sends
      WHERE tenant_id = :tenant AND contact_id = ANY(CAST(:ids AS uuid[]))
        AND status IN ('planned', 'sending', 'sent', 'delivered')
-       AND due_at >= :since AND campaign_id IS NOT NULL AND channel <> 'wecom_welcome'
+       AND due_at >= :since AND channel <> 'wecom_welcome'
      GROUP BY contact_id, channel, sender
     """
 )
@@ -227,7 +227,7 @@ class Governor:
                 "key": e.key,
                 "campaign_id": e.campaign_id,
                 "version": e.version,
-                "enrolment_id": e.id,
+                "enrolment_id": None if e.send_key else e.id,
                 "step_id": e.step_id,
                 "contact_id": e.contact_id,
                 "channel": channel,

@@ -139,9 +139,27 @@ class GovernorSettings(BaseModel):
         "or more; shown masked (send the masked value back to keep it).",
     )
 
+    expiry_notice: str = Field(
+        default="您有 {{expiring_points}} 积分将于 {{expiring_at}} 到期，记得及时使用。",  # noqa: RUF001
+        min_length=1,
+        max_length=500,
+        description="The text of the points service's expiry notices (points.expiring), "
+        "with the template variables of a journey's sends.",
+    )
     sms_provider: SmsProvider | None = Field(
         default=None, description="Where SMS sends go; without one they are skipped (no_sms)."
     )
+
+    @field_validator("expiry_notice")
+    @classmethod
+    def _notice(cls, value: str) -> str:
+        from services.campaigns.journeys.definition import JourneyError, check_template
+
+        try:
+            check_template(value, "expiry_notice", 500)
+        except JourneyError as exc:
+            raise ValueError(exc.message.split(": ", 1)[-1]) from None
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

@@ -346,6 +346,11 @@ def _template(raw: Any, path: str, longest: int) -> str:
     return text
 
 
+def check_template(raw: Any, path: str, longest: int) -> str:
+    """A message template whose variables are all known (JourneyError otherwise)."""
+    return _template(raw, path, longest)
+
+
 def _variants(raw: Any, path: str) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not 2 <= len(raw) <= 10:
         raise JourneyError(path, "must be a list of 2 to 10 variants")

@@ -56,9 +56,12 @@ class Enrolment:
     listens: list[str] = field(default_factory=list)
     step_since: datetime | None = None
 
+    # A send that is no journey step's (a points notice) names its own key.
+    send_key: str | None = None
+
     @property
     def key(self) -> str:
-        return f"{self.id}:{self.step_id}:{self.seq}"
+        return self.send_key or f"{self.id}:{self.step_id}:{self.seq}"
 
 
 @dataclass
