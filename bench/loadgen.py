@@ -66,17 +66,26 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def run_load(
-    host: str, port: int, requests: list[bytes], *, connections: int = 32
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    connections: int = 32,
+    marked: dict[int, float] | None = None,
 ) -> LoadResult:
-    """Send every request once, spread over `connections` keep-alive connections."""
+    """Send every request once, spread over `connections` keep-alive connections. For
+    the request indexes that are keys of `marked`, the wall-clock time (time.time())
+    each was sent is stored there."""
     result = LoadResult()
-    queue = iter(requests)
+    queue = iter(enumerate(requests))
     origin = time.perf_counter()
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            for request in queue:
+            for index, request in queue:
+                if marked is not None and index in marked:
+                    marked[index] = time.time()
                 started = time.perf_counter()
                 writer.write(request)
                 try:

@@ -433,7 +433,7 @@ class FakeWeCom:
         handler = self._routes.get((request.method, path))
         if handler is None:
             return Response("not found", status_code=404)
-        if path != TOKEN_PATH:
+        if path != TOKEN_PATH and not path.startswith("/_fake/"):
             refusal = self._check_token(request.query_params.get("access_token"))
             if refusal is not None:
                 return refusal

@@ -64,6 +64,8 @@ class FakeMessaging:
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        # The same, with when each came (time.time()).
+        self.timed: list[tuple[str, dict[str, Any], float]] = []
         self.welcomes: list[dict[str, Any]] = []
         self.used_codes: set[str] = set()
         self.messages: dict[str, MassMessage] = {}
@@ -93,7 +95,13 @@ class FakeMessaging:
             "get_moment_task_result", self._moment_result
         )
         routes[("POST", "/cgi-bin/message/send")] = self._recorded("message/send", self._app)
+        routes[("GET", "/_fake/messages")] = self._dump
         return routes
+
+    async def _dump(self, _: Request) -> Response:
+        """Every recorded call with its time (for a benchmark in another process)."""
+        with self._lock:
+            return JSONResponse([list(t) for t in self.timed])
 
     # -- what tests do ----------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class FakeMessaging:
             with self._lock:
                 self.calls[name] += 1
                 self.requests.append((name, body))
+                self.timed.append((name, body, time.time()))
                 lose = self._lost[name] > 0
                 if lose:
                     self._lost[name] -= 1
