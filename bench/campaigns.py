@@ -310,7 +310,10 @@ async def due_together(admin_url: str, redis_url: str, args: argparse.Namespace)
             log.close()
             await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(f"(b) {args.due:,} contacts due in the same minute, {args.staff} staff senders")
-    print(f"  add_msg_template calls: {len(calls)} ({again} after the lease ran out)")
+    print(
+        f"  add_msg_template calls: {len(calls)} ({again} once the killed worker's "
+        "leases had run out)"
+    )
     print(f"  first call {first:.1f} s, last call {last:.1f} s after the minute (target <= 60 s)")
     print(f"  recipients: {len(set(recipients)):,}; duplicates {duplicates}, missed {missed}")
     print(f"  sends by status: {dict(sorted(states.items()))}")

@@ -4,11 +4,12 @@ WeCom sends a mass message only once the staff member confirms it in their clien
 so a send on `wecom_single` (1:1), `wecom_group` or `wecom_moment` is a task per
 staff member:
 
-1. **Bundle.** Planned sends are claimed (`FOR UPDATE SKIP LOCKED`) and grouped by
-   (tenant, channel, sender, text). Each group of up to 10,000 recipients (more are
-   split, never dropped) becomes a `campaign_wecom_jobs` row, and its sends become
-   `sending` with the job as their `provider_ref`, in one transaction, before any
-   call. A staff task (`wecom_mass`) tells the staff member what to confirm.
+1. **Bundle.** Planned sends are claimed (`FOR UPDATE SKIP LOCKED`) once their
+   journey step has planned the whole wave of contacts due at it (none of them is
+   still due there; at most 5 minutes), and grouped by (tenant, channel, sender,
+   text). Each group of up to 10,000 recipients (more are split, never dropped)
+   becomes a `campaign_wecom_jobs` row, and its sends become `sending` with the job
+   as their `provider_ref`, in one transaction, before any call. A staff task (`wecom_mass`) tells the staff member what to confirm.
 2. **Call.** A job is claimed, its attempt counted and a lease set (committed), then
    add_msg_template (or add_moment_task) is called once, without the client's own
    retries. The msgid is stored with the job. WeCom has no idempotency key: a job
@@ -52,10 +53,25 @@ log = logging.getLogger("scrm.campaigns.wecom")
 
 CHANNEL_KIND = {"wecom_single": "single", "wecom_group": "group", "wecom_moment": "moment"}
 BUNDLE_LIMIT = 50_000
+BUNDLE_ROUND = 500_000
 JOBS_PER_ROUND = 50
 MAX_REMINDERS_A_DAY = 3
 # A lost answer's message is looked for from this long before the attempt began.
 RECONCILE_SLACK_SECONDS = 300
+
+# The journey steps still planning mass sends: some of their contacts are due at them.
+# Their sends wait, so that a wave of contacts due together makes one task per staff
+# member and text (not one per runner batch), unless they have waited MAX_GATHER long.
+_STILL_PLANNING = text(
+    """
+    SELECT DISTINCT e.campaign_id, e.step_id
+      FROM campaign_enrolments e
+     WHERE e.campaign_id IN (SELECT DISTINCT campaign_id FROM campaign_sends
+                              WHERE status = 'planned' AND campaign_id IS NOT NULL
+                                AND channel IN ('wecom_single', 'wecom_group', 'wecom_moment'))
+       AND e.status = 'active' AND e.due_at <= :now
+    """
+)
 
 _PLANNED = text(
     """
@@ -63,11 +79,16 @@ _PLANNED = text(
       FROM campaign_sends
      WHERE status = 'planned' AND due_at <= :now
        AND channel IN ('wecom_single', 'wecom_group', 'wecom_moment')
-     ORDER BY tenant_id, id
+       AND (campaign_id IS NULL OR created_at < :gathered
+            OR (campaign_id, step_id) NOT IN (
+                SELECT * FROM unnest(CAST(:campaigns AS bigint[]), CAST(:steps AS text[]))))
+       AND id > :after
+     ORDER BY id
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
     """
 )
+MAX_GATHER_SECONDS = 300
 
 _NEW_JOB = text(
     """
@@ -202,7 +223,27 @@ class WeComMassQueue:
         now = clock.now()
         settings = campaigns_settings()
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            rows = (await session.execute(_PLANNED, {"now": now, "limit": BUNDLE_LIMIT})).all()
+            busy = (await session.execute(_STILL_PLANNING, {"now": now})).all()
+            rows: list[Any] = []
+            # A whole wave in one round (up to BUNDLE_ROUND), so that each staff member
+            # gets one task per text however many contacts they have.
+            while len(rows) < BUNDLE_ROUND:
+                chunk = (
+                    await session.execute(
+                        _PLANNED,
+                        {
+                            "now": now,
+                            "limit": BUNDLE_LIMIT,
+                            "after": rows[-1].id if rows else 0,
+                            "gathered": now - timedelta(seconds=MAX_GATHER_SECONDS),
+                            "campaigns": [b.campaign_id for b in busy],
+                            "steps": [b.step_id for b in busy],
+                        },
+                    )
+                ).all()
+                rows.extend(chunk)
+                if len(chunk) < BUNDLE_LIMIT:
+                    break
             groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
             for row in rows:
                 content = row.content or {}
