@@ -9,7 +9,8 @@ staff member:
    still due there; at most 5 minutes), and grouped by (tenant, channel, sender,
    text). Each group of up to 10,000 recipients (more are split, never dropped)
    becomes a `campaign_wecom_jobs` row, and its sends become `sending` with the job
-   as their `provider_ref`, in one transaction, before any call. A staff task (`wecom_mass`) tells the staff member what to confirm.
+   as their `provider_ref`, in one transaction, before any call. A staff task
+   (`wecom_mass`) tells the staff member what to confirm.
 2. **Call.** A job is claimed, its attempt counted and a lease set (committed), then
    add_msg_template (or add_moment_task) is called once, without the client's own
    retries. The msgid is stored with the job. WeCom has no idempotency key: a job
