@@ -78,9 +78,12 @@ def upgrade() -> None:
         "ix_campaign_wecom_jobs_msgid", "campaign_wecom_jobs", ["tenant_id", "msgid"], unique=False
     )
     op.add_column("campaigns", sa.Column("fired_at", sa.DateTime(timezone=True), nullable=True))
+    op.alter_column("campaign_sends", "contact_id", existing_type=sa.UUID(), nullable=True)
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM campaign_sends WHERE contact_id IS NULL")
+    op.alter_column("campaign_sends", "contact_id", existing_type=sa.UUID(), nullable=False)
     op.drop_column("campaigns", "fired_at")
     op.drop_index("ix_campaign_wecom_jobs_msgid", table_name="campaign_wecom_jobs")
     op.drop_index(

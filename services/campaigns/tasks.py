@@ -12,6 +12,7 @@ from services.campaigns.runner.loop import JourneyRunner
 from services.campaigns.sends import notices
 from services.campaigns.sends.dispatch import SendDispatcher
 from services.campaigns.sends.wecom_mass import WeComMassQueue
+from services.campaigns.sends.welcome_lane import WelcomeLane
 from shared.runtime import Runtime
 from shared.worker import worker_loop
 
@@ -35,3 +36,9 @@ def send_dispatcher(runtime: Runtime) -> SendDispatcher:
 def wecom_mass_queue(runtime: Runtime) -> WeComMassQueue:
     """WeCom mass messages and Moments tasks: bundled, called once, followed up."""
     return WeComMassQueue(runtime)
+
+
+@worker_loop("campaigns")
+def welcome_lane(runtime: Runtime) -> WelcomeLane:
+    """Welcome messages planned from the stored callbacks, ahead of their backlog."""
+    return WelcomeLane(runtime)

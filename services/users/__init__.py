@@ -229,3 +229,76 @@ async def opted_out(
     )
     rows = await session.execute(select(latest.c.contact_id).where(latest.c.status == "opted_out"))
     return {row[0] for row in rows}
+
+
+async def recent_welcome_codes(
+    session: AsyncSession, after_id: int, within_seconds: float, limit: int = 1000
+) -> list[dict[str, object]]:
+    """The WeCom `add_external_contact` callbacks stored after inbound row `after_id`
+    (and in the last `within_seconds`) that carry a WelcomeCode, whether or not this
+    service has applied them yet: for a welcome message that must reach WeCom within
+    the code's 20 s, ahead of a backlog of callbacks. Each: `inbound_id`,
+    `tenant_id`, `staff_userid`, `external_userid`, `state`, `welcome_code`,
+    `received_at`, and `contact_id` when the customer is known already (else None)."""
+    from sqlalchemy import select, text
+
+    from services.users.identity import lookup_keys, normalise
+    from services.users.ingest import read_payload
+    from services.users.models import ContactIdentity, InboundEvent
+    from services.users.wecom_crypto import parse_xml
+    from shared.errors import InvalidInput
+    from shared.runtime import runtime_of
+
+    rows = (
+        await session.execute(
+            select(
+                InboundEvent.id,
+                InboundEvent.tenant_id,
+                InboundEvent.payload_enc,
+                InboundEvent.received_at,
+            )
+            .where(
+                InboundEvent.id > after_id,
+                InboundEvent.type == "change_external_contact.add_external_contact",
+                InboundEvent.received_at > text("now() - make_interval(secs => :within)"),
+            )
+            .order_by(InboundEvent.id)
+            .limit(limit),
+            {"within": within_seconds},
+        )
+    ).all()
+    cipher = runtime_of(session).cipher
+    found: list[dict[str, object]] = []
+    for row in rows:
+        if row.payload_enc is None:
+            continue
+        payload = read_payload(cipher, row.tenant_id, row.payload_enc)
+        msg = payload["msg"] if "msg" in payload else parse_xml(str(payload.get("xml", "")))
+        code, external = msg.get("WelcomeCode"), msg.get("ExternalUserID")
+        if not code or not external:
+            continue
+        try:
+            canonical = normalise("external_userid", external)
+        except InvalidInput:
+            continue
+        keys = lookup_keys(cipher, row.tenant_id, "external_userid", canonical)
+        contact = await session.scalar(
+            select(ContactIdentity.contact_id).where(
+                ContactIdentity.tenant_id == row.tenant_id,
+                ContactIdentity.kind == "external_userid",
+                ContactIdentity.value_bidx.in_(keys),
+            )
+        )
+        found.append(
+            {
+                "inbound_id": row.id,
+                "tenant_id": row.tenant_id,
+                "staff_userid": msg.get("UserID") or None,
+                "external_userid": external,
+                "state": msg.get("State") or None,
+                "welcome_code": code,
+                "received_at": row.received_at,
+                "contact_id": contact,
+            }
+        )
+    return found

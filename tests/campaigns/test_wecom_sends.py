@@ -23,6 +23,7 @@ from services.campaigns import clock
 from services.campaigns.runner.loop import JourneyRunner
 from services.campaigns.sends.dispatch import SendDispatcher
 from services.campaigns.sends.wecom_mass import WeComMassQueue
+from services.campaigns.sends.welcome_lane import WelcomeLane
 from services.campaigns.settings import campaigns_settings
 from services.users.identity import identity_context, name_context
 from services.users.models import Contact, ContactFollow, ContactIdentity
@@ -358,3 +359,57 @@ async def test_a_worker_killed_before_or_during_the_call_makes_one_call_per_reci
             text("SELECT msgid FROM campaign_wecom_jobs WHERE campaign_id = :c"), {"c": cid}
         )
     assert adopted == message.msgid
+
+
+async def test_the_welcome_lane_sends_ahead_of_the_callback_backlog_and_only_once(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+) -> None:
+    fake.add_staff("zhangsan", "张三")
+    journey = {
+        "name": "welcome",
+        "trigger": {"type": "contact.added", "states": ["qr1"]},
+        "steps": [
+            {
+                "id": "hello",
+                "type": "action",
+                "action": "send",
+                "channel": "wecom_welcome",
+                "content": {"text": "欢迎! 新人券已到账"},
+                "next": "later",
+            },
+            {"id": "later", "type": "wait", "days": 1},
+        ],
+    }
+    cid = await _launch(committed_client, corp, journey)
+    lane = WelcomeLane(committed)
+    await lane.step()  # started before the callbacks
+    for external, state, code in (("wmL1", "qr1", "LANE-1"), ("wmL2", "other", "LANE-2")):
+        xml = contact_event(
+            "add_external_contact", external=external, State=state, WelcomeCode=code
+        )
+        assert (await committed_client.post(**corp.callback(xml))).status_code == 200
+    # The users service has applied nothing yet: the lane has the code from the callback.
+    assert await lane.drain() == 1
+    await SendDispatcher(committed).drain()
+    assert [w["welcome_code"] for w in fake.messaging.welcomes] == ["LANE-1"]
+    # Then the backlog is applied: the journey enrols the contact, its step finds the
+    # welcome planned under the same key and sends nothing more.
+    await _settle(committed)
+    await lane.drain()
+    assert fake.messaging.calls["send_welcome_msg"] == 1
+    async with committed.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT s.status, s.contact_id IS NOT NULL, s.enrolment_id IS NOT NULL, "
+                    "e.step_id, e.status FROM campaign_sends s "
+                    "JOIN campaign_enrolments e ON e.id = s.enrolment_id "
+                    "WHERE s.campaign_id = :c"
+                ),
+                {"c": cid},
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("sent", True, True, "later", "waiting")]

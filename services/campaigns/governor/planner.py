@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -222,9 +222,14 @@ class Governor:
             outcomes[e.id] = outcome
             if outcome.status == "planned":
                 self._count(e.contact_id, channel, sender)
+            key = e.key
+            if channel == "wecom_welcome" and content.get("welcome_code"):
+                # One per welcome code, whoever plans it first (the welcome lane ahead
+                # of the users service's backlog, or this step).
+                key = welcome_key(str(content["welcome_code"]))
             row = {
                 "tenant_id": self.tenant_id,
-                "key": e.key,
+                "key": key,
                 "campaign_id": e.campaign_id,
                 "version": e.version,
                 "enrolment_id": None if e.send_key else e.id,
@@ -240,7 +245,7 @@ class Governor:
             plan.sends.append(row)
             if outcome.reason == "review":
                 hits = rules.sensitive_hits(self.settings.sensitive_words.words, content["text"])
-                plan.reviews.append((e.key, hits))
+                plan.reviews.append((key, hits))
         return outcomes
 
     def _decide(
@@ -380,15 +385,39 @@ def _sender(channel: str, e: Enrolment, handles: dict[uuid.UUID, tuple[str, str]
     return handle[1] if handle is not None else None
 
 
+def welcome_key(code: str) -> str:
+    return f"welcome:{code}"
+
+
 async def write_sends(session: AsyncSession, plan: Plan, now: datetime) -> None:
     """Insert the planned sends; a send held back earlier (deferred under the same key)
-    is updated to what was decided now. Reviews are opened for sends held for one."""
+    is updated to what was decided now. A welcome message planned already (by the
+    welcome lane) keeps its decision and gets the contact and enrolment it lacked.
+    Reviews are opened for sends held for one."""
     if not plan.sends:
         return
     from services.campaigns.sends.models import CampaignReview, CampaignSend
 
-    for start in range(0, len(plan.sends), 1000):
-        chunk = plan.sends[start : start + 1000]
+    welcomes = [r for r in plan.sends if r["key"].startswith("welcome:")]
+    if welcomes:
+        statement = insert(CampaignSend).values(welcomes)
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["tenant_id", "key"],
+                set_={
+                    "contact_id": func.coalesce(
+                        CampaignSend.contact_id, statement.excluded.contact_id
+                    ),
+                    "enrolment_id": func.coalesce(
+                        CampaignSend.enrolment_id, statement.excluded.enrolment_id
+                    ),
+                    "updated_at": now,
+                },
+            )
+        )
+    others = [r for r in plan.sends if not r["key"].startswith("welcome:")]
+    for start in range(0, len(others), 1000):
+        chunk = others[start : start + 1000]
         statement = insert(CampaignSend).values(chunk)
         await session.execute(
             statement.on_conflict_do_update(

@@ -55,7 +55,9 @@ class CampaignSend(Base):
     version: Mapped[int | None] = mapped_column(Integer)
     enrolment_id: Mapped[int | None] = mapped_column(BigInteger)
     step_id: Mapped[str | None] = mapped_column(String(64))
-    contact_id: Mapped[uuid.UUID]
+    # None only while a welcome message sent ahead of the users service's backlog waits
+    # for the contact its callback creates (sends/welcome_lane.py).
+    contact_id: Mapped[uuid.UUID | None]
     channel: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(64))

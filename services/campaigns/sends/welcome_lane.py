@@ -1,0 +1,211 @@
+"""The welcome lane: welcome messages ahead of a backlog of callbacks.
+
+A WelcomeCode is valid for 20 s. Under a flood, the users service may apply an
+`add_external_contact` callback (and publish its `contact.added`) later than that,
+so every campaigns worker also reads the stored callbacks themselves, as soon as
+they are stored (`users.recent_welcome_codes`, woken by the users service's
+`scrm_inbound` notification, polling every 100 ms), and for each welcome code whose
+channel code (`State`) a live `contact.added` journey of the tenant takes, and whose
+entry step is a `wecom_welcome` send, plans that send at once: the same governor
+rules as the step (consent when the customer is known, the template, the
+sensitive-word filter; never quiet hours or caps), under the key
+`welcome:<code>`. The dispatcher sends it (one attempt). When the users service
+then applies the callback, the journey enrols the contact as usual, and its step
+finds the send planned under the same key: it fills in the contact and the
+enrolment, and nothing is sent twice. A welcome the lane cannot decide (a template
+variable the callback does not give, such as the name of a customer new to us) is
+left to the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import text
+
+from services import users
+from services.campaigns import clock
+from services.campaigns.governor import planner, rules
+from services.campaigns.runner.engine import Plan
+from services.campaigns.sends import render
+from services.campaigns.sends.dispatch import notify
+from shared.config import plain_postgres_url
+from shared.db import unit_of_work
+from shared.events import INBOUND_CHANNEL
+from shared.relay import wait_any
+from shared.runtime import Runtime
+
+log = logging.getLogger("scrm.campaigns.welcome")
+
+# Older codes are no use: WeCom refuses them after 20 s.
+WITHIN_SECONDS = planner.WELCOME_CODE_SECONDS
+# Live welcome journeys per tenant are looked up again after this long.
+JOURNEYS_TTL_SECONDS = 2.0
+SEEN = 50_000
+UTC_ZONE = ZoneInfo("UTC")
+
+_WELCOME_JOURNEYS = text(
+    """
+    SELECT c.id, c.version, v.definition
+      FROM campaigns c
+      JOIN campaign_versions v ON v.campaign_id = c.id AND v.version = c.version
+     WHERE c.tenant_id = :tenant AND c.status = 'live' AND c.trigger_type = 'contact.added'
+     ORDER BY c.id
+    """
+)
+
+_START = text("SELECT coalesce(max(id), 0) FROM inbound_events")
+
+
+class WelcomeLane:
+    def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 0.1) -> None:
+        self.runtime = runtime
+        self.idle_poll_seconds = idle_poll_seconds
+        self.cursor: int | None = None
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._journeys: dict[uuid.UUID, tuple[float, list[Any]]] = {}
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    async def step(self) -> int:
+        async with unit_of_work(self.runtime.sessionmaker) as session:
+            if self.cursor is None:
+                # Rows stored before this worker started are older than a code lives.
+                self.cursor = max(0, int(await session.scalar(_START) or 0) - 5_000)
+            # Ids are handed out before commit: look back a little for late commits.
+            facts = await users.recent_welcome_codes(
+                session, max(0, self.cursor - 500), WITHIN_SECONDS
+            )
+            fresh = [f for f in facts if int(str(f["inbound_id"])) not in self._seen]
+            for fact in facts:
+                self.cursor = max(self.cursor, int(str(fact["inbound_id"])))
+            planned = 0
+            for fact in fresh:
+                self._seen[int(str(fact["inbound_id"]))] = None
+                planned += await self._plan(session, fact)
+            while len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+            if planned:
+                await notify(session)
+        return planned
+
+    async def _plan(self, session: Any, fact: dict[str, Any]) -> int:
+        tenant_id: uuid.UUID = fact["tenant_id"]
+        planned = 0
+        for campaign_id, version, definition in await self._welcome_journeys(session, tenant_id):
+            trigger = definition["trigger"]
+            if "states" in trigger and fact["state"] not in trigger["states"]:
+                continue
+            step = definition["steps"][0]
+            if step["type"] != "action" or step.get("channel") != "wecom_welcome":
+                continue
+            row = await self._decide(session, tenant_id, definition, step, fact)
+            if row is None:
+                continue
+            row.update(campaign_id=campaign_id, version=version, step_id=step["id"])
+            await planner.write_sends(session, Plan(sends=[row]), clock.now())
+            planned += 1
+            break  # one welcome per code
+        return planned
+
+    async def _decide(
+        self,
+        session: Any,
+        tenant_id: uuid.UUID,
+        definition: dict[str, Any],
+        step: dict[str, Any],
+        fact: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        now = clock.now()
+        if now - fact["received_at"] > timedelta(seconds=WITHIN_SECONDS):
+            return None
+        settings = await planner.settings_of(session, tenant_id)
+        contact: uuid.UUID | None = fact["contact_id"]
+        facts: dict[str, Any] = {"name": None}
+        status, reason = "planned", None
+        if contact is not None:
+            known = await users.message_facts(session, tenant_id, [contact])
+            if contact not in known:
+                return None  # merged or erased: the step decides
+            facts = dict(known[contact])
+            if contact in await users.opted_out(session, tenant_id, [contact], "wecom"):
+                status, reason = "skipped", "consent"
+        template = step["content"]["text"]
+        rendered = render.render(template, render.values_for(facts, None, {}, UTC_ZONE))
+        if rendered is None:
+            return None  # a variable the callback cannot give: left to the step
+        if status == "planned":
+            hits = rules.sensitive_hits(settings.sensitive_words.words, rendered)
+            if hits and settings.sensitive_words.mode == "block":
+                status, reason = "skipped", "sensitive_word"
+            elif hits:
+                return None  # held for review: the step opens the review
+        return {
+            "tenant_id": tenant_id,
+            "key": planner.welcome_key(str(fact["welcome_code"])),
+            "enrolment_id": None,
+            "contact_id": contact,
+            "channel": "wecom_welcome",
+            "status": status,
+            "reason": reason,
+            "content": {"text": rendered, "welcome_code": fact["welcome_code"]},
+            "sender": fact["staff_userid"],
+            "due_at": now,
+        }
+
+    async def _welcome_journeys(self, session: Any, tenant_id: uuid.UUID) -> list[Any]:
+        cached = self._journeys.get(tenant_id)
+        if cached is not None and time.monotonic() - cached[0] < JOURNEYS_TTL_SECONDS:
+            return cached[1]
+        rows = [
+            (r.id, r.version, r.definition)
+            for r in await session.execute(_WELCOME_JOURNEYS, {"tenant": tenant_id})
+        ]
+        self._journeys[tenant_id] = (time.monotonic(), rows)
+        return rows
+
+    async def drain(self) -> int:
+        total = 0
+        while handled := await self.step():
+            total += handled
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._listen()
+        try:
+            while not stop.is_set():
+                wake = self._wake
+                try:
+                    await self.step()
+                except Exception:
+                    log.exception("welcome lane: a round failed; retrying in 1 s")
+                    await wait_any(stop, None, 1.0)
+                    await self._listen()
+                    continue
+                await wait_any(stop, wake, self.idle_poll_seconds)
+        finally:
+            if self._listener is not None and not self._listener.is_closed():
+                await self._listener.close()
+
+    def _notified(self, *_: object) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
+            await conn.add_listener(INBOUND_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("welcome lane: LISTEN unavailable (%s); polling only", exc)
+            return
+        self._listener = conn
