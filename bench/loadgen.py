@@ -72,10 +72,12 @@ async def run_load(
     *,
     connections: int = 32,
     marked: dict[int, float] | None = None,
+    rate: float | None = None,
 ) -> LoadResult:
     """Send every request once, spread over `connections` keep-alive connections. For
     the request indexes that are keys of `marked`, the wall-clock time (time.time())
-    each was sent is stored there."""
+    each was sent is stored there. With `rate`, request i is not sent before i/rate
+    seconds into the run (an open-loop pace, as far as the connections keep up)."""
     result = LoadResult()
     queue = iter(enumerate(requests))
     origin = time.perf_counter()
@@ -84,6 +86,10 @@ async def run_load(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for index, request in queue:
+                if rate is not None:
+                    ahead = origin + index / rate - time.perf_counter()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
                 if marked is not None and index in marked:
                     marked[index] = time.time()
                 started = time.perf_counter()

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
 
@@ -191,7 +191,14 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: bool) -> None:
+def _run(
+    api: list[str],
+    workers: list[str],
+    *,
+    dispatch: bool,
+    migrate_first: bool,
+    loops: Literal["all", "normal", "priority"] = "all",
+) -> None:
     import asyncio
 
     from shared.observability import configure_logging
@@ -199,7 +206,7 @@ def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: b
 
     settings = _settings()
     configure_logging(settings.log_level)
-    if workers and not api and settings.worker_nice:
+    if workers and not api and settings.worker_nice and loops != "priority":
         # Acknowledging integrations comes first (SCRM_WORKER_NICE).
         os.nice(settings.worker_nice)
     _use_uvloop()
@@ -213,6 +220,7 @@ def _run(api: list[str], workers: list[str], *, dispatch: bool, migrate_first: b
                 worker_services=workers,
                 with_dispatch=dispatch,
                 migrate_first=migrate_first,
+                loops=loops,
             )
         )
 
@@ -257,6 +265,10 @@ def up() -> None:
 def worker_parts(copies: int) -> dict[str, list[str]]:
     """The child processes of `scrm up` by name: the API, and `copies` worker processes
     per service (the users ones with the outbox relay and the scheduler)."""
+    from shared.events import load_subscriptions
+    from shared.worker import has_priority_loops
+
+    load_subscriptions()  # the services' task modules, and so their loops
     part = [sys.executable, "-m", "shared.cli", "run-part"]
     parts = {"api": [*part, "--api"]}
     for service in SERVICES:
@@ -264,6 +276,9 @@ def worker_parts(copies: int) -> dict[str, list[str]]:
             name = f"workers-{service}" if copies == 1 else f"workers-{service}-{n + 1}"
             dispatch = ["--dispatch"] if service == "users" else []
             parts[name] = [*part, "--service", service, *dispatch]
+        if has_priority_loops(service):
+            # Work that must not wait behind a backlog, at normal priority.
+            parts[f"priority-{service}"] = [*part, "--service", service, "--priority"]
     return parts
 
 
@@ -273,13 +288,17 @@ def worker_parts(copies: int) -> dict[str, list[str]]:
     "--service", "services", type=SERVICE_CHOICE, multiple=True, help="Run this service's worker."
 )
 @click.option("--dispatch", "dispatch", is_flag=True, help="Also run the relay and scheduler.")
-def run_part(api: bool, services: tuple[str, ...], dispatch: bool) -> None:
+@click.option(
+    "--priority", "priority", is_flag=True, help="Only the services' priority loops, un-niced."
+)
+def run_part(api: bool, services: tuple[str, ...], dispatch: bool, priority: bool) -> None:
     """One part of `scrm up` (started by it; stops when its parent dies)."""
     _run(
         list(SERVICES) if api else [],
         list(services),
         dispatch=dispatch,
         migrate_first=False,
+        loops="priority" if priority else ("normal" if services else "all"),
     )
 
 

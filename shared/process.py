@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import Generator, Sequence
+from typing import Literal
 
 import uvicorn
 from arq.worker import Worker
@@ -87,9 +88,12 @@ async def run_process(
     with_dispatch: bool,
     migrate_first: bool,
     stop: asyncio.Event | None = None,
+    loops: Literal["all", "normal", "priority"] = "all",
 ) -> None:
     """Run the API for `api_services`, workers for `worker_services`, and optionally
-    the outbox relay + scheduler, until SIGINT/SIGTERM (or `stop` is set)."""
+    the outbox relay + scheduler, until SIGINT/SIGTERM (or `stop` is set). `loops`
+    says which of the services' worker loops run here: `priority` runs those alone,
+    without the services' queues."""
     stop = stop or asyncio.Event()
     _install_stop_signals(stop)
     runtime = await Runtime.open(settings, database_url, redis_url)
@@ -103,15 +107,17 @@ async def run_process(
             server = _Server(api_server_config(create_app(api_services, runtime), settings))
             tasks.append(asyncio.create_task(server.serve(), name="api"))
         workers: list[Worker] = [
-            build_worker(runtime, service, registry, jobs) for service in worker_services
+            build_worker(runtime, service, registry, jobs)
+            for service in (worker_services if loops != "priority" else ())
         ]
         worker_tasks = [
             asyncio.create_task(worker.main(), name=f"worker:{service}")
-            for worker, service in zip(workers, worker_services, strict=True)
+            for worker, service in zip(workers, worker_services, strict=False)
         ]
         tasks.extend(worker_tasks)
+        chosen = {"all": None, "normal": False, "priority": True}[loops]
         for service in worker_services:
-            for n, loop in enumerate(worker_loops(runtime, service)):
+            for n, loop in enumerate(worker_loops(runtime, service, priority=chosen)):
                 tasks.append(asyncio.create_task(loop.run(stop), name=f"loop:{service}:{n}"))
         if with_dispatch:
             tasks.append(

@@ -126,21 +126,39 @@ class WorkerLoop(Protocol):
 
 
 LoopFactory = Callable[[Runtime], WorkerLoop]
-_LOOPS: dict[str, dict[str, LoopFactory]] = {}
+# service -> loop name -> (factory, priority)
+_LOOPS: dict[str, dict[str, tuple[LoopFactory, bool]]] = {}
 
 
-def worker_loop(service: str) -> Callable[[LoopFactory], LoopFactory]:
-    """Register a loop that every worker process of `service` runs beside its jobs."""
+def worker_loop(service: str, *, priority: bool = False) -> Callable[[LoopFactory], LoopFactory]:
+    """Register a loop that every worker process of `service` runs beside its jobs.
+
+    A `priority` loop is work that must not wait behind a backlog (a welcome message's
+    20 s): `scrm up` runs a service's priority loops in a process of their own, at
+    normal scheduling priority rather than SCRM_WORKER_NICE; `scrm worker` runs them
+    with the rest unless told otherwise."""
 
     def register(factory: LoopFactory) -> LoopFactory:
-        _LOOPS.setdefault(service, {})[f"{factory.__module__}.{factory.__qualname__}"] = factory
+        name = f"{factory.__module__}.{factory.__qualname__}"
+        _LOOPS.setdefault(service, {})[name] = (factory, priority)
         return factory
 
     return register
 
 
-def worker_loops(runtime: Runtime, service: str) -> list[WorkerLoop]:
-    return [factory(runtime) for factory in _LOOPS.get(service, {}).values()]
+def worker_loops(
+    runtime: Runtime, service: str, *, priority: bool | None = None
+) -> list[WorkerLoop]:
+    """The service's loops: all of them, or only the priority ones (True) or the others."""
+    return [
+        factory(runtime)
+        for factory, urgent in _LOOPS.get(service, {}).values()
+        if priority is None or urgent == priority
+    ]
+
+
+def has_priority_loops(service: str) -> bool:
+    return any(urgent for _, urgent in _LOOPS.get(service, {}).values())
 
 
 class EventDelivery:

@@ -38,7 +38,7 @@ def wecom_mass_queue(runtime: Runtime) -> WeComMassQueue:
     return WeComMassQueue(runtime)
 
 
-@worker_loop("campaigns")
+@worker_loop("campaigns", priority=True)
 def welcome_lane(runtime: Runtime) -> WelcomeLane:
     """Welcome messages planned from the stored callbacks, ahead of their backlog."""
     return WelcomeLane(runtime)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection
     from uuid import UUID
 
+    import httpx
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from services.users.wecom_client import WeComClient
@@ -74,13 +75,18 @@ async def contact_statuses(
 
 
 async def wecom_api_client(
-    session: AsyncSession, tenant_id: UUID, *, max_retries: int = 0
+    session: AsyncSession,
+    tenant_id: UUID,
+    *,
+    max_retries: int = 0,
+    http: httpx.AsyncClient | None = None,
 ) -> WeComClient | None:
     """The tenant's WeCom API client, or None without an app secret: for the WeCom calls
-    other services make from their workers (never on a request path)."""
+    other services make from their workers (never on a request path). With `http`, it
+    uses that (shared, long-lived) HTTP client, and closing it leaves that open."""
     from services.users.sync import client_for
 
-    return await client_for(session, tenant_id, max_retries=max_retries)
+    return await client_for(session, tenant_id, max_retries=max_retries, http=http)
 
 
 async def wecom_handles(
@@ -232,21 +238,24 @@ async def opted_out(
 
 
 async def recent_welcome_codes(
-    session: AsyncSession, after_id: int, within_seconds: float, limit: int = 1000
+    session: AsyncSession,
+    after_id: int,
+    within_seconds: float,
+    limit: int = 2000,
+    skip: Collection[int] = (),
 ) -> list[dict[str, object]]:
     """The WeCom `add_external_contact` callbacks stored after inbound row `after_id`
     (and in the last `within_seconds`) that carry a WelcomeCode, whether or not this
     service has applied them yet: for a welcome message that must reach WeCom within
     the code's 20 s, ahead of a backlog of callbacks. Each: `inbound_id`,
     `tenant_id`, `staff_userid`, `external_userid`, `state`, `welcome_code`,
-    `received_at`, and `contact_id` when the customer is known already (else None)."""
+    `received_at` (`contacts_by_external_userid` says which are known already).
+    Rows whose ids are in `skip` (seen before) are left out without being read."""
     from sqlalchemy import select, text
 
-    from services.users.identity import lookup_keys, normalise
     from services.users.ingest import read_payload
-    from services.users.models import ContactIdentity, InboundEvent
+    from services.users.models import InboundEvent
     from services.users.wecom_crypto import parse_xml
-    from shared.errors import InvalidInput
     from shared.runtime import runtime_of
 
     rows = (
@@ -270,25 +279,13 @@ async def recent_welcome_codes(
     cipher = runtime_of(session).cipher
     found: list[dict[str, object]] = []
     for row in rows:
-        if row.payload_enc is None:
+        if row.payload_enc is None or row.id in skip:
             continue
         payload = read_payload(cipher, row.tenant_id, row.payload_enc)
         msg = payload["msg"] if "msg" in payload else parse_xml(str(payload.get("xml", "")))
         code, external = msg.get("WelcomeCode"), msg.get("ExternalUserID")
         if not code or not external:
             continue
-        try:
-            canonical = normalise("external_userid", external)
-        except InvalidInput:
-            continue
-        keys = lookup_keys(cipher, row.tenant_id, "external_userid", canonical)
-        contact = await session.scalar(
-            select(ContactIdentity.contact_id).where(
-                ContactIdentity.tenant_id == row.tenant_id,
-                ContactIdentity.kind == "external_userid",
-                ContactIdentity.value_bidx.in_(keys),
-            )
-        )
         found.append(
             {
                 "inbound_id": row.id,
@@ -298,7 +295,39 @@ async def recent_welcome_codes(
                 "state": msg.get("State") or None,
                 "welcome_code": code,
                 "received_at": row.received_at,
-                "contact_id": contact,
             }
         )
     return found
+
+
+async def contacts_by_external_userid(
+    session: AsyncSession, tenant_id: UUID, external_userids: Collection[str]
+) -> dict[str, UUID]:
+    """The contacts these WeCom external_userids belong to (those known), in one
+    statement."""
+    from sqlalchemy import select
+
+    from services.users.identity import lookup_keys, normalise
+    from services.users.models import ContactIdentity
+    from shared.errors import InvalidInput
+    from shared.runtime import runtime_of
+
+    cipher = runtime_of(session).cipher
+    by_key: dict[bytes, str] = {}
+    for external in external_userids:
+        try:
+            canonical = normalise("external_userid", external)
+        except InvalidInput:
+            continue
+        for key in lookup_keys(cipher, tenant_id, "external_userid", canonical):
+            by_key[key] = external
+    if not by_key:
+        return {}
+    rows = await session.execute(
+        select(ContactIdentity.value_bidx, ContactIdentity.contact_id).where(
+            ContactIdentity.tenant_id == tenant_id,
+            ContactIdentity.kind == "external_userid",
+            ContactIdentity.value_bidx.in_(list(by_key)),
+        )
+    )
+    return {by_key[bytes(row.value_bidx)]: row.contact_id for row in rows}

@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +27,11 @@ log = logging.getLogger("scrm.users.sync")
 
 
 async def client_for(
-    session: AsyncSession, tenant_id: uuid.UUID, *, max_retries: int = 4
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    max_retries: int = 4,
+    http: httpx.AsyncClient | None = None,
 ) -> WeComClient | None:
     """A WeCom API client for the tenant, or None without an app secret."""
     settings = await repository.wecom_settings(session, tenant_id)
@@ -41,6 +46,7 @@ async def client_for(
         base_url=users_settings().wecom_api_base,
         token_cache=RedisTokenCache(runtime.redis, f"{runtime.settings.queue_prefix}:wecom-token"),
         max_retries=max_retries,
+        http=http,
     )
 
 

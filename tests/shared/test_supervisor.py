@@ -42,14 +42,26 @@ async def test_scrm_up_exits_non_zero_when_a_part_keeps_crashing(
 
 def test_scrm_up_runs_each_services_workers_in_processes_of_their_own() -> None:
     parts = worker_parts(2)
-    assert sorted(parts) == sorted(["api", *(f"workers-{s}-{n}" for s in SERVICES for n in (1, 2))])
+    assert sorted(parts) == sorted(
+        [
+            "api",
+            "priority-campaigns",
+            *(f"workers-{s}-{n}" for s in SERVICES for n in (1, 2)),
+        ]
+    )
     for name, command in parts.items():
         if name == "api":
             assert command[-2:] == ["run-part", "--api"]
+            continue
+        if name.startswith("priority-"):
+            # The priority loops alone (the welcome lane), in one process.
+            assert command[-3:] == ["--service", "campaigns", "--priority"]
             continue
         service = name.split("-")[1]
         # Its own service's worker only; the relay and the scheduler with the users ones.
         assert command[command.index("--service") + 1] == service
         assert command.count("--service") == 1
         assert ("--dispatch" in command) == (service == "users")
-    assert sorted(worker_parts(1)) == sorted(["api", *(f"workers-{s}" for s in SERVICES)])
+    assert sorted(worker_parts(1)) == sorted(
+        ["api", "priority-campaigns", *(f"workers-{s}" for s in SERVICES)]
+    )

@@ -111,7 +111,8 @@ def test_up_on_embedded_servers_keeps_data_across_restarts(data_dir: Path) -> No
     up.start()
     ready = httpx.get(f"{up.url}/readyz").json()
     assert ready == {"status": "ready", "database": "ok", "redis": "ok"}
-    # One API process and a worker process per service; the users one dispatches.
+    # One API process and a worker process per service; the users one dispatches; the
+    # campaigns' priority loops (the welcome lane) have one of their own.
     assert up.proc is not None
     parts = sorted(
         " ".join(child.cmdline()[3:])
@@ -121,6 +122,7 @@ def test_up_on_embedded_servers_keeps_data_across_restarts(data_dir: Path) -> No
     assert parts == [
         "run-part --api",
         "run-part --service campaigns",
+        "run-part --service campaigns --priority",
         "run-part --service points",
         "run-part --service tagging",
         "run-part --service users --dispatch",

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaigns.governor.planner import settings_of
+from services.campaigns.sends.http import shared_client
 from shared.db import unit_of_work
 from shared.runtime import Runtime
 
@@ -99,7 +100,7 @@ async def _sms(runtime: Runtime, send: Send) -> Result:
         settings = await settings_of(session, send.tenant_id)
     if settings.sms_provider is None:
         return Result("failed", reason="no_sms")
-    client = SmsClient(settings.sms_provider)
+    client = SmsClient(settings.sms_provider, http=shared_client())
     try:
         if send.status == "sending":
             found = await client.find(send.key)
@@ -131,7 +132,9 @@ async def _welcome(runtime: Runtime, send: Send) -> Result:
     if clock.now() - send.created_at > timedelta(seconds=WELCOME_CODE_SECONDS):
         return Result("failed", reason="welcome_code_expired")
     async with unit_of_work(runtime.sessionmaker) as session:
-        client = await users.wecom_api_client(session, send.tenant_id, max_retries=0)
+        client = await users.wecom_api_client(
+            session, send.tenant_id, max_retries=0, http=shared_client()
+        )
     if client is None:
         return Result("failed", reason="no_wecom")
     try:
@@ -159,11 +162,12 @@ async def _webhook(runtime: Runtime, send: Send) -> Result:
         "X-Scrm-Signature": sign(secret, timestamp, body),
         "X-Scrm-Delivery": send.key,
     }
-    async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_SECONDS) as client:
-        try:
-            answer = await client.post(send.content["url"], content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return Result("retry", error=f"{type(exc).__name__}: {exc}")
+    try:
+        answer = await shared_client().post(
+            send.content["url"], content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS
+        )
+    except httpx.HTTPError as exc:
+        return Result("retry", error=f"{type(exc).__name__}: {exc}")
     if answer.is_success:
         return Result("delivered")
     if 400 <= answer.status_code < 500 and answer.status_code not in (408, 429):

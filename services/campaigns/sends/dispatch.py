@@ -72,6 +72,16 @@ _CLAIM = text(
     """
 )
 
+_CLAIM_KEYS = text(
+    """
+    SELECT id, tenant_id, key, channel, status, contact_id, content, sender, attempts,
+           provider_ref, created_at
+      FROM campaign_sends
+     WHERE tenant_id = :tenant AND key = ANY(CAST(:keys AS text[])) AND status = 'planned'
+       FOR UPDATE SKIP LOCKED
+    """
+)
+
 _MARK_SENDING = text(
     """
     UPDATE campaign_sends SET status = 'sending', attempts = attempts + 1,
@@ -108,13 +118,19 @@ class SendDispatcher:
         self._slots = asyncio.Semaphore(CONCURRENCY)
 
     async def step(self) -> int:
+        return await self._send(
+            _CLAIM, {"now": clock.now(), "limit": BATCH, "channels": list(channels.READY)}
+        )
+
+    async def send_now(self, tenant_id: Any, keys: list[str]) -> int:
+        """Send these planned sends of a tenant at once (the welcome lane's), unless a
+        dispatcher has them already."""
+        return await self._send(_CLAIM_KEYS, {"tenant": tenant_id, "keys": keys})
+
+    async def _send(self, claim: Any, params: dict[str, Any]) -> int:
         now = clock.now()
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            rows = (
-                await session.execute(
-                    _CLAIM, {"now": now, "limit": BATCH, "channels": list(channels.READY)}
-                )
-            ).all()
+            rows = (await session.execute(claim, params)).all()
             sends = [Send(**row._mapping) for row in rows]
             inside = [s for s in sends if s.channel in channels.IN_DATABASE]
             for send in inside:

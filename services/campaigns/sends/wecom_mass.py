@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services import users
 from services.campaigns import clock
 from services.campaigns.sends import wecom_api
+from services.campaigns.sends.http import shared_client
 from services.campaigns.settings import campaigns_settings
 from services.users.wecom_client import WeComApiError, WeComClient
 from shared.db import unit_of_work
@@ -310,7 +311,9 @@ class WeComMassQueue:
 
     async def _tenant_jobs(self, tenant_id: uuid.UUID, jobs: list[Any]) -> None:
         async with unit_of_work(self.runtime.sessionmaker) as session:
-            client = await users.wecom_api_client(session, tenant_id, max_retries=0)
+            client = await users.wecom_api_client(
+                session, tenant_id, max_retries=0, http=shared_client()
+            )
         if client is None:
             for job in jobs:
                 await self._store(

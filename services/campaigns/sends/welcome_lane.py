@@ -9,12 +9,12 @@ channel code (`State`) a live `contact.added` journey of the tenant takes, and w
 entry step is a `wecom_welcome` send, plans that send at once: the same governor
 rules as the step (consent when the customer is known, the template, the
 sensitive-word filter; never quiet hours or caps), under the key
-`welcome:<code>`. The dispatcher sends it (one attempt). When the users service
-then applies the callback, the journey enrols the contact as usual, and its step
-finds the send planned under the same key: it fills in the contact and the
-enrolment, and nothing is sent twice. A welcome the lane cannot decide (a template
-variable the callback does not give, such as the name of a customer new to us) is
-left to the step.
+`welcome:<code>`, and sends it from there (one attempt, as the dispatcher
+would). When the users service then applies the callback, the journey enrols the
+contact as usual, and its step finds the send planned under the same key: it fills
+in the contact and the enrolment, and nothing is sent twice. A welcome the lane
+cannot decide (a template variable the callback does not give, such as the name of
+a customer new to us) is left to the step.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from services.campaigns import clock
 from services.campaigns.governor import planner, rules
 from services.campaigns.runner.engine import Plan
 from services.campaigns.sends import render
-from services.campaigns.sends.dispatch import notify
+from services.campaigns.sends.dispatch import SendDispatcher
 from shared.config import plain_postgres_url
 from shared.db import unit_of_work
 from shared.events import INBOUND_CHANNEL
@@ -74,6 +74,7 @@ class WelcomeLane:
         self._journeys: dict[uuid.UUID, tuple[float, list[Any]]] = {}
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
+        self._dispatcher = SendDispatcher(runtime)
 
     async def step(self) -> int:
         async with unit_of_work(self.runtime.sessionmaker) as session:
@@ -82,39 +83,60 @@ class WelcomeLane:
                 self.cursor = max(0, int(await session.scalar(_START) or 0) - 5_000)
             # Ids are handed out before commit: look back a little for late commits.
             facts = await users.recent_welcome_codes(
-                session, max(0, self.cursor - 500), WITHIN_SECONDS
+                session, max(0, self.cursor - 500), WITHIN_SECONDS, skip=self._seen.keys()
             )
-            fresh = [f for f in facts if int(str(f["inbound_id"])) not in self._seen]
+            fresh = facts
             for fact in facts:
                 self.cursor = max(self.cursor, int(str(fact["inbound_id"])))
-            planned = 0
-            for fact in fresh:
                 self._seen[int(str(fact["inbound_id"]))] = None
-                planned += await self._plan(session, fact)
+            # Only the callbacks a live welcome journey takes (by channel code) go on.
+            wanted: dict[uuid.UUID, list[tuple[dict[str, Any], Any]]] = {}
+            for fact in fresh:
+                tenant = uuid.UUID(str(fact["tenant_id"]))
+                journey = self._journey_for(await self._welcome_journeys(session, tenant), fact)
+                if journey is not None:
+                    wanted.setdefault(tenant, []).append((fact, journey))
+            planned: dict[uuid.UUID, list[str]] = {}
+            for tenant, found in wanted.items():
+                known = await users.contacts_by_external_userid(
+                    session, tenant, [str(f["external_userid"]) for f, _ in found]
+                )
+                for fact, journey in found:
+                    fact["contact_id"] = known.get(str(fact["external_userid"]))
+                    key = await self._plan(session, fact, journey)
+                    if key is not None:
+                        planned.setdefault(tenant, []).append(key)
             while len(self._seen) > SEEN:
                 self._seen.popitem(last=False)
-            if planned:
-                await notify(session)
-        return planned
+        # Sent from here at once (no round trip through the dispatcher's wake-up).
+        for tenant_id, keys in planned.items():
+            await self._dispatcher.send_now(tenant_id, keys)
+        return sum(len(k) for k in planned.values())
 
-    async def _plan(self, session: Any, fact: dict[str, Any]) -> int:
-        tenant_id: uuid.UUID = fact["tenant_id"]
-        planned = 0
-        for campaign_id, version, definition in await self._welcome_journeys(session, tenant_id):
+    @staticmethod
+    def _journey_for(journeys: list[Any], fact: dict[str, Any]) -> Any | None:
+        """The first live journey that takes this callback and welcomes first."""
+        for journey in journeys:
+            definition = journey[2]
             trigger = definition["trigger"]
             if "states" in trigger and fact["state"] not in trigger["states"]:
                 continue
             step = definition["steps"][0]
-            if step["type"] != "action" or step.get("channel") != "wecom_welcome":
-                continue
-            row = await self._decide(session, tenant_id, definition, step, fact)
-            if row is None:
-                continue
-            row.update(campaign_id=campaign_id, version=version, step_id=step["id"])
-            await planner.write_sends(session, Plan(sends=[row]), clock.now())
-            planned += 1
-            break  # one welcome per code
-        return planned
+            if step["type"] == "action" and step.get("channel") == "wecom_welcome":
+                return journey
+        return None
+
+    async def _plan(self, session: Any, fact: dict[str, Any], journey: Any) -> str | None:
+        """The key of the welcome planned for this callback, if one was."""
+        tenant_id = uuid.UUID(str(fact["tenant_id"]))
+        campaign_id, version, definition = journey
+        step = definition["steps"][0]
+        row = await self._decide(session, tenant_id, definition, step, fact)
+        if row is None:
+            return None
+        row.update(campaign_id=campaign_id, version=version, step_id=step["id"])
+        await planner.write_sends(session, Plan(sends=[row]), clock.now())
+        return str(row["key"]) if row["status"] == "planned" else None
 
     async def _decide(
         self,
