@@ -16,9 +16,12 @@ from services.campaigns.journeys.schemas import (
     CampaignPage,
     CampaignStatusOut,
     CampaignSummary,
+    MigrateIn,
+    MigrateOut,
     Status,
     VersionOut,
 )
+from services.campaigns.runner.wake import notify
 from shared.apikeys import Principal
 from shared.audit import audit_note
 from shared.auth import require
@@ -104,6 +107,27 @@ async def delete_campaign(campaign_id: DbId, principal: Operator, session: Sessi
     """Delete a draft. 409 `campaign_status` for a journey that ran (stop it instead)."""
     await service.delete(session, principal.tenant, campaign_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/campaigns/{campaign_id}/migrate",
+    response_model=MigrateOut,
+    openapi_extra={"x-scrm-errors": [400, 401, 403, 404, 409, 422]},
+)
+async def migrate_campaign(
+    campaign_id: DbId, body: MigrateIn, principal: Operator, session: SessionDep, request: Request
+) -> MigrateOut:
+    """Ops move the contacts still on earlier versions (or on `from_version`) to the
+    current version, each to the step of the same id or the one `steps` maps it to; a
+    contact waiting at a step that is a wait again keeps its time. 422 `invalid_journey`
+    names a step the current version lacks (nobody moves); 409 `campaign_status` for a
+    draft or stopped journey."""
+    found = await service.migrate(
+        session, principal.tenant, campaign_id, body.from_version, body.steps, clock.now()
+    )
+    audit_note(request, migrated=found["migrated"])
+    await notify(session)
+    return MigrateOut.model_validate(found)
 
 
 def _status(campaign: Campaign) -> CampaignStatusOut:

@@ -157,3 +157,69 @@ async def live_triggered(
         .with_for_update(read=True, of=Campaign)
     )
     return [(row[0], row[1]) for row in rows]
+
+
+async def steps_in_use(
+    session: AsyncSession, campaign_id: int, version: int, from_version: int | None
+) -> set[str]:
+    """The steps contacts of earlier versions (or of `from_version`) are at."""
+    query = select(E.step_id).where(
+        E.campaign_id == campaign_id,
+        E.status.in_(("active", "waiting")),
+        E.version < version,
+    )
+    if from_version is not None:
+        query = query.where(E.version == from_version)
+    return set(await session.scalars(query.distinct()))
+
+
+async def migrate_enrolments(
+    session: AsyncSession,
+    campaign_id: int,
+    version: int,
+    from_version: int | None,
+    mapping: dict[str, str],
+    waiting_steps: set[str],
+    goals: list[str],
+    now: datetime,
+) -> dict[str, int]:
+    """One statement: the enrolments move to `version` at their mapped steps; those
+    waiting keep waiting only where the new step is a wait too."""
+    from sqlalchemy import text
+
+    rows = await session.execute(
+        text(
+            """
+            UPDATE campaign_enrolments e
+               SET version = :version,
+                   step_id = m.new_step,
+                   status = CASE WHEN e.status = 'waiting' AND m.new_step = ANY(:waiting)
+                                 THEN 'waiting' ELSE 'active' END,
+                   due_at = CASE WHEN e.status = 'waiting' AND m.new_step = ANY(:waiting)
+                                 THEN e.due_at ELSE CAST(:now AS timestamptz) END,
+                   listens = CAST(:goals AS text[]),
+                   step_since = CASE WHEN e.status = 'waiting' AND m.new_step = ANY(:waiting)
+                                     THEN e.step_since ELSE CAST(:now AS timestamptz) END
+              FROM unnest(CAST(:old AS text[]), CAST(:new AS text[])) AS m(old_step, new_step)
+             WHERE e.campaign_id = :campaign AND e.status IN ('active', 'waiting')
+               AND e.version < :version AND (CAST(:from_version AS int) IS NULL
+                                             OR e.version = :from_version)
+               AND e.step_id = m.old_step
+            RETURNING e.step_id
+            """
+        ),
+        {
+            "version": version,
+            "waiting": sorted(waiting_steps),
+            "now": now,
+            "goals": goals,
+            "old": list(mapping),
+            "new": [mapping[k] for k in mapping],
+            "campaign": campaign_id,
+            "from_version": from_version,
+        },
+    )
+    moved: dict[str, int] = {}
+    for (step,) in rows:
+        moved[step] = moved.get(step, 0) + 1
+    return moved

@@ -118,3 +118,25 @@ class CampaignStatusOut(BaseModel):
     launched_at: datetime | None
     paused_at: datetime | None
     stopped_at: datetime | None
+
+
+class MigrateIn(BaseModel):
+    """Contacts enrolled on earlier versions move to the current one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Only this version's (default: all earlier)."
+    )
+    steps: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=200,
+        description="Old step id -> the current version's step to move to; a step not "
+        "named keeps its id, which the current version must have.",
+    )
+
+
+class MigrateOut(BaseModel):
+    migrated: int
+    version: int
+    by_step: dict[str, int] = Field(description="Moved contacts by the step they are at now.")

@@ -210,3 +210,51 @@ async def _fresh(session: AsyncSession, tenant_id: uuid.UUID, campaign_id: int) 
     found = await repository.get_campaign(session, tenant_id, campaign_id, lock=True)
     assert found is not None
     return found
+
+
+async def migrate(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    campaign_id: int,
+    from_version: int | None,
+    steps: dict[str, str],
+    now: datetime,
+) -> dict[str, Any]:
+    """Move the contacts still in earlier versions to the current one, each to the step
+    of the same id (or the one `steps` maps it to). A step the current version does not
+    have is a 422 naming it, and nobody moves. A contact waiting at a step that is a
+    wait again keeps its time; at any other step it runs that step now."""
+    campaign = await repository.get_campaign(session, tenant_id, campaign_id, lock=True)
+    if campaign is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    if campaign.status in ("draft", "stopped"):
+        raise CampaignStatusConflict(
+            f"a {campaign.status} campaign has nobody to migrate",
+            details={"status": campaign.status},
+        )
+    if from_version is not None and from_version >= campaign.version:
+        raise InvalidInput(
+            f"from_version must be earlier than the current version {campaign.version}",
+            details={"field": "from_version"},
+        )
+    current = await repository.get_version(session, tenant_id, campaign_id, campaign.version)
+    assert current is not None
+    types = {s["id"]: s["type"] for s in current.definition["steps"]}
+    for old, new in steps.items():
+        if new not in types:
+            raise JourneyError(f"steps.{old}", f"version {campaign.version} has no step {new!r}")
+    at = await repository.steps_in_use(session, campaign_id, campaign.version, from_version)
+    missing = sorted(s for s in at if steps.get(s, s) not in types)
+    if missing:
+        raise JourneyError(
+            f"steps.{missing[0]}",
+            f"contacts are at step {missing[0]!r}, which version {campaign.version} does not "
+            "have: map it to one of its steps",
+        )
+    mapping = {s: steps.get(s, s) for s in at}
+    waiting = {s for s, t in types.items() if t in definition.WAITING}
+    goals = sorted({g["event"] for g in current.definition.get("goals", [])})
+    moved = await repository.migrate_enrolments(
+        session, campaign_id, campaign.version, from_version, mapping, waiting, goals, now
+    )
+    return {"migrated": sum(moved.values()), "version": campaign.version, "by_step": moved}
