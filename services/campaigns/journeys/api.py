@@ -112,7 +112,7 @@ async def delete_campaign(campaign_id: DbId, principal: Operator, session: Sessi
 @router.post(
     "/campaigns/{campaign_id}/migrate",
     response_model=MigrateOut,
-    openapi_extra={"x-scrm-errors": [400, 401, 403, 404, 409, 422]},
+    openapi_extra={"x-scrm-errors": [400, 401, 403, 404, 409, 413, 422]},
 )
 async def migrate_campaign(
     campaign_id: DbId, body: MigrateIn, principal: Operator, session: SessionDep, request: Request
