@@ -1,4 +1,4 @@
-"""campaigns: WeCom mass-message and Moments tasks; schedule firings
+"""campaigns: WeCom mass-message and Moments tasks; schedule firings; staff notices
 
 Revision ID: 0019
 Revises: 0018
@@ -79,9 +79,17 @@ def upgrade() -> None:
     )
     op.add_column("campaigns", sa.Column("fired_at", sa.DateTime(timezone=True), nullable=True))
     op.alter_column("campaign_sends", "contact_id", existing_type=sa.UUID(), nullable=True)
+    op.add_column(
+        "campaign_staff_tasks", sa.Column("notified_at", sa.DateTime(timezone=True), nullable=True)
+    )
+    op.add_column(
+        "campaign_staff_tasks", sa.Column("reminded_at", sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("campaign_staff_tasks", "reminded_at")
+    op.drop_column("campaign_staff_tasks", "notified_at")
     op.execute("DELETE FROM campaign_sends WHERE contact_id IS NULL")
     op.alter_column("campaign_sends", "contact_id", existing_type=sa.UUID(), nullable=False)
     op.drop_column("campaigns", "fired_at")

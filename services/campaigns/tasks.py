@@ -13,6 +13,7 @@ from services.campaigns.sends import notices
 from services.campaigns.sends.dispatch import SendDispatcher
 from services.campaigns.sends.wecom_mass import WeComMassQueue
 from services.campaigns.sends.welcome_lane import WelcomeLane
+from services.campaigns.staff.notices import StaffNotices
 from shared.runtime import Runtime
 from shared.worker import worker_loop
 
@@ -42,3 +43,9 @@ def wecom_mass_queue(runtime: Runtime) -> WeComMassQueue:
 def welcome_lane(runtime: Runtime) -> WelcomeLane:
     """Welcome messages planned from the stored callbacks, ahead of their backlog."""
     return WelcomeLane(runtime)
+
+
+@worker_loop("campaigns")
+def staff_notices(runtime: Runtime) -> StaffNotices:
+    """Staff told of their tasks, and of overdue ones, by WeCom app message."""
+    return StaffNotices(runtime)

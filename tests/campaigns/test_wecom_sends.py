@@ -25,6 +25,7 @@ from services.campaigns.sends.dispatch import SendDispatcher
 from services.campaigns.sends.wecom_mass import WeComMassQueue
 from services.campaigns.sends.welcome_lane import WelcomeLane
 from services.campaigns.settings import campaigns_settings
+from services.campaigns.staff.notices import StaffNotices
 from services.users.identity import identity_context, name_context
 from services.users.models import Contact, ContactFollow, ContactIdentity
 from services.users.settings import users_settings
@@ -412,3 +413,44 @@ async def test_the_welcome_lane_sends_ahead_of_the_callback_backlog_and_only_onc
             )
         ).all()
     assert [tuple(r) for r in rows] == [("sent", True, True, "later", "waiting")]
+
+
+async def test_staff_are_told_of_their_tasks_and_of_overdue_ones_once(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+    moving: Moving,
+) -> None:
+    (contact,) = await _wecom_contacts(committed, corp, "lisi", 1)
+    journey = {
+        "name": "call them",
+        "trigger": {"type": "manual"},
+        "steps": [
+            {
+                "id": "call",
+                "type": "action",
+                "action": "create_task",
+                "title": "Call {{name}}",
+                "due_in_hours": 4,
+            }
+        ],
+    }
+    cid = await _launch(committed_client, corp, journey)
+    await _enrol_all(committed_client, corp, cid, [contact])
+    put = await committed_client.put(
+        "/v1/campaigns/settings", json={"wecom_agent_id": 1000002}, headers=bearer(corp.admin)
+    )
+    assert put.status_code == 200, put.text
+    await JourneyRunner(committed).drain()
+    notices = StaffNotices(committed)
+    await notices.drain()
+    await notices.drain()
+    sent = [(m["touser"], m["agentid"], m["text"]["content"]) for m in fake.messaging.app_messages]
+    assert len(sent) == 1 and sent[0][:2] == ("lisi", 1000002)
+    assert sent[0][2].startswith("新任务: Call c0")
+    moving.now += timedelta(hours=4, seconds=1)
+    await notices.drain()
+    await notices.drain()
+    overdue = [m["text"]["content"] for m in fake.messaging.app_messages[1:]]
+    assert len(overdue) == 1 and overdue[0].startswith("任务已逾期: Call c0")

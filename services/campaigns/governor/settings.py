@@ -146,6 +146,13 @@ class GovernorSettings(BaseModel):
         description="The text of the points service's expiry notices (points.expiring), "
         "with the template variables of a journey's sends.",
     )
+    wecom_agent_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="The WeCom app's AgentId: staff are told of their tasks (and of overdue "
+        "ones) by app message; without it they see them in the task list only.",
+    )
     sms_provider: SmsProvider | None = Field(
         default=None, description="Where SMS sends go; without one they are skipped (no_sms)."
     )

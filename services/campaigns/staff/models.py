@@ -50,3 +50,6 @@ class StaffTask(Base):
     reminders: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = utcnow_column()
     confirmed_at: Mapped[datetime | None]
+    # The WeCom app messages telling the staff member of it, and that it is overdue.
+    notified_at: Mapped[datetime | None]
+    reminded_at: Mapped[datetime | None]
