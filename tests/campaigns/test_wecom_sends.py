@@ -12,8 +12,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from services.users.identity import identity_context, name_context
 from services.users.models import Contact, ContactFollow, ContactIdentity
 from services.users.settings import users_settings
 from shared.db import unit_of_work
+from shared.events import publish_many
 from shared.runtime import Runtime
 from tests.clock import wait_until
 from tests.helpers import bearer
@@ -454,3 +456,119 @@ async def test_staff_are_told_of_their_tasks_and_of_overdue_ones_once(
     await notices.drain()
     overdue = [m["text"]["content"] for m in fake.messaging.app_messages[1:]]
     assert len(overdue) == 1 and overdue[0].startswith("任务已逾期: Call c0")
+
+
+async def test_the_wecom_quota_skips_or_postpones_with_its_reason(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+    moving: Moving,
+) -> None:
+    contacts = await _wecom_contacts(committed, corp, "lisi", 2)
+    journey = {
+        "name": "twice a day",
+        "trigger": {"type": "manual"},
+        "reentry": {"policy": "every_time"},
+        "steps": [
+            {
+                "id": "first",
+                "type": "action",
+                "action": "send",
+                "channel": "wecom_single",
+                "content": {"text": "one"},
+                "next": "second",
+            },
+            {
+                "id": "second",
+                "type": "action",
+                "action": "send",
+                "channel": "wecom_single",
+                "content": {"text": "two"},
+                "over_quota": "postpone",
+                "next": "third",
+            },
+            {
+                "id": "third",
+                "type": "action",
+                "action": "send",
+                "channel": "wecom_single",
+                "content": {"text": "three"},
+            },
+        ],
+    }
+    cid = await _launch(committed_client, corp, journey)
+    await _enrol_all(committed_client, corp, cid, contacts)  # quiet hours off
+    put = await committed_client.put(
+        "/v1/campaigns/settings",
+        json={"quiet_hours": None, "wecom_monthly_quota": 2},
+        headers=bearer(corp.admin),
+    )
+    assert put.status_code == 200
+    await JourneyRunner(committed).drain()
+    # One a day from the same staff member: the second waits for tomorrow.
+    found = await _sends(committed, cid)
+    assert found == {"planned": 2, "deferred:quota": 2}
+    async with committed.engine.connect() as conn:
+        due = await conn.scalar(
+            text(
+                "SELECT min(due_at) FROM campaign_sends WHERE campaign_id = :c "
+                "AND step_id = 'second'"
+            ),
+            {"c": cid},
+        )
+    tz = ZoneInfo("Asia/Shanghai")
+    assert due == datetime.combine(
+        moving.now.astimezone(tz).date() + timedelta(days=1), time(0), tz
+    )
+    moving.now = due + timedelta(seconds=1)
+    await JourneyRunner(committed).drain()
+    # The monthly quota (2) is reached by the second: the third is skipped, not sent.
+    assert await _sends(committed, cid) == {"planned": 4, "skipped:quota": 2}
+
+
+async def test_group_joined_starts_a_journey_whose_group_message_goes_to_that_group(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    corp: WeComTenant,
+    fake: FakeWeCom,
+    moving: Moving,
+) -> None:
+    a, b, c = await _wecom_contacts(committed, corp, "lisi", 3)
+    journey = {
+        "name": "group tutorial",
+        "trigger": {"type": "group.joined", "chat_ids": ["wrVIP"]},
+        "steps": [
+            {
+                "id": "tutorial",
+                "type": "action",
+                "action": "send",
+                "channel": "wecom_group",
+                "content": {"text": "群里的新朋友: 使用教程在这里"},
+            }
+        ],
+    }
+    cid = await _launch(committed_client, corp, journey)
+    await _enrol_all(committed_client, corp, cid, [])  # quiet hours off
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(
+            session,
+            [
+                ("group.joined", {"chat_id": "wrVIP", "contact_id": str(a)}, corp.tenant_id),
+                ("group.joined", {"chat_id": "wrVIP", "contact_id": str(b)}, corp.tenant_id),
+                ("group.joined", {"chat_id": "wrOther", "contact_id": str(c)}, corp.tenant_id),
+            ],
+        )
+    await relay_all(committed)
+    await work_until_idle(committed, "campaigns")
+    await JourneyRunner(committed).drain()
+    await WeComMassQueue(committed).drain()
+    calls = [b for n, b in fake.messaging.requests if n == "add_msg_template"]
+    assert [(b["chat_type"], b["sender"], b["chat_id_list"]) for b in calls] == [
+        ("group", "lisi", ["wrVIP"])
+    ], "one group message for the two who joined that group, none for the other"
+    [message] = fake.messaging.of_sender("lisi")
+    fake.messaging.confirm(message.msgid)
+    moving.now += timedelta(seconds=61)
+    await WeComMassQueue(committed).drain()
+    assert await _sends(committed, cid) == {"delivered": 2}
