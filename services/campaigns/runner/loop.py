@@ -15,11 +15,9 @@ wait_for's event arrives) and polls every `idle_poll_seconds` for waits falling 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,10 +26,8 @@ from services.campaigns.enrolment import schedule
 from services.campaigns.runner import engine
 from services.campaigns.runner.engine import Enrolment
 from services.campaigns.runner.wake import NOTIFY_CHANNEL
-from shared.config import plain_postgres_url
 from shared.db import unit_of_work
-from shared.relay import wait_any
-from shared.runtime import Runtime
+from shared.loops import ListeningLoop
 
 log = logging.getLogger("scrm.campaigns.runner")
 
@@ -108,12 +104,8 @@ async def run_campaign_batch(session: AsyncSession, campaign_id: int, limit: int
     return len(rows)
 
 
-class JourneyRunner:
-    def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 1.0) -> None:
-        self.runtime = runtime
-        self.idle_poll_seconds = idle_poll_seconds
-        self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
+class JourneyRunner(ListeningLoop):
+    channel = NOTIFY_CHANNEL
 
     async def step(self) -> int:
         """Fire the schedule triggers due, then one batch for every live campaign with
@@ -133,43 +125,3 @@ class JourneyRunner:
             except Exception:
                 log.exception("journey runner: a batch of campaign %s failed", campaign_id)
         return total
-
-    async def drain(self) -> int:
-        """Run everything due now (tests, burst runs)."""
-        total = 0
-        while handled := await self.step():
-            total += handled
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._listen()
-        try:
-            while not stop.is_set():
-                wake = self._wake
-                try:
-                    handled = await self.step()
-                except Exception:
-                    log.exception("journey runner: a round failed; retrying in 1 s")
-                    await wait_any(stop, None, 1.0)
-                    await self._listen()
-                    continue
-                if not handled:
-                    await wait_any(stop, wake, self.idle_poll_seconds)
-        finally:
-            if self._listener is not None and not self._listener.is_closed():
-                await self._listener.close()
-
-    def _notified(self, *_: object) -> None:
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
-            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("journey runner: LISTEN unavailable (%s); polling only", exc)
-            return
-        self._listener = conn

@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.campaigns import clock
 from services.campaigns.sends import channels
 from services.campaigns.settings import campaigns_settings
-from shared.config import plain_postgres_url
 from shared.db import unit_of_work
-from shared.relay import wait_any
+from shared.loops import ListeningLoop
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.campaigns.sends")
@@ -109,12 +107,11 @@ async def notify(session: AsyncSession) -> None:
     await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
-class SendDispatcher:
+class SendDispatcher(ListeningLoop):
+    channel = NOTIFY_CHANNEL
+
     def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 1.0) -> None:
-        self.runtime = runtime
-        self.idle_poll_seconds = idle_poll_seconds
-        self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
+        super().__init__(runtime, idle_poll_seconds=idle_poll_seconds)
         self._slots = asyncio.Semaphore(CONCURRENCY)
 
     async def step(self) -> int:
@@ -179,42 +176,3 @@ class SendDispatcher:
                     "now": now,
                 },
             )
-
-    async def drain(self) -> int:
-        total = 0
-        while handled := await self.step():
-            total += handled
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._listen()
-        try:
-            while not stop.is_set():
-                wake = self._wake
-                try:
-                    handled = await self.step()
-                except Exception:
-                    log.exception("send dispatcher: a round failed; retrying in 1 s")
-                    await wait_any(stop, None, 1.0)
-                    await self._listen()
-                    continue
-                if not handled:
-                    await wait_any(stop, wake, self.idle_poll_seconds)
-        finally:
-            if self._listener is not None and not self._listener.is_closed():
-                await self._listener.close()
-
-    def _notified(self, *_: object) -> None:
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
-            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("send dispatcher: LISTEN unavailable (%s); polling only", exc)
-            return
-        self._listener = conn

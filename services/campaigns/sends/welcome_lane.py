@@ -19,7 +19,6 @@ a customer new to us) is left to the step.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -28,7 +27,6 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 
 from services import users
@@ -37,10 +35,9 @@ from services.campaigns.governor import planner, rules
 from services.campaigns.runner.engine import Plan
 from services.campaigns.sends import render
 from services.campaigns.sends.dispatch import SendDispatcher
-from shared.config import plain_postgres_url
 from shared.db import unit_of_work
 from shared.events import INBOUND_CHANNEL
-from shared.relay import wait_any
+from shared.loops import ListeningLoop
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.campaigns.welcome")
@@ -65,15 +62,15 @@ _WELCOME_JOURNEYS = text(
 _START = text("SELECT coalesce(max(id), 0) FROM inbound_events")
 
 
-class WelcomeLane:
+class WelcomeLane(ListeningLoop):
+    channel = INBOUND_CHANNEL
+    always_wait = True
+
     def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 0.1) -> None:
-        self.runtime = runtime
-        self.idle_poll_seconds = idle_poll_seconds
+        super().__init__(runtime, idle_poll_seconds=idle_poll_seconds)
         self.cursor: int | None = None
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._journeys: dict[uuid.UUID, tuple[float, list[Any]]] = {}
-        self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
         self._dispatcher = SendDispatcher(runtime)
 
     async def step(self) -> int:
@@ -193,41 +190,3 @@ class WelcomeLane:
         ]
         self._journeys[tenant_id] = (time.monotonic(), rows)
         return rows
-
-    async def drain(self) -> int:
-        total = 0
-        while handled := await self.step():
-            total += handled
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._listen()
-        try:
-            while not stop.is_set():
-                wake = self._wake
-                try:
-                    await self.step()
-                except Exception:
-                    log.exception("welcome lane: a round failed; retrying in 1 s")
-                    await wait_any(stop, None, 1.0)
-                    await self._listen()
-                    continue
-                await wait_any(stop, wake, self.idle_poll_seconds)
-        finally:
-            if self._listener is not None and not self._listener.is_closed():
-                await self._listener.close()
-
-    def _notified(self, *_: object) -> None:
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
-            await conn.add_listener(INBOUND_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("welcome lane: LISTEN unavailable (%s); polling only", exc)
-            return
-        self._listener = conn

@@ -29,17 +29,14 @@ import uuid
 from collections import defaultdict
 from datetime import timedelta
 
-import asyncpg  # type: ignore[import-untyped]
-
 from services import users
 from services.tagging import clock
 from services.tagging.wecom import corp_tags, jobs
 from services.tagging.wecom import ops_repository as ops_repo
 from services.tagging.wecom.settings import wecom_tag_settings
 from services.users.wecom_client import WeComApiError, WeComClient
-from shared.config import plain_postgres_url
 from shared.db import unit_of_work
-from shared.relay import wait_any
+from shared.loops import ListeningLoop
 from shared.runtime import Runtime
 
 log = logging.getLogger("scrm.tagging.wecom")
@@ -54,15 +51,14 @@ def backoff(attempt: int) -> float:
     return float(min(settings.retry_max_seconds, settings.retry_base_seconds * 4 ** (attempt - 1)))
 
 
-class WeComTagQueue:
+class WeComTagQueue(ListeningLoop):
+    channel = ops_repo.NOTIFY_CHANNEL
+
     def __init__(self, runtime: Runtime, *, idle_poll_seconds: float = 1.0) -> None:
-        self.runtime = runtime
-        self.idle_poll_seconds = idle_poll_seconds
+        super().__init__(runtime, idle_poll_seconds=idle_poll_seconds)
         self._semaphores: dict[uuid.UUID, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(wecom_tag_settings().max_concurrent_calls)
         )
-        self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
 
     async def step(self) -> int:
         """Run the ops due of every tenant that has some; how many it ran."""
@@ -212,43 +208,3 @@ class WeComTagQueue:
                 delay,
                 error,
             )
-
-    async def drain(self) -> int:
-        """Run every op due now (tests, burst runs); retries due later are left."""
-        total = 0
-        while handled := await self.step():
-            total += handled
-        return total
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self._listen()
-        try:
-            while not stop.is_set():
-                wake = self._wake
-                try:
-                    handled = await self.step()
-                except Exception:
-                    log.exception("wecom tag queue: a round failed; retrying in 1 s")
-                    await wait_any(stop, None, 1.0)
-                    await self._listen()
-                    continue
-                if not handled:
-                    await wait_any(stop, wake, self.idle_poll_seconds)
-        finally:
-            if self._listener is not None and not self._listener.is_closed():
-                await self._listener.close()
-
-    def _notified(self, *_: object) -> None:
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
-    async def _listen(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        try:
-            conn = await asyncpg.connect(plain_postgres_url(self.runtime.database_url), timeout=5)
-            await conn.add_listener(ops_repo.NOTIFY_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("wecom tag queue: LISTEN unavailable (%s); polling only", exc)
-            return
-        self._listener = conn
