@@ -161,6 +161,8 @@ async def enrol_segment(database_url: str, args: argparse.Namespace) -> dict[str
 # -- (b) 100,000 contacts due in the same minute --------------------------------------------
 
 CORP_ID = "wwbenchcampaigns01"
+TOKEN = "BenchToken1"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 APP_SECRET = "bench-app-secret"
 
 
@@ -206,20 +208,7 @@ async def due_together(admin_url: str, redis_url: str, args: argparse.Namespace)
         }
         try:
             scrm(env, "migrate")
-            scrm(
-                env,
-                "tenant",
-                "create",
-                "bench",
-                "--wecom-corp-id",
-                CORP_ID,
-                "--wecom-token",
-                "BenchToken1",
-                "--wecom-aes-key",
-                "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
-                "--wecom-secret",
-                APP_SECRET,
-            )
+            _wecom_tenant(env)
             cipher = get_cipher(Settings(_env_file=None, SCRM_SECRET_KEY="c" * 40))
             conn = await asyncpg.connect(plain_postgres_url(database_url))
             try:
@@ -328,6 +317,24 @@ async def due_together(admin_url: str, redis_url: str, args: argparse.Namespace)
     }
 
 
+def _wecom_tenant(env: dict[str, str]) -> None:
+    """The tenant `bench`, with WeCom callback settings and the app secret."""
+    scrm(
+        env,
+        "tenant",
+        "create",
+        "bench",
+        "--wecom-corp-id",
+        CORP_ID,
+        "--wecom-token",
+        TOKEN,
+        "--wecom-aes-key",
+        AES_KEY,
+        "--wecom-secret",
+        APP_SECRET,
+    )
+
+
 def _campaigns_worker(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "worker", "--service", "campaigns"],
@@ -406,9 +413,6 @@ async def _live_mass_journey(conn: Any, tenant_id: uuid.UUID) -> int:
 
 
 # -- (c) welcome messages under a flood of callbacks ----------------------------------------
-
-TOKEN = "BenchToken1"
-AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
 def _welcome_callbacks(n: int, every: int) -> tuple[list[bytes], dict[int, str]]:
@@ -491,20 +495,7 @@ async def welcome_latency(
             "PYTHONPATH": str(ROOT),
         }
         scrm(env, "migrate")
-        scrm(
-            env,
-            "tenant",
-            "create",
-            "bench",
-            "--wecom-corp-id",
-            CORP_ID,
-            "--wecom-token",
-            TOKEN,
-            "--wecom-aes-key",
-            AES_KEY,
-            "--wecom-secret",
-            APP_SECRET,
-        )
+        _wecom_tenant(env)
         conn = await asyncpg.connect(plain_postgres_url(database_url))
         try:
             tenant_id = await conn.fetchval("SELECT id FROM tenants WHERE slug = 'bench'")

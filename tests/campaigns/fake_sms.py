@@ -8,17 +8,17 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import threading
 import time
 from collections import Counter
 from typing import Any
 
-import anyio
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
+
+from tests.users.fake_wecom import serve_in_thread, stop_served
 
 
 class FakeSms:
@@ -39,35 +39,12 @@ class FakeSms:
         self._thread: threading.Thread | None = None
 
     async def __aenter__(self) -> FakeSms:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._asgi,
-            interface="asgi3",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake SMS gateway did not start")
-            await anyio.sleep(0.005)
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._server, self._thread, self.base_url = await serve_in_thread(self._asgi, "SMS")
         return self
 
     async def __aexit__(self, *_: object) -> None:
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            await anyio.to_thread.run_sync(self._thread.join, 10)
+            await stop_served(self._server, self._thread)
 
     def lose_answers(self, n: int = 1) -> None:
         with self._lock:

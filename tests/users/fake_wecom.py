@@ -166,39 +166,12 @@ class FakeWeCom:
     # -- lifecycle ------------------------------------------------------------
 
     async def __aenter__(self) -> FakeWeCom:
-        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
-        # and without it every answer waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._asgi,
-            interface="asgi3",
-            lifespan="off",
-            loop="asyncio",
-            http="h11",
-            log_config=None,  # never reconfigure the test run's logging
-            log_level="warning",
-            access_log=False,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake WeCom server did not start")
-            await anyio.sleep(0.005)
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._server, self._thread, self.base_url = await serve_in_thread(self._asgi, "WeCom")
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            await anyio.to_thread.run_sync(self._thread.join, 10)
+            await stop_served(self._server, self._thread)
 
     # -- state the test sets --------------------------------------------------
 
@@ -765,3 +738,41 @@ def _follow_info(follow: dict[str, Any]) -> dict[str, Any]:
     info = {k: v for k, v in follow.items() if k != "tags"}
     info["tag_id"] = [t["tag_id"] for t in follow.get("tags", []) if "tag_id" in t]
     return info
+
+
+async def serve_in_thread(
+    app: Callable[[Scope, Receive, Send], Awaitable[None]], what: str
+) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Serve an ASGI app on a free 127.0.0.1 port from a thread of its own (it answers
+    however busy the test's event loop is, as a remote server would): the server, its
+    thread and its base URL."""
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
+    # and without it every answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        interface="asgi3",
+        lifespan="off",
+        loop="asyncio",
+        http="h11",
+        log_config=None,  # never reconfigure the test run's logging
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"fake {what} server did not start")
+        await anyio.sleep(0.005)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+async def stop_served(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    await anyio.to_thread.run_sync(thread.join, 10)
