@@ -304,6 +304,13 @@ async def due_together(admin_url: str, redis_url: str, args: argparse.Namespace)
         "leases had run out)"
     )
     print(f"  first call {first:.1f} s, last call {last:.1f} s after the minute (target <= 60 s)")
+    per_sender: dict[str, int] = {}
+    for _, body in calls:
+        per_sender[body["sender"]] = per_sender.get(body["sender"], 0) + 1
+    print(
+        f"  staff tasks (calls) per sender: at most {max(per_sender.values())} "
+        f"for {len(per_sender)} senders"
+    )
     print(f"  recipients: {len(set(recipients)):,}; duplicates {duplicates}, missed {missed}")
     print(f"  sends by status: {dict(sorted(states.items()))}")
     return {
@@ -314,6 +321,7 @@ async def due_together(admin_url: str, redis_url: str, args: argparse.Namespace)
         "last_call_s": round(last, 2),
         "duplicates": duplicates,
         "missed": missed,
+        "max_calls_per_sender": max(per_sender.values()),
     }
 
 

@@ -91,6 +91,9 @@ _PLANNED = text(
     """
 )
 MAX_GATHER_SECONDS = 300
+_BUNDLER_LOCK = text(
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('campaigns.wecom_bundle', 0))"
+)
 
 _NEW_JOB = text(
     """
@@ -225,6 +228,10 @@ class WeComMassQueue:
         now = clock.now()
         settings = campaigns_settings()
         async with unit_of_work(self.runtime.sessionmaker) as session:
+            # One bundler at a time: two taking halves of a wave would make two tasks
+            # per staff member.
+            if not await session.scalar(_BUNDLER_LOCK):
+                return 0
             busy = (await session.execute(_STILL_PLANNING, {"now": now})).all()
             rows: list[Any] = []
             # A whole wave in one round (up to BUNDLE_ROUND), so that each staff member
