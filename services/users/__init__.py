@@ -243,21 +243,24 @@ async def recent_welcome_codes(
     within_seconds: float,
     limit: int = 2000,
     skip: Collection[int] = (),
-) -> list[dict[str, object]]:
+) -> tuple[list[dict[str, object]], int]:
     """The WeCom `add_external_contact` callbacks stored after inbound row `after_id`
     (and in the last `within_seconds`) that carry a WelcomeCode, whether or not this
     service has applied them yet: for a welcome message that must reach WeCom within
     the code's 20 s, ahead of a backlog of callbacks. Each: `inbound_id`,
     `tenant_id`, `staff_userid`, `external_userid`, `state`, `welcome_code`,
     `received_at` (`contacts_by_external_userid` says which are known already).
-    Rows whose ids are in `skip` (seen before) are left out without being read."""
-    from sqlalchemy import select, text
+    Rows whose ids are in `skip` (seen before) are left out without being read. Also
+    the highest inbound id stored when asked: a caller's next `after_id` (less a
+    margin for rows committed late), so that it never reads the same rows again."""
+    from sqlalchemy import func, select, text
 
     from services.users.ingest import read_payload
     from services.users.models import InboundEvent
     from services.users.wecom_crypto import parse_xml
     from shared.runtime import runtime_of
 
+    high = int(await session.scalar(select(func.max(InboundEvent.id))) or 0)
     rows = (
         await session.execute(
             select(
@@ -297,7 +300,7 @@ async def recent_welcome_codes(
                 "received_at": row.received_at,
             }
         )
-    return found
+    return found, high
 
 
 async def contacts_by_external_userid(

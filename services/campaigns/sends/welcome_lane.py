@@ -79,12 +79,11 @@ class WelcomeLane(ListeningLoop):
                 # Rows stored before this worker started are older than a code lives.
                 self.cursor = max(0, int(await session.scalar(_START) or 0) - 5_000)
             # Ids are handed out before commit: look back a little for late commits.
-            facts = await users.recent_welcome_codes(
+            fresh, high = await users.recent_welcome_codes(
                 session, max(0, self.cursor - 500), WITHIN_SECONDS, skip=self._seen.keys()
             )
-            fresh = facts
-            for fact in facts:
-                self.cursor = max(self.cursor, int(str(fact["inbound_id"])))
+            self.cursor = max(self.cursor, high)
+            for fact in fresh:
                 self._seen[int(str(fact["inbound_id"]))] = None
             # Only the callbacks a live welcome journey takes (by channel code) go on.
             wanted: dict[uuid.UUID, list[tuple[dict[str, Any], Any]]] = {}
