@@ -28,6 +28,7 @@ from services import tagging, users
 from services.campaigns.enrolment.service import goal_events
 from services.campaigns.governor import planner
 from services.campaigns.journeys.definition import CHANNELS
+from services.campaigns.sends.dispatch import notify as notify_sends
 from shared.events import publish_many
 
 # Rounds a batch goes through at most: a journey of MAX_STEPS steps without a wait
@@ -365,6 +366,8 @@ async def _write(
             },
         )
     await planner.write_sends(session, plan, now)
+    if any(row["status"] == "planned" for row in plan.sends):
+        await notify_sends(session)  # the dispatchers wake at commit
     await planner.write_tasks(session, plan)
     if plan.tag_requests or plan.awards:
         await publish_many(
