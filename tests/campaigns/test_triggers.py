@@ -200,3 +200,57 @@ async def test_events_from_before_a_journey_went_live_enrol_nobody_even_when_swe
         "staff_userid": "s1",
         "state": "qr",
     }
+
+
+async def test_tag_triggers_enrol_on_their_tag_only(
+    committed: Runtime, committed_client: httpx.AsyncClient
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        h = bearer(await make_key(session, tenant, "operator"))
+    group = await committed_client.post(
+        "/v1/tag-groups", json={"name": "interest", "half_life_days": 30, "floor": 1}, headers=h
+    )
+    assert group.status_code == 201, group.text
+    made = []
+    for tag_name in ("tea", "wine"):
+        tag = await committed_client.post(
+            "/v1/tags", json={"group_id": group.json()["id"], "name": tag_name}, headers=h
+        )
+        assert tag.status_code == 201, tag.text
+        made.append(tag.json()["id"])
+    tea, wine = made
+    added = await _journey(committed_client, h, "tea lovers", {"type": "tag.added", "tag_id": tea})
+    removed = await _journey(
+        committed_client, h, "tea quitters", {"type": "tag.removed", "tag_id": tea}
+    )
+    a, b = uuid.uuid4(), uuid.uuid4()
+    tagged = {
+        "group_id": 1,
+        "weight": 1.0,
+        "source": "rule",
+        "occurred_at": "2026-12-01T10:00:00+08:00",
+    }
+    ids = await _publish(
+        committed,
+        tenant.id,
+        [
+            ("tag.added", {**tagged, "contact_id": str(a), "tag_id": tea}),
+            ("tag.added", {**tagged, "contact_id": str(b), "tag_id": wine}),
+            (
+                "tag.removed",
+                {
+                    "contact_id": str(b),
+                    "tag_id": tea,
+                    "group_id": 1,
+                    "reason": "decayed",
+                    "occurred_at": "2026-12-01T10:00:00+08:00",
+                },
+            ),
+        ],
+    )
+    await relay_all(committed)
+    await work_until_idle(committed, "campaigns")
+    assert await _enrolled(committed, added) == [(a, "once")]
+    assert await _enrolled(committed, removed) == [(b, "once")]
+    assert ids
