@@ -384,3 +384,8 @@ class HealthAlert(TenantScoped, Base):
     delivered_at: Mapped[datetime | None]
     delivery_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = utcnow_column()
+
+
+# The referrals part keeps its tables in its own models.py; imported here so the single
+# Alembic history (which loads each service's models) sees them.
+from services.points.referrals import models as referrals_models  # noqa: E402, F401
