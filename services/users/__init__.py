@@ -334,3 +334,21 @@ async def contacts_by_external_userid(
         )
     )
     return {by_key[bytes(row.value_bidx)]: row.contact_id for row in rows}
+
+
+async def contacts_created_at(
+    session: AsyncSession, tenant_id: UUID, contact_ids: Collection[UUID]
+) -> dict[UUID, object]:
+    """When each of these contacts was first known (its row's creation time)."""
+    from sqlalchemy import select
+
+    from services.users.models import Contact
+
+    if not contact_ids:
+        return {}
+    rows = await session.execute(
+        select(Contact.id, Contact.created_at).where(
+            Contact.tenant_id == tenant_id, Contact.id.in_(list(contact_ids))
+        )
+    )
+    return {row.id: row.created_at for row in rows}

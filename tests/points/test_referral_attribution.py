@@ -1,0 +1,123 @@
+"""Attribution through WeCom channel codes, on the real bus: the first valid one wins
+(once, however often the event comes), the inviter's inviter is kept for chains, and
+self-invites, contacts known before the code, cycles and unknown codes are refused
+with their reason."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import text, update
+
+from services.users.models import Contact
+from shared.db import unit_of_work
+from shared.events import publish_many
+from shared.relay import DELIVER_JOB
+from shared.runtime import Runtime
+from tests.helpers import bearer, make_key, make_tenant
+from tests.shared.bus_support import relay_all, work_until_idle
+
+
+async def _contact(
+    runtime: Runtime, tenant_id: uuid.UUID, *, created: datetime | None = None
+) -> uuid.UUID:
+    contact = uuid.uuid4()
+    async with unit_of_work(runtime.sessionmaker) as session:
+        session.add(Contact(id=contact, tenant_id=tenant_id))
+        if created is not None:
+            await session.flush()
+            await session.execute(
+                update(Contact).where(Contact.id == contact).values(created_at=created)
+            )
+    return contact
+
+
+async def _code(client: httpx.AsyncClient, h: dict[str, str], contact: uuid.UUID) -> str:
+    answer = await client.get(f"/v1/points/referrals/codes/{contact}", headers=h)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["code"])
+
+
+def _added(contact: uuid.UUID, state: str | None) -> dict[str, Any]:
+    return {
+        "contact_id": str(contact),
+        "occurred_at": "2026-12-01T10:00:00+08:00",
+        "staff_userid": "zhangsan",
+        "state": state,
+        "welcome_code": None,
+        "new_contact": True,
+    }
+
+
+async def _referrals(runtime: Runtime, tenant_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT invitee_id, inviter_id, level2_inviter_id, status, reason, source "
+                "FROM referrals WHERE tenant_id = :t ORDER BY id"
+            ),
+            {"t": tenant_id},
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_channel_codes_attribute_once_with_their_chain_and_refusals(
+    committed: Runtime, committed_client: httpx.AsyncClient
+) -> None:
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        other = await make_tenant(session)
+        h = bearer(await make_key(session, tenant, "operator"))
+    old = await _contact(committed, tenant.id, created=datetime.now(UTC) - timedelta(days=30))
+    alice = await _contact(committed, tenant.id)
+    alice_code = await _code(committed_client, h, alice)
+    bob = await _contact(committed, tenant.id)
+    bob_code = await _code(committed_client, h, bob)
+    carol = await _contact(committed, tenant.id)
+    stranger = await _contact(committed, other.id)
+    events = [
+        ("contact.added", _added(bob, f"ref-{alice_code}")),  # bob came through alice
+        ("contact.added", _added(carol, f"ref-{bob_code}")),  # carol through bob: level 2 alice
+        ("contact.added", _added(carol, f"ref-{alice_code}")),  # a second invite: refused
+        ("contact.added", _added(alice, f"ref-{alice_code}")),  # self
+        ("contact.added", _added(alice, f"ref-{bob_code}")),  # a cycle
+        ("contact.added", _added(old, f"ref-{alice_code}")),  # known before the code
+        ("contact.added", _added(stranger, f"ref-{alice_code}")),  # another tenant's
+        ("contact.added", _added(old, "ref-NOSUCHCODE")),
+        ("contact.added", _added(old, "live-1111")),  # not an invite: never delivered
+    ]
+    async with unit_of_work(committed.sessionmaker) as session:
+        await publish_many(
+            session,
+            [
+                (t, p, other.id if p["contact_id"] == str(stranger) else tenant.id)
+                for t, p in events
+            ],
+        )
+    await relay_all(committed)
+    await work_until_idle(committed, "points")
+    # Delivered again: nothing more.
+    async with committed.engine.connect() as conn:
+        ids = [
+            r[0]
+            for r in await conn.execute(
+                text("SELECT id FROM outbox_events WHERE type = 'contact.added' ORDER BY id")
+            )
+        ]
+    await committed.redis.enqueue_job(DELIVER_JOB, ids, _queue_name=committed.queue_name("points"))
+    await work_until_idle(committed, "points")
+    assert await _referrals(committed, tenant.id) == [
+        (bob, alice, None, "pending", None, "wecom"),
+        (carol, bob, alice, "pending", None, "wecom"),
+        (carol, alice, None, "refused", "already_attributed", "wecom"),
+        (alice, alice, None, "refused", "self_invite", "wecom"),
+        (alice, bob, None, "refused", "cycle", "wecom"),
+        (old, alice, None, "refused", "already_known", "wecom"),
+        (old, None, None, "refused", "unknown_code", "wecom"),
+    ]
+    assert await _referrals(committed, other.id) == [
+        (stranger, None, None, "refused", "unknown_code", "wecom")
+    ], "a code of another tenant is unknown"
