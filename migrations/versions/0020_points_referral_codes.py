@@ -29,6 +29,9 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
             nullable=False,
         ),
+        sa.Column("qr_code", sa.Text(), nullable=True),
+        sa.Column("wecom_config_id", sa.String(length=100), nullable=True),
+        sa.Column("qr_error", sa.String(length=100), nullable=True),
         sa.PrimaryKeyConstraint("tenant_id", "contact_id", name=op.f("pk_referral_codes")),
     )
     op.create_index("uq_referral_codes_code", "referral_codes", ["code"], unique=True)

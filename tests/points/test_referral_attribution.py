@@ -10,15 +10,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text, update
 
 from services.users.models import Contact
+from services.users.settings import users_settings
 from shared.db import unit_of_work
 from shared.events import publish_many
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
 from tests.helpers import bearer, make_key, make_tenant
-from tests.shared.bus_support import relay_all, work_until_idle
+from tests.shared.bus_support import relay_all, schedule_and_work, work_until_idle
+from tests.users.fake_wecom import FakeWeCom
+from tests.users.support import CORP_ID, wecom_tenant
 
 
 async def _contact(
@@ -121,3 +125,50 @@ async def test_channel_codes_attribute_once_with_their_chain_and_refusals(
     assert await _referrals(committed, other.id) == [
         (stranger, None, None, "refused", "unknown_code", "wecom")
     ], "a code of another tenant is unknown"
+
+
+async def test_an_inviter_gets_a_wecom_channel_code_naming_them(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with FakeWeCom(corp_id=CORP_ID, secret="referral-app-secret") as fake:
+        monkeypatch.setenv("SCRM_WECOM_API_BASE", fake.base_url)
+        users_settings.cache_clear()
+        try:
+            corp = await wecom_tenant(committed, app_secret="referral-app-secret")
+            plain = await make_tenant_with_key(committed)
+            inviter = uuid.uuid4()
+            alone = uuid.uuid4()
+            async with unit_of_work(committed.sessionmaker) as session:
+                session.add(
+                    Contact(id=inviter, tenant_id=corp.tenant_id, owner_staff_userid="zhangsan")
+                )
+                session.add(Contact(id=alone, tenant_id=plain[0], owner_staff_userid="lisi"))
+            h = bearer(corp.admin)
+            first = await committed_client.get(f"/v1/points/referrals/codes/{inviter}", headers=h)
+            assert first.status_code == 200 and first.json()["qr_code"] is None
+            assert (
+                await committed_client.get(f"/v1/points/referrals/codes/{alone}", headers=plain[1])
+            ).status_code == 200
+            await schedule_and_work(committed, "points")
+            made = await committed_client.get(f"/v1/points/referrals/codes/{inviter}", headers=h)
+            code, qr = made.json()["code"], made.json()["qr_code"]
+            assert qr is not None and qr.startswith("https://wework.qpic.cn/fake/contactway/")
+            [way] = fake.messaging.contact_ways.values()
+            assert way["state"] == f"ref-{code}" and way["user"] == ["zhangsan"]
+            async with committed.engine.connect() as conn:
+                errors = dict(
+                    (
+                        await conn.execute(text("SELECT tenant_id, qr_error FROM referral_codes"))
+                    ).all()
+                )
+            assert errors == {corp.tenant_id: None, plain[0]: "no_wecom"}
+        finally:
+            users_settings.cache_clear()
+
+
+async def make_tenant_with_key(runtime: Runtime) -> tuple[uuid.UUID, dict[str, str]]:
+    async with unit_of_work(runtime.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        return tenant.id, bearer(await make_key(session, tenant, "operator"))

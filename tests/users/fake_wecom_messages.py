@@ -8,6 +8,7 @@
 - get_groupmsg_task, get_groupmsg_send_result, remind_groupmsg_send and
   cancel_groupmsg_send as WeCom answers them.
 - add_moment_task / get_moment_task_result, and message/send (app messages to staff).
+- add_contact_way (联系我 channel codes, with the `state` they carry).
 
 Failure injection: `lose_answers(name, n)` makes the next n calls of an endpoint do
 their work and then answer HTTP 502 (the answer lost on the way back); `hold(name)`
@@ -71,6 +72,7 @@ class FakeMessaging:
         self.messages: dict[str, MassMessage] = {}
         self.moments: dict[str, dict[str, Any]] = {}
         self.app_messages: list[dict[str, Any]] = []
+        self.contact_ways: dict[str, dict[str, Any]] = {}
         self._lost: Counter[str] = Counter()
         self._held: set[str] = set()
         self._release = threading.Event()
@@ -86,6 +88,7 @@ class FakeMessaging:
             "remind_groupmsg_send": self._remind,
             "cancel_groupmsg_send": self._cancel,
             "add_moment_task": self._add_moment_task,
+            "add_contact_way": self._add_contact_way,
         }
         routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
             ("POST", f"{BASE}/{name}"): self._recorded(name, handler)
@@ -252,6 +255,19 @@ class FakeMessaging:
                 return _err(41063, "msgid not found")
             message.cancelled = True
         return _ok()
+
+    async def _add_contact_way(self, _: Request, body: dict[str, Any]) -> Response:
+        """联系我: a channel code for staff, carrying `state` into the adds it brings."""
+        users = body.get("user") or []
+        state = str(body.get("state") or "")
+        if body.get("type") not in (1, 2) or not users or len(state) > 30:
+            return _err(40058, "invalid parameter")
+        config_id = "cw" + secrets.token_hex(8)
+        with self._lock:
+            self.contact_ways[config_id] = dict(body)
+        return _ok(
+            config_id=config_id, qr_code=f"https://wework.qpic.cn/fake/contactway/{config_id}"
+        )
 
     async def _add_moment_task(self, _: Request, body: dict[str, Any]) -> Response:
         jobid = "job" + secrets.token_urlsafe(10)

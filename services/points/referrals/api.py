@@ -27,6 +27,11 @@ class InviteCodeOut(BaseModel):
     code: str = Field(pattern=codes.CODE_PATTERN, description="Stable once made; unguessable.")
     link: str = Field(description="The share link (SCRM_POINTS_REFERRAL_LINK_BASE + code).")
     created_at: datetime
+    qr_code: str | None = Field(
+        description="The WeCom channel code (联系我 QR code image URL) whose State names the "
+        "inviter, for tenants with a WeCom app: made by a job just after the code, None "
+        "until then (and for tenants without WeCom)."
+    )
 
 
 @router.get(

@@ -4,7 +4,8 @@
 afterwards (concurrent first requests get one code: the insert keeps the first).
 A merged contact's request is answered with its survivor's code; an erased or
 unknown contact has none. The share link is `SCRM_POINTS_REFERRAL_LINK_BASE` + the
-code; the tenant's front end resolves it.
+code; the tenant's front end resolves it. A new code's WeCom channel code is made by
+a job (channel_codes.py) and shows once made (`qr_code`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services import users
+from services.points.ledger.booking import now as clock_now
 from services.points.referrals.models import ReferralCode
 from services.points.settings import points_settings
 from shared.errors import NotFound
+from shared.scheduler import schedule
 
 # 32 digits and capitals, without 0, 1, I and O (which read like one another).
 ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -60,17 +63,29 @@ async def code_for(
             .returning(ReferralCode.code)
         )
         found = await session.execute(
-            select(ReferralCode.code, ReferralCode.created_at).where(
+            select(ReferralCode.code, ReferralCode.created_at, ReferralCode.qr_code).where(
                 ReferralCode.tenant_id == tenant_id, ReferralCode.contact_id == contact_id
             )
         )
         row = found.first()
         if row is not None:
+            if made == row.code:
+                # A new code: its WeCom channel code is made by a job (channel_codes.py).
+                await schedule(
+                    session,
+                    service="points",
+                    job="make_channel_code",
+                    due_at=clock_now(),
+                    args={"contact_id": str(contact_id)},
+                    tenant_id=tenant_id,
+                    dedupe_key=f"channel_code:{tenant_id}:{contact_id}",
+                )
             return {
                 "contact_id": contact_id,
                 "code": row.code,
                 "link": points_settings().referral_link_base.rstrip("/") + "/" + row.code,
                 "created_at": row.created_at,
+                "qr_code": row.qr_code,
                 "created": made == row.code,
             }
     raise RuntimeError("no invite code could be made")

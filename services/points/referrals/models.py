@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base, utcnow_column
@@ -28,6 +28,11 @@ class ReferralCode(Base):
     contact_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = utcnow_column()
+    # The WeCom channel code (联系我, add_contact_way) whose State names the inviter:
+    # made by a job after the code, for tenants with a WeCom app.
+    qr_code: Mapped[str | None] = mapped_column(Text)
+    wecom_config_id: Mapped[str | None] = mapped_column(String(100))
+    qr_error: Mapped[str | None] = mapped_column(String(100))
 
 
 REFERRAL_STATUSES = ("pending", "qualified", "rewarded", "revoked", "refused")

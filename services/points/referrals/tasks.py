@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.points.referrals import attribution
+from services.points.referrals import attribution, channel_codes
 from shared.events import Event, subscribe_many
 
 
@@ -36,3 +36,6 @@ async def attribute_channel_code(session: AsyncSession, events: list[Event]) -> 
             event_key=f"event:{event.id}",
             at=event.created_at,
         )
+
+
+__all__ = ["channel_codes"]  # its job registers when this module is imported
