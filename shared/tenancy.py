@@ -74,3 +74,9 @@ async def get_tenant_by_slug(session: AsyncSession, slug: str) -> Tenant:
 
 async def list_tenants(session: AsyncSession) -> list[Tenant]:
     return list(await session.scalars(select(Tenant).order_by(Tenant.created_at)))
+
+
+async def tenant_timezone(session: AsyncSession, tenant_id: uuid.UUID) -> str:
+    """The tenant's IANA time zone (Asia/Shanghai for a tenant not found)."""
+    found = await session.scalar(select(Tenant.timezone).where(Tenant.id == tenant_id))
+    return found or "Asia/Shanghai"

@@ -30,6 +30,7 @@ from services.campaigns.governor import planner
 from services.campaigns.journeys.definition import CHANNELS
 from services.campaigns.sends.dispatch import notify as notify_sends
 from shared.events import publish_many
+from shared.tenancy import tenant_timezone
 
 # Rounds a batch goes through at most: a journey of MAX_STEPS steps without a wait
 # ends in fewer; a contact still moving after them is due again at once.
@@ -88,7 +89,7 @@ async def run(
     if not enrolments:
         return Plan()
     tenant_id = enrolments[0].tenant_id
-    tz = ZoneInfo(await _timezone(session, tenant_id))
+    tz = ZoneInfo(await tenant_timezone(session, tenant_id))
     governor = await planner.Governor.load(session, tenant_id, now, tz)
     plan = Plan()
     statuses = await users.contact_statuses(session, tenant_id, {e.contact_id for e in enrolments})
@@ -296,13 +297,6 @@ def pick_variant(step: dict[str, Any], enrolment_id: int) -> dict[str, Any] | No
         if point < 0:
             return dict(variant)
     return dict(step["variants"][-1])
-
-
-async def _timezone(session: AsyncSession, tenant_id: uuid.UUID) -> str:
-    found = await session.scalar(
-        text("SELECT timezone FROM tenants WHERE id = :t"), {"t": tenant_id}
-    )
-    return str(found or "Asia/Shanghai")
 
 
 def listens_for(definition: dict[str, Any], e: Enrolment) -> list[str]:

@@ -27,6 +27,7 @@ from services.campaigns.runner import engine
 from services.campaigns.runner.engine import Enrolment
 from services.campaigns.sends.dispatch import notify
 from shared.events import Event, subscribe_many
+from shared.tenancy import tenant_timezone
 
 # The notice's channel names and the campaign channel each is sent on.
 NOTICE_CHANNELS = {"in_app": "in_app", "sms": "sms", "wecom_template": "wecom_single"}
@@ -41,7 +42,7 @@ async def notify_expiring_points(session: AsyncSession, events: list[Event]) -> 
             by_tenant[event.tenant_id].append(event)
     planned = False
     for tenant_id, batch in sorted(by_tenant.items()):
-        tz = ZoneInfo(await engine._timezone(session, tenant_id))
+        tz = ZoneInfo(await tenant_timezone(session, tenant_id))
         governor = await planner.Governor.load(session, tenant_id, now, tz)
         template = governor.settings.expiry_notice
         by_channel: dict[str, list[Enrolment]] = defaultdict(list)

@@ -29,6 +29,7 @@ from services.users.wecom_client import WeComApiError, WeComUnavailable
 from shared.db import unit_of_work
 from shared.relay import wait_any
 from shared.runtime import Runtime
+from shared.tenancy import tenant_timezone
 
 log = logging.getLogger("scrm.campaigns.staff")
 BATCH = 200
@@ -72,14 +73,12 @@ class StaffNotices:
                 settings = await settings_of(session, tenant_id)
                 if settings.wecom_agent_id is None:
                     continue
-                zone = await session.scalar(
-                    text("SELECT timezone FROM tenants WHERE id = :t"), {"t": tenant_id}
-                )
+                tz = ZoneInfo(await tenant_timezone(session, tenant_id))
                 client = await users.wecom_api_client(
                     session, tenant_id, max_retries=1, http=shared_client()
                 )
                 if client is not None:
-                    plans.append((client, settings.wecom_agent_id, ZoneInfo(zone or "UTC"), tasks))
+                    plans.append((client, settings.wecom_agent_id, tz, tasks))
         for client, agent_id, zone, tasks in plans:
             try:
                 for task in tasks:

@@ -52,6 +52,7 @@ from services.tagging.profile.models import (
 from services.tagging.segments import compiler, rules
 from services.tagging.segments.models import Segment, SegmentMember
 from services.tagging.tags.models import ContactTag, Tag
+from shared import tenancy
 from shared.events import NOTIFY_CHANNEL
 from shared.models import OutboxEvent, Tenant
 
@@ -78,9 +79,7 @@ def changed_contacts(bound: BindParameter[Any]) -> Any:
     )
 
 
-async def tenant_timezone(session: AsyncSession, tenant_id: uuid.UUID) -> str:
-    found = await session.scalar(select(Tenant.timezone).where(Tenant.id == tenant_id))
-    return found or "Asia/Shanghai"
+tenant_timezone = tenancy.tenant_timezone
 
 
 # -- segments ------------------------------------------------------------------------------
