@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.ledger import earning, expiry, merge, repository, service
@@ -222,10 +223,30 @@ async def claw_back_refund(session: AsyncSession, events: list[Event]) -> None:
 
 @subscribe("points", "referral.succeeded", name="points.earn_invite")
 async def earn_invite(session: AsyncSession, event: Event) -> None:
-    """Points to the inviter of a successful referral."""
+    """Points to the inviter of a successful referral, once per referral.
+
+    The referrals part's hold expiry job books them with the referral's success
+    (set-based) under the key `referral:<id>:invite`, the key this handler books
+    under too: its delivery of that event finds them booked and books nothing. A
+    `referral.succeeded` without a referral_id (an integration's) is keyed by its event.
+    A referral revoked meanwhile earns nothing.
+    """
     contact = await _member(session, event, "inviter_contact_id")
     if contact is None or event.tenant_id is None:
         return
+    referral_id = event.payload.get("referral_id")
+    source_key = f"event:{event.event_id}"
+    if isinstance(referral_id, int):
+        from services.points.referrals.models import Referral
+
+        status = await session.scalar(
+            select(Referral.status)
+            .where(Referral.tenant_id == event.tenant_id, Referral.id == referral_id)
+            .with_for_update()
+        )
+        if status != "rewarded":
+            return
+        source_key = f"referral:{referral_id}:invite"
     rules = await load_rules(session, event.tenant_id)
     await service.earn_by_rule(
         session,
@@ -234,7 +255,7 @@ async def earn_invite(session: AsyncSession, event: Event) -> None:
         rule="invite",
         base_points=rules.rules.earning.invite.points,
         occurred_at=_occurred(event),
-        source_key=f"event:{event.event_id}",
+        source_key=source_key,
         rules=rules,
         reason="successful invite",
     )

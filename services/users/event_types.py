@@ -126,6 +126,24 @@ class ConsentChange(Properties):
     note: Annotated[StrictStr, Field(max_length=500)] | None = None
 
 
+class ReferralRegistered(Properties):
+    """The contact registered through an inviter's share link: the inviter's invite code,
+    and the device and IP it came from. The device id and IP are hashed (a keyed hash,
+    per tenant) at ingest and stored only as `device_hash` and `ip_hash` (any sent
+    under those names are dropped): what is kept can tell the same device again,
+    never which it was."""
+
+    model_config = _example(
+        {"code": "7KQ2MZ9XPA", "device_id": "idfa-4b1f0c2e", "ip": "203.0.113.24"}
+    )
+
+    code: Annotated[StrictStr, Field(min_length=1, max_length=16)] = Field(
+        description="The inviter's invite code (GET /v1/points/referrals/codes/{contact_id})."
+    )
+    device_id: Id | None = None
+    ip: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
+
+
 INBOUND_EVENT_TYPES: dict[str, type[Properties]] = {
     "order.paid": OrderPaid,
     "order.refunded": OrderRefunded,
@@ -138,7 +156,10 @@ INBOUND_EVENT_TYPES: dict[str, type[Properties]] = {
     "live.watch": LiveWatch,
     "consent.opt_in": ConsentChange,
     "consent.opt_out": ConsentChange,
+    "referral.registered": ReferralRegistered,
 }
+
+HASHED_PROPERTIES = {"referral.registered": {"device_id": "device_hash", "ip": "ip_hash"}}
 
 
 def is_known_type(event_type: str) -> bool:

@@ -30,6 +30,9 @@ _DESCRIPTIONS = {
     "then `consent.changed`).",
     "consent.opt_out": "The contact withdrew marketing consent for a channel (recorded, "
     "then `consent.changed`).",
+    "referral.registered": "The contact registered through an inviter's share link "
+    "(`code`, `device_id`, `ip`): attributes them to the inviter (points referrals); the "
+    "device id and IP are stored only hashed.",
     "custom.*": "A brand's own event, `custom.<name>`: stored on the timeline and "
     "published as it came.",
 }

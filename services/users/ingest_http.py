@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from services.users.directory import IngestConfig, TenantDirectory
+from services.users.event_types import HASHED_PROPERTIES
 from services.users.exceptions import WeComRejected
 from services.users.ingest import Inbound, InboundWriter
 from services.users.schemas import MAX_BATCH, EventIn, EventRejection, IngestResult
@@ -61,6 +62,7 @@ class IngestState:
         self.directory = TenantDirectory(
             runtime.sessionmaker, runtime.cipher, settings.tenant_cache_seconds
         )
+        self.cipher = runtime.cipher
 
 
 def ingest_state(app: Any) -> IngestState:
@@ -227,6 +229,9 @@ async def accept_events(
             rejected.append(EventRejection(index=index, event_id=shown_id, errors=errors))
             continue
         payload: dict[str, Any] = event.model_dump(mode="json", exclude_none=True)
+        hashed = HASHED_PROPERTIES.get(event.type)
+        if hashed:
+            payload["properties"] = _hashed(state, tenant_id, payload["properties"], hashed)
         payload["via"] = via
         items.append(Inbound(tenant_id, "event", event.event_id, event.type, payload))
     if not items:
@@ -237,6 +242,22 @@ async def accept_events(
     return IngestResult(
         accepted=sum(stored), duplicates=len(stored) - sum(stored), rejected=rejected
     )
+
+
+def _hashed(
+    state: IngestState, tenant_id: uuid.UUID, properties: dict[str, Any], names: dict[str, str]
+) -> dict[str, Any]:
+    """The properties with each of `names` replaced by its keyed hash (never stored in
+    plain): the same value hashes alike within the tenant, and the hash cannot be
+    reversed or matched without the key."""
+    kept = {k: v for k, v in properties.items() if k not in names and k not in names.values()}
+    for name, hashed in names.items():
+        value = properties.get(name)
+        if isinstance(value, str) and value.strip():
+            kept[hashed] = state.cipher.blind_index(
+                value.strip().lower(), kind=f"referral.{name}", tenant=str(tenant_id)
+            ).hex()
+    return kept
 
 
 # -- the fast path -------------------------------------------------------------------------

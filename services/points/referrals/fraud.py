@@ -1,0 +1,191 @@
+"""Manual review of inviters whose invites come too fast.
+
+An inviter with `velocity_per_minute` invites (50 by default; attributions refused as
+duplicates or over the cap count too) within a minute goes under review: one open
+review per inviter, and its referrals are not rewarded while it is open (their hold
+may end; they wait). Ops decide:
+
+- approve: the rewards proceed (the hold expiry job pays those whose hold ended);
+- reject: the inviter's referrals not yet revoked are revoked (`fraud`, with the
+  reason given), and what they paid is clawed back.
+
+A decision is made once; every decision is in the audit log (the route's audited
+request) and on the review itself (who, when, why). Invites after an approval
+count afresh: a new burst opens a new review.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.points.referrals import lifecycle
+from services.points.referrals.config import ReferralConfig
+from services.points.referrals.models import Referral, ReferralReview
+from shared.errors import Conflict, NotFound
+
+# Refusals that are still invites of the inviter (and so count towards the velocity).
+COUNTED_REFUSALS = ("duplicate_device", "duplicate_ip", "daily_cap", "already_known")
+WINDOW = timedelta(minutes=1)
+
+
+class ReviewNotFound(NotFound):
+    code = "review_not_found"
+
+
+class ReviewDecided(Conflict):
+    code = "review_decided"
+
+
+async def check_velocity(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    inviter_id: uuid.UUID,
+    config: ReferralConfig,
+    at: datetime,
+) -> int | None:
+    """Open a review when the inviter's invites of the last minute reach the threshold
+    (the caller holds the inviter's lock): the review's id, None when none opened."""
+    since = at - WINDOW
+    decided = await session.scalar(
+        select(func.max(ReferralReview.decided_at)).where(
+            ReferralReview.tenant_id == tenant_id,
+            ReferralReview.inviter_id == inviter_id,
+            ReferralReview.status == "approved",
+        )
+    )
+    if decided is not None and decided > since:
+        since = decided
+    invites = await session.scalar(
+        select(func.count())
+        .select_from(Referral)
+        .where(
+            Referral.tenant_id == tenant_id,
+            Referral.inviter_id == inviter_id,
+            Referral.attributed_at > since,
+            Referral.attributed_at <= at,
+            or_(Referral.status != "refused", Referral.reason.in_(COUNTED_REFUSALS)),
+        )
+    )
+    if (invites or 0) < config.velocity_per_minute:
+        return None
+    return await session.scalar(
+        insert(ReferralReview)
+        .values(
+            tenant_id=tenant_id,
+            inviter_id=inviter_id,
+            status="open",
+            trigger="velocity",
+            details={"invites_in_minute": invites, "threshold": config.velocity_per_minute},
+            opened_at=at,
+        )
+        .on_conflict_do_nothing()
+        .returning(ReferralReview.id)
+    )
+
+
+def review_view(row: ReferralReview) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "inviter_id": row.inviter_id,
+        "status": row.status,
+        "trigger": row.trigger,
+        "details": row.details,
+        "opened_at": row.opened_at,
+        "decided_at": row.decided_at,
+        "decided_by": row.decided_by,
+        "decision_reason": row.decision_reason,
+    }
+
+
+async def list_reviews(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    status: str | None,
+    after_id: int | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Reviews newest first (by id; the cursor is the last id shown)."""
+    query = select(ReferralReview).where(ReferralReview.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(ReferralReview.status == status)
+    if after_id is not None:
+        query = query.where(ReferralReview.id < after_id)
+    rows = (await session.scalars(query.order_by(ReferralReview.id.desc()).limit(limit + 1))).all()
+    page = [review_view(r) for r in rows[:limit]]
+    return page, (rows[limit - 1].id if len(rows) > limit else None)
+
+
+async def decide(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    review_id: int,
+    *,
+    approve: bool,
+    reason: str | None,
+    actor: str,
+    at: datetime,
+) -> dict[str, Any]:
+    """Approve or reject an open review (404 unknown, 409 `review_decided`)."""
+    row = await session.scalar(
+        select(ReferralReview)
+        .where(ReferralReview.tenant_id == tenant_id, ReferralReview.id == review_id)
+        .with_for_update()
+    )
+    if row is None:
+        raise ReviewNotFound(f"no review {review_id}")
+    if row.status != "open":
+        raise ReviewDecided(
+            f"review {review_id} was {row.status} already",
+            details={"status": row.status, "decided_by": row.decided_by},
+        )
+    revoked: list[int] = []
+    if not approve:
+        open_ids = list(
+            await session.scalars(
+                select(Referral.id).where(
+                    Referral.tenant_id == tenant_id,
+                    Referral.inviter_id == row.inviter_id,
+                    Referral.status.in_(("pending", "qualified")),
+                )
+            )
+        )
+        revoked = await lifecycle.revoke(
+            session,
+            tenant_id,
+            open_ids,
+            cause="fraud",
+            actor=actor,
+            at=at,
+            within_hold=False,
+            details={"review_id": review_id, "reason": reason},
+        )
+    await session.execute(
+        update(ReferralReview)
+        .where(ReferralReview.id == review_id)
+        .values(
+            status="approved" if approve else "rejected",
+            decided_at=at,
+            decided_by=actor,
+            decision_reason=reason,
+        )
+    )
+    await session.refresh(row)
+    return review_view(row) | {"revoked": len(revoked)}
+
+
+async def under_review(session: AsyncSession, tenant_id: uuid.UUID, inviter_id: uuid.UUID) -> bool:
+    found = await session.scalar(
+        select(ReferralReview.id).where(
+            ReferralReview.tenant_id == tenant_id,
+            ReferralReview.inviter_id == inviter_id,
+            ReferralReview.status == "open",
+        )
+    )
+    return found is not None
