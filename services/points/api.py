@@ -14,6 +14,7 @@ from services.points.catalog.api import router as catalog_router
 from services.points.health.api import router as health_router
 from services.points.ledger.api import router as ledger_router
 from services.points.referrals.api import router as referrals_router
+from services.points.referrals.report_api import router as referral_report_router
 from services.points.rules.api import router as rules_router
 from services.points.tiers.api import router as tiers_router
 
@@ -23,6 +24,7 @@ router.include_router(catalog_router)
 router.include_router(benefits_router)
 router.include_router(health_router)
 router.include_router(ledger_router)
+router.include_router(referral_report_router)
 router.include_router(referrals_router)
 router.include_router(rules_router)
 router.include_router(tiers_router)

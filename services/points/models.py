@@ -389,3 +389,4 @@ class HealthAlert(TenantScoped, Base):
 # The referrals part keeps its tables in its own models.py; imported here so the single
 # Alembic history (which loads each service's models) sees them.
 from services.points.referrals import models as referrals_models  # noqa: E402, F401
+from services.points.referrals import report_models  # noqa: E402, F401

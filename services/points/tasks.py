@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.ledger import earning, expiry, merge, repository, service
 from services.points.ledger.booking import Booked
+from services.points.referrals import reports_tasks as referral_report_tasks
 from services.points.referrals import tasks as referral_tasks
 from services.points.rules.service import TenantRules, load_rules
 from services.users import contact_statuses
@@ -28,7 +29,7 @@ from shared.statistics import keep_statistics_fresh
 
 log = logging.getLogger("scrm.points.tasks")
 # Handlers defined beside their rules register when their module is imported.
-HANDLER_MODULES = (merge, referral_tasks)
+HANDLER_MODULES = (merge, referral_tasks, referral_report_tasks)
 
 
 def _occurred(event: Event) -> datetime:

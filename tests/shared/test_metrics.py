@@ -111,9 +111,10 @@ async def test_event_counters_move_when_events_go_through(committed: Runtime) ->
     published = "scrm_events_published_total"
     handled = "scrm_events_handled_total"
     assert sample(after, published) - sample(before, published) == 1
-    # Two points handlers take order.paid: the earning and the held-points spend.
+    # Four points handlers take order.paid: the earning, the held-points spend, the
+    # referrals' qualification and the referral report's first payments.
     ok = sample(after, handled, service="points", outcome="ok")
-    assert ok - sample(before, handled, service="points", outcome="ok") == 2
+    assert ok - sample(before, handled, service="points", outcome="ok") == 4
 
 
 @pytest.mark.slow

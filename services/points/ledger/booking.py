@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.points import clock
 from services.points.exceptions import InsufficientPoints
 from services.points.ledger import expiry, repository
 from services.points.ledger.repository import LockedAccount
@@ -297,4 +298,5 @@ def _moved(account: LockedAccount, balance: int, debt: int) -> None:
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    """The points service's clock (services.points.clock)."""
+    return clock.now()

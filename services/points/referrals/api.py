@@ -91,7 +91,7 @@ class AttributionOut(BaseModel):
     "/points/referrals/attributions",
     status_code=201,
     response_model=AttributionOut,
-    openapi_extra={"x-scrm-errors": [401, 403, 413, 422]},
+    openapi_extra={"x-scrm-errors": [400, 401, 403, 413, 422]},
 )
 async def attribute(
     body: AttributionIn, principal: Operator, session: SessionDep
@@ -129,7 +129,7 @@ async def get_config(principal: Reader, session: SessionDep) -> ReferralConfig:
 @router.put(
     "/points/referrals/config",
     response_model=ReferralConfig,
-    openapi_extra={"x-scrm-errors": [401, 403, 413, 422]},
+    openapi_extra={"x-scrm-errors": [400, 401, 403, 413, 422]},
 )
 async def put_config(body: ReferralConfig, principal: Admin, session: SessionDep) -> ReferralConfig:
     """Replace the tenant's referral settings (omitted fields take their defaults). A
@@ -173,7 +173,11 @@ class DecisionOut(ReviewOut):
     revoked: int = Field(description="Referrals revoked by a rejection.")
 
 
-@router.get("/points/referrals/reviews", response_model=ReviewPage)
+@router.get(
+    "/points/referrals/reviews",
+    response_model=ReviewPage,
+    openapi_extra={"x-scrm-errors": [401, 403, 422]},
+)
 async def list_reviews(
     principal: Operator,
     session: SessionDep,
@@ -191,7 +195,7 @@ async def list_reviews(
     )
 
 
-_DECISION_ERRORS = {"x-scrm-errors": [401, 403, 404, 409, 413, 422]}
+_DECISION_ERRORS = {"x-scrm-errors": [400, 401, 403, 404, 409, 413, 422]}
 
 
 @router.post(

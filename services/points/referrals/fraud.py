@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,16 +61,30 @@ async def check_velocity(
     )
     if decided is not None and decided > since:
         since = decided
+    # The busiest minute around this invite, whatever order the invites arrive in
+    # (events are attributed at their own time, and may come late or out of order).
     invites = await session.scalar(
-        select(func.count())
-        .select_from(Referral)
-        .where(
-            Referral.tenant_id == tenant_id,
-            Referral.inviter_id == inviter_id,
-            Referral.attributed_at > since,
-            Referral.attributed_at <= at,
-            or_(Referral.status != "refused", Referral.reason.in_(COUNTED_REFUSALS)),
-        )
+        text(
+            """
+            SELECT COALESCE(max(n), 0) FROM (
+                SELECT count(*) OVER (
+                           ORDER BY attributed_at
+                           RANGE BETWEEN INTERVAL '59.999999 seconds' PRECEDING AND CURRENT ROW
+                       ) AS n
+                  FROM referrals
+                 WHERE tenant_id = :t AND inviter_id = :i
+                   AND attributed_at > :since AND attributed_at < :until
+                   AND (status <> 'refused' OR reason = ANY(CAST(:counted AS text[])))
+            ) AS windows
+            """
+        ),
+        {
+            "t": tenant_id,
+            "i": inviter_id,
+            "since": max(since, at - WINDOW),
+            "until": at + WINDOW,
+            "counted": list(COUNTED_REFUSALS),
+        },
     )
     if (invites or 0) < config.velocity_per_minute:
         return None

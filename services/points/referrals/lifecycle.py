@@ -135,7 +135,7 @@ async def qualify(
     config = await load_config(session, tenant_id)
     hold = timedelta(days=config.hold_days)
     qualified: list[int] = []
-    events: list[tuple[str, dict[str, Any], uuid.UUID | None]] = []
+    payloads: list[dict[str, Any]] = []
     for row in rows:
         order = first[row.invitee_id]
         until = order.paid_at + hold
@@ -154,20 +154,16 @@ async def qualify(
             },
         )
         qualified.append(row.id)
-        events.append(
-            (
-                "referral.qualified",
-                {
-                    "referral_id": row.id,
-                    "inviter_contact_id": str(row.inviter_id),
-                    "invitee_contact_id": str(row.invitee_id),
-                    "order_id": order.order_id,
-                    "amount_fen": order.amount_fen,
-                    "occurred_at": order.paid_at.isoformat(),
-                    "hold_until": until.isoformat(),
-                },
-                tenant_id,
-            )
+        payloads.append(
+            {
+                "referral_id": row.id,
+                "inviter_contact_id": str(row.inviter_id),
+                "invitee_contact_id": str(row.invitee_id),
+                "order_id": order.order_id,
+                "amount_fen": order.amount_fen,
+                "occurred_at": order.paid_at.isoformat(),
+                "hold_until": until.isoformat(),
+            }
         )
     await record_transitions(
         session,
@@ -182,7 +178,7 @@ async def qualify(
             for r in rows
         ],
     )
-    await publish_many(session, events)
+    await publish_many(session, [("referral.qualified", p, tenant_id) for p in payloads])
     if config.hold_days == 0:
         await reward_due(session, now=now, tenant_id=tenant_id, ids=qualified)
     return qualified
