@@ -147,6 +147,13 @@ async def decide(
     at: datetime,
 ) -> dict[str, Any]:
     """Approve or reject an open review (404 unknown, 409 `review_decided`)."""
+    inviter = await session.scalar(
+        select(ReferralReview.inviter_id).where(
+            ReferralReview.tenant_id == tenant_id, ReferralReview.id == review_id
+        )
+    )
+    if inviter is not None:  # the inviter first: the one lock order (lifecycle.py)
+        await lifecycle.lock_inviters(session, tenant_id, [inviter])
     row = await session.scalar(
         select(ReferralReview)
         .where(ReferralReview.tenant_id == tenant_id, ReferralReview.id == review_id)

@@ -15,8 +15,8 @@
 Every transition is recorded (`referral_transitions`, with its cause) and published
 (`referral.qualified`, `referral.succeeded`, `referral.revoked`).
 
-Locks, in one order everywhere: referral rows, then the inviter (a transaction-scoped
-advisory lock, under which succeeded counts are read and tiers paid), then accounts.
+Locks, in one order everywhere: the inviters (transaction-scoped advisory locks, under
+which counts are read and tiers paid), then referral rows, then accounts.
 """
 
 from __future__ import annotations
@@ -97,6 +97,21 @@ async def record_transitions(
     )
 
 
+# Each pending referral of these invitees, qualified by its invitee's first paid order.
+_QUALIFY = text(
+    """
+    UPDATE referrals r
+       SET status = 'qualified', qualified_at = u.at, hold_until = u.at + :hold,
+           order_id = u.o, order_amount_fen = u.a
+      FROM unnest(CAST(:invitees AS uuid[]), CAST(:ats AS timestamptz[]),
+                  CAST(:orders AS text[]), CAST(:amounts AS bigint[])) AS u(c, at, o, a)
+     WHERE r.tenant_id = :t AND r.invitee_id = u.c AND r.status = 'pending'
+    RETURNING r.id, r.invitee_id, r.inviter_id, r.order_id, r.order_amount_fen,
+              r.qualified_at, r.hold_until
+    """
+)
+
+
 # -- qualification ------------------------------------------------------------------------
 
 
@@ -118,53 +133,48 @@ async def qualify(
         first.setdefault(order.invitee_id, order)
     if not first:
         return []
-    rows = (
-        await session.execute(
-            select(Referral.id, Referral.invitee_id, Referral.inviter_id)
-            .where(
+    inviters = (
+        await session.scalars(
+            select(Referral.inviter_id).where(
                 Referral.tenant_id == tenant_id,
                 Referral.invitee_id.in_(list(first)),
                 Referral.status == "pending",
             )
-            .order_by(Referral.id)
-            .with_for_update()
+        )
+    ).all()
+    if not inviters:
+        return []
+    await lock_inviters(session, tenant_id, [i for i in inviters if i is not None])
+    config = await load_config(session, tenant_id)
+    orders_in = list(first.values())
+    rows = (
+        await session.execute(
+            _QUALIFY,
+            {
+                "t": tenant_id,
+                "hold": timedelta(days=config.hold_days),
+                "invitees": [o.invitee_id for o in orders_in],
+                "ats": [o.paid_at for o in orders_in],
+                "orders": [o.order_id for o in orders_in],
+                "amounts": [o.amount_fen for o in orders_in],
+            },
         )
     ).all()
     if not rows:
         return []
-    config = await load_config(session, tenant_id)
-    hold = timedelta(days=config.hold_days)
-    qualified: list[int] = []
-    payloads: list[dict[str, Any]] = []
-    for row in rows:
-        order = first[row.invitee_id]
-        until = order.paid_at + hold
-        await session.execute(
-            text(
-                "UPDATE referrals SET status = 'qualified', qualified_at = :at, "
-                "hold_until = :until, order_id = :order, order_amount_fen = :amount "
-                "WHERE id = :id"
-            ),
-            {
-                "at": order.paid_at,
-                "until": until,
-                "order": order.order_id,
-                "amount": order.amount_fen,
-                "id": row.id,
-            },
-        )
-        qualified.append(row.id)
-        payloads.append(
-            {
-                "referral_id": row.id,
-                "inviter_contact_id": str(row.inviter_id),
-                "invitee_contact_id": str(row.invitee_id),
-                "order_id": order.order_id,
-                "amount_fen": order.amount_fen,
-                "occurred_at": order.paid_at.isoformat(),
-                "hold_until": until.isoformat(),
-            }
-        )
+    qualified = [row.id for row in rows]
+    payloads = [
+        {
+            "referral_id": row.id,
+            "inviter_contact_id": str(row.inviter_id),
+            "invitee_contact_id": str(row.invitee_id),
+            "order_id": row.order_id,
+            "amount_fen": row.order_amount_fen,
+            "occurred_at": row.qualified_at.isoformat(),
+            "hold_until": row.hold_until.isoformat(),
+        }
+        for row in rows
+    ]
     await record_transitions(
         session,
         tenant_id,
@@ -173,10 +183,7 @@ async def qualify(
         cause="order_paid",
         actor="event",
         at=now,
-        details=[
-            {"order_id": first[r.invitee_id].order_id, "event_id": first[r.invitee_id].event_id}
-            for r in rows
-        ],
+        details=[{"order_id": r.order_id, "event_id": first[r.invitee_id].event_id} for r in rows],
     )
     await publish_many(session, [("referral.qualified", p, tenant_id) for p in payloads])
     if config.hold_days == 0:
@@ -186,24 +193,29 @@ async def qualify(
 
 # -- the hold's end -----------------------------------------------------------------------
 
+# Candidates, unlocked: their inviters are locked first (the one lock order), then
+# the referrals still due are rewarded.
 _DUE = text(
     """
-    WITH due AS (
-        SELECT r.id FROM referrals r
-         WHERE r.status = 'qualified' AND r.hold_until <= :now
-           AND (CAST(:tenant AS uuid) IS NULL OR r.tenant_id = CAST(:tenant AS uuid))
-           AND (CAST(:ids AS bigint[]) IS NULL OR r.id = ANY(CAST(:ids AS bigint[])))
-           AND NOT EXISTS (
-                SELECT 1 FROM referral_reviews v
-                 WHERE v.tenant_id = r.tenant_id AND v.inviter_id = r.inviter_id
-                   AND v.status = 'open')
-         ORDER BY r.id
-         LIMIT :limit
-           FOR UPDATE OF r SKIP LOCKED
-    )
+    SELECT r.id, r.tenant_id, r.inviter_id FROM referrals r
+     WHERE r.status = 'qualified' AND r.hold_until <= :now
+       AND (CAST(:tenant AS uuid) IS NULL OR r.tenant_id = CAST(:tenant AS uuid))
+       AND (CAST(:ids AS bigint[]) IS NULL OR r.id = ANY(CAST(:ids AS bigint[])))
+     ORDER BY r.id
+     LIMIT :limit
+    """
+)
+
+_REWARD = text(
+    """
     UPDATE referrals r SET status = 'rewarded', rewarded_at = :now
-      FROM due WHERE r.id = due.id
-    RETURNING r.id, r.tenant_id, r.inviter_id, r.invitee_id
+     WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.status = 'qualified'
+       AND r.hold_until <= :now
+       AND NOT EXISTS (
+            SELECT 1 FROM referral_reviews v
+             WHERE v.tenant_id = r.tenant_id AND v.inviter_id = r.inviter_id
+               AND v.status = 'open')
+    RETURNING r.id, r.inviter_id, r.invitee_id
     """
 )
 
@@ -231,21 +243,25 @@ async def reward_due(
 ) -> int:
     """Reward up to `limit` referrals whose hold has ended (of one tenant, or these
     ids), set-based: how many."""
-    rows = (
+    candidates = (
         await session.execute(_DUE, {"now": now, "tenant": tenant_id, "ids": ids, "limit": limit})
     ).all()
     by_tenant: dict[uuid.UUID, list[Any]] = {}
-    for row in rows:
+    for row in candidates:
         by_tenant.setdefault(row.tenant_id, []).append(row)
+    rewarded = 0
     for tenant, own in by_tenant.items():
-        await _rewarded(session, tenant, own, now)
-    return len(rows)
+        await lock_inviters(session, tenant, [r.inviter_id for r in own])
+        rows = (await session.execute(_REWARD, {"now": now, "ids": [r.id for r in own]})).all()
+        if rows:
+            await _rewarded(session, tenant, rows, now)
+        rewarded += len(rows)
+    return rewarded
 
 
 async def _rewarded(
-    session: AsyncSession, tenant_id: uuid.UUID, rows: list[Any], now: datetime
+    session: AsyncSession, tenant_id: uuid.UUID, rows: Sequence[Any], now: datetime
 ) -> None:
-    await lock_inviters(session, tenant_id, [r.inviter_id for r in rows])
     rules = await load_rules(session, tenant_id)
     points = rules.rules.earning.invite.points
     earnings = [
@@ -363,6 +379,12 @@ async def revoke(
     revoked."""
     if not referral_ids:
         return []
+    to_lock = await session.scalars(
+        select(Referral.inviter_id).where(
+            Referral.tenant_id == tenant_id, Referral.id.in_(list(referral_ids))
+        )
+    )
+    await lock_inviters(session, tenant_id, [i for i in to_lock if i is not None])
     rows = (
         await session.execute(
             select(
@@ -408,7 +430,6 @@ async def revoke(
         at=at,
         details=[details or {}] * len(rows),
     )
-    await lock_inviters(session, tenant_id, [r.inviter_id for r in rows])
     paid = (
         await session.execute(
             select(ReferralReward.id, ReferralReward.referral_id).where(

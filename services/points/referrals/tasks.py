@@ -196,6 +196,8 @@ async def follow_merge(
     *,
     at: datetime,
 ) -> None:
+    # Both as inviters first: the one lock order (lifecycle.py).
+    await lifecycle.lock_inviters(session, tenant_id, [survivor, merged])
     # As invitee: one person is attributed once. The earlier referral stands; a later
     # one of the other contact is revoked (and its rewards clawed back).
     mine = (
