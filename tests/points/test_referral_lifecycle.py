@@ -428,6 +428,27 @@ async def test_a_paid_reward_is_clawed_back_when_found_fraudulent(
     )
     assert len(audit) == 2
     assert await verify(committed, brand) == []
+    # The verification sees a revoked referral's reward left paid, or a clawback
+    # that took other than its reward's value.
+    async with committed.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE referral_rewards SET status = 'granted' WHERE purpose = 'invite' "
+                "AND tenant_id = :t"
+            ),
+            {"t": brand.tenant_id},
+        )
+        await conn.execute(
+            text(
+                "UPDATE referral_rewards SET clawback_points = 51 WHERE purpose = 'tier' "
+                "AND tenant_id = :t"
+            ),
+            {"t": brand.tenant_id},
+        )
+    assert [v.split(":")[0] for v in await verify(committed, brand)] == [
+        "referral_clawback_vs_entry",
+        "revoked_referral_rewards",
+    ]
 
 
 async def test_anti_fraud_dedupe_daily_cap_and_review(

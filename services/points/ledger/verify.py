@@ -4,6 +4,12 @@ balance = sum of the account's entries = sum of its lots' remaining points
 debt    = sum of its entries' debt_delta
 each lot: remaining = points + the moves booked against it, 0 <= remaining <= points
 each entry: balance_after = the running sum of the account's points up to it
+
+and the referral rewards' (services/points/referrals):
+
+each points reward paid = its ledger earning's points
+each reward clawed back = what its clawback entry took (from the balance and as a debt)
+no reward of a revoked referral left unclawed
 """
 
 from __future__ import annotations
@@ -60,6 +66,32 @@ _CHECKS: dict[str, str] = {
 }
 
 
+# (reward or referral id, contact, value, expected)
+_REFERRAL_CHECKS: dict[str, str] = {
+    "referral_reward_vs_entry": """
+        SELECT w.id, w.contact_id, w.points AS balance, COALESCE(e.points, 0) AS other
+          FROM referral_rewards w
+          LEFT JOIN points_ledger e ON e.id = w.entry_id
+         WHERE w.tenant_id = :t AND w.kind = 'points' AND w.granted_at IS NOT NULL
+           AND COALESCE(e.points, 0) <> w.points
+    """,
+    "referral_clawback_vs_entry": """
+        SELECT w.id, w.contact_id, w.clawback_points AS balance,
+               COALESCE(e.debt_delta - e.points, 0) AS other
+          FROM referral_rewards w
+          LEFT JOIN points_ledger e ON e.id = w.clawback_entry_id
+         WHERE w.tenant_id = :t AND w.status = 'clawed_back' AND w.clawback_points > 0
+           AND COALESCE(e.debt_delta - e.points, 0) <> w.clawback_points
+    """,
+    "revoked_referral_rewards": """
+        SELECT f.id, f.invitee_id AS contact_id, count(*) AS balance, 0 AS other
+          FROM referrals f JOIN referral_rewards w ON w.referral_id = f.id
+         WHERE f.tenant_id = :t AND f.status = 'revoked' AND w.status <> 'clawed_back'
+         GROUP BY f.id, f.invitee_id
+    """,
+}
+
+
 @dataclass(frozen=True)
 class Violation:
     check: str
@@ -67,10 +99,11 @@ class Violation:
     subject: str
     value: int
     expected: int
+    unit: str = "account"
 
     def __str__(self) -> str:
         return (
-            f"{self.check}: account {self.account_id} ({self.subject}): "
+            f"{self.check}: {self.unit} {self.account_id} ({self.subject}): "
             f"{self.value} where {self.expected} was expected"
         )
 
@@ -88,6 +121,13 @@ async def verify_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> tuple[in
         rows = await session.execute(text(sql), {"t": tenant_id})
         found.extend(
             Violation(name, int(r.id), str(r.contact_id), int(r.balance), int(r.other))
+            for r in rows
+        )
+    for name, sql in _REFERRAL_CHECKS.items():
+        rows = await session.execute(text(sql), {"t": tenant_id})
+        unit = "referral" if name == "revoked_referral_rewards" else "reward"
+        found.extend(
+            Violation(name, int(r.id), str(r.contact_id), int(r.balance), int(r.other), unit)
             for r in rows
         )
     return accounts, found
