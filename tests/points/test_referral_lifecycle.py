@@ -7,6 +7,10 @@ refund) or for fraud, with what it paid clawed back through the ledger."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +26,8 @@ from shared.db import unit_of_work
 from shared.events import publish_many
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
-from shared.scheduler import schedule
+from shared.scheduler import Scheduler, schedule
+from tests.clock import wait_until
 from tests.points.support import Brand, balance, make_brand, make_member, rows, verify
 from tests.shared.bus_support import relay_all, schedule_and_work, work_until_idle
 from tests.users.support import contact_event, post, process_all, wecom_tenant
@@ -774,3 +779,99 @@ async def test_merges_follow_the_survivor_once(
     # Alice keeps one invite's points and one tier: 200 + 7.
     assert await balance(committed_client, brand, alice) == 207
     assert await verify(committed, brand) == []
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_during_the_hold_job_rewards_once(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    scrm_env: dict[str, str],
+) -> None:
+    """The job writes one tenant's rewards, is SIGKILLed waiting for the next one's
+    inviter: nothing of the run stays, and the next run rewards each referral once."""
+    brands = [await make_brand(committed) for _ in range(2)]
+    inviters: list[uuid.UUID] = []
+    for brand in brands:
+        inviter = await make_member(committed, brand)
+        inviters.append(inviter)
+        code = await _code(committed_client, brand, inviter)
+        await _send(
+            committed,
+            committed_client,
+            brand,
+            *[_event("referral.registered", f"k{i}", T0, code=code) for i in range(5)],
+        )
+        await _send(
+            committed,
+            committed_client,
+            brand,
+            *[
+                _event("order.paid", f"k{i}", T0, order_id=f"K-{i}", amount_fen=100)
+                for i in range(5)
+            ],
+        )
+    async with committed.engine.begin() as conn:
+        await conn.execute(text("UPDATE referrals SET hold_until = now() - interval '1 minute'"))
+        # The job's runs come only from this test's schedule.
+        await conn.execute(text("UPDATE scheduled_jobs SET status = 'cancelled'"))
+    # The second tenant's inviter is held: the worker's job waits there, the first
+    # tenant's rewards written in its transaction.
+    # (The job takes the tenants in the order of their referrals: the first brand's first.)
+    first, second = zip(brands, inviters, strict=True)
+    holder = await committed.engine.connect()
+    await holder.execute(  # held until the holder's transaction ends
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+        {"k": f"referral:{second[0].tenant_id}:{second[1]}"},
+    )
+    async with unit_of_work(committed.sessionmaker) as session:
+        await schedule(session, service="points", job="reward_referrals", due_at=datetime.now(UTC))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "worker", "--service", "points"],
+        env=scrm_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        await Scheduler(committed).enqueue_due()
+
+        async def waiting() -> bool:
+            found = await rows(
+                committed,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            return bool(found[0][0])
+
+        await wait_until(waiting, "the job waiting for the second tenant's inviter")
+        written = await rows(
+            committed,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = 'referrals' AND l.mode = 'RowExclusiveLock'",
+        )
+        assert written[0][0] >= 1, "the first tenant's rewards are being written"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        await holder.close()
+    assert await rows(committed, "SELECT count(*) FROM referrals WHERE status = 'rewarded'") == [
+        (0,)
+    ]
+    assert await rows(committed, "SELECT count(*) FROM points_ledger WHERE rule = 'invite'") == [
+        (0,)
+    ]
+    # The next run (twice, as two schedulers might) rewards each once.
+    for _ in range(2):
+        async with unit_of_work(committed.sessionmaker) as session:
+            await lifecycle.reward_due(session, now=datetime.now(UTC))
+    for brand, inviter in (first, second):
+        assert await balance(committed_client, brand, inviter) == 5 * 200
+        assert await rows(
+            committed,
+            "SELECT purpose, tier_count, count(*) FROM referral_rewards WHERE tenant_id = :t "
+            "AND contact_id = :c GROUP BY 1, 2 ORDER BY 1, 2",
+            t=brand.tenant_id,
+            c=inviter,
+        ) == [("invite", None, 5), ("tier", 1, 1), ("tier", 5, 1)]
+        assert await verify(committed, brand) == []
