@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -97,3 +99,27 @@ async def verify(runtime: Runtime, brand: Brand) -> list[str]:
     async with unit_of_work(runtime.sessionmaker) as session:
         _, violations = await verify_tenant(session, brand.tenant_id)
     return [str(v) for v in violations]
+
+
+class AlertReceiver:
+    """A local HTTP endpoint standing in for a tenant's alert webhook (the `receiver`
+    fixture of tests/points/conftest.py serves one)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.fail = False
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        body = await reader.readexactly(length)
+        status = b"500 Oops" if self.fail else b"200 OK"
+        if not self.fail:
+            self.bodies.append(json.loads(body))
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()

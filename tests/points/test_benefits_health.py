@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -17,7 +15,7 @@ from services.points.ledger import repository
 from services.points.rules.service import add_months
 from shared.db import unit_of_work
 from shared.runtime import Runtime
-from tests.points.support import Brand, make_brand, make_member, redeem, rows
+from tests.points.support import AlertReceiver, Brand, make_brand, make_member, redeem, rows
 
 
 @pytest.fixture
@@ -124,38 +122,6 @@ async def test_bad_benefits_are_refused(
         assert response.status_code == 422, body
     member = await make_member(committed, brand)
     assert (await claim(committed_client, brand, member, "nope")).status_code == 404
-
-
-class AlertReceiver:
-    """A local HTTP endpoint standing in for a tenant's alert webhook."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, object]] = []
-        self.fail = False
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-        body = await reader.readexactly(length)
-        status = b"500 Oops" if self.fail else b"200 OK"
-        if not self.fail:
-            self.bodies.append(json.loads(body))
-        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[AlertReceiver, str]]:
-    hook = AlertReceiver()
-    server = await asyncio.start_server(hook.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield hook, f"http://127.0.0.1:{port}/alerts"
 
 
 async def test_weekly_health_and_an_inflation_alert_posted_once(

@@ -6,8 +6,6 @@ a local webhook; 422 on bad windows; one tenant never sees another's figures."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -28,7 +26,7 @@ from shared.events import SERVICES, publish_many
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
 from shared.scheduler import schedule
-from tests.points.support import Brand, make_brand, make_member, rows
+from tests.points.support import AlertReceiver, Brand, make_brand, make_member, rows
 from tests.shared.bus_support import relay_all, schedule_and_work, work_until_idle
 from tests.users.support import process_all
 
@@ -528,38 +526,6 @@ async def test_a_merged_contact_counts_once_as_its_survivor(
     assert found["new_contacts"]["joined"] == 1 and found["new_contacts"]["level1"] == 1
     assert found["paid_conversion"]["invited"] == {"contacts": 1, "paid": 1, "share": 1.0}
     assert found["d1_retention"]["cohorts"] == [cohort("2026-11-05", 1, 1, 1.0)]
-
-
-class AlertReceiver:
-    """A local HTTP endpoint standing in for a tenant's alert webhook."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.fail = False
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-        body = await reader.readexactly(length)
-        status = b"500 Oops" if self.fail else b"200 OK"
-        if not self.fail:
-            self.bodies.append(json.loads(body))
-        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[AlertReceiver, str]]:
-    hook = AlertReceiver()
-    server = await asyncio.start_server(hook.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield hook, f"http://127.0.0.1:{port}/alerts"
 
 
 async def run_alert_job(runtime: Runtime) -> None:
