@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint types pytest bench-bus bench-points clean
+.PHONY: run test lint types pytest bench-bus bench-points bench-referrals clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scrm needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -43,6 +43,9 @@ bench-bus: $(VENV)/.installed-test
 
 bench-points: $(VENV)/.installed-test
 	$(BIN)/python bench/points.py
+
+bench-referrals: $(VENV)/.installed-test
+	$(BIN)/python bench/referrals.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,7 +2,8 @@
 hold expiry job beside a raw INSERT ... SELECT, and the report over them.
 
     python bench/referrals.py [--referrals 100000] [--inviters 10000] [--batch 1000]
-                              [--connections 4] [--report-runs 5] [--drain-timeout 900]
+                              [--connections 4] [--arrival interleaved|grouped]
+                              [--seed webhook|sql] [--report-runs 5] [--drain-timeout 900]
     python bench/referrals.py --referrals 5000 --inviters 500     a quick run
 
 On the local PostgreSQL and Redis (DATABASE_URL as the admin URL / REDIS_URL, else
@@ -19,11 +20,18 @@ database of its own (created, migrated to head and dropped):
    and `scrm worker --service points --no-dispatch` in subprocesses (the services the
    referral path goes through; tagging and campaigns are not run). `--referrals`
    `referral.registered` events of new contacts (shop_customer_id inv-<n>, distinct
-   device ids and IPs, invitee n coming through inviter n mod --inviters), signed, in
-   requests of `--batch` events; once all are attributed (pending), an `order.paid`
-   for each invitee; then waits until all are qualified and the report's read model
-   has every invitee. Prints the time and rate (informative, no target). The workers
-   are stopped before the timed phases.
+   device ids and IPs, invitee n coming through inviter n mod --inviters, or with
+   `--arrival grouped` each inviter's invitees in a row), signed, in requests of
+   `--batch` events; once all are attributed (pending), an `order.paid` for each
+   invitee; then waits until all are qualified and the report's read model has every
+   invitee. Prints the time and rate (informative, no target). The workers are
+   stopped before the timed phases (SCRM_WORKER_NICE, SCRM_WORKER_MAX_JOBS,
+   SCRM_INBOUND_* are passed on to them). A step not done within `--drain-timeout`
+   ends the run (exit 1).
+   `--seed sql` replaces this phase by the state it leaves, written set-based (the
+   invitees, their qualified referrals with transitions and welcome coupons, the
+   report's read model; not the invitees' order points): the job and the report at
+   a size the webhook path takes too long for.
 2. The hold expiry job, in this process, with the points clock moved past the holds:
    its body (lifecycle.reward_due, a batch of lifecycle.BATCH, then rewards.pay_owed),
    each run a transaction of its own as the worker runs it, until nothing is due.
@@ -174,9 +182,10 @@ async def setup(
 def inviter_index(n: int, args: argparse.Namespace) -> int:
     """Which inviter invitee n came through: in turn (interleaved, as many inviters'
     invites arrive together), or each inviter's invitees one after another (grouped)."""
+    inviters: int = args.inviters
     if args.arrival == "grouped":
-        return n * args.inviters // args.referrals
-    return n % args.inviters
+        return n * inviters // int(args.referrals)
+    return n % inviters
 
 
 def signed(secret: str, events: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
@@ -371,7 +380,9 @@ async def webhook_path(
                 t=tenant_id,
             )
 
-        await wait_for("attributed", attributed, n, args.drain_timeout)
+        attribution_s, done = await wait_for("attributed", attributed, n, args.drain_timeout)
+        if done < n:
+            return unfinished("attribution", done, attribution_s, args)
         attribution_s = time.perf_counter() - began
         found = await statuses(runtime, tenant_id)
         print(
@@ -395,7 +406,9 @@ async def webhook_path(
                 t=tenant_id,
             )
 
-        await wait_for("qualified", qualified, n, args.drain_timeout)
+        qualification_s, done = await wait_for("qualified", qualified, n, args.drain_timeout)
+        if done < n:
+            return unfinished("qualification", done, qualification_s, args)
         qualification_s = time.perf_counter() - began
         print(
             f"   qualified {n:,} referrals {qualification_s:.1f} s after the first order "
@@ -417,7 +430,9 @@ async def webhook_path(
             queued = int(await runtime.redis.zcard(runtime.queue_name("points")))
             return read_model if unpublished == 0 and queued == 0 else 0
 
-        settling, _ = await wait_for("in the read model", settled, n, args.drain_timeout)
+        settling, done = await wait_for("in the read model", settled, n, args.drain_timeout)
+        if done < n:
+            return unfinished("the report's read model", done, settling, args)
         print(
             f"   the points worker settled (the report's read model complete) "
             f"{settling:.1f} s later"
@@ -429,9 +444,21 @@ async def webhook_path(
             "qualification_per_s": round(n / qualification_s),
             "settle_s": round(settling, 1),
             "statuses": await statuses(runtime, tenant_id),
+            "complete": True,
         }
     finally:
         stop(processes)
+
+
+def unfinished(step: str, done: int, seconds: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Phase 1 did not finish within --drain-timeout: what it got to, and no more phases."""
+    print(
+        f"   {step} did not finish within --drain-timeout {args.drain_timeout:g} s: "
+        f"{done:,} of {args.referrals:,} ({done / seconds:,.0f}/s); the other phases are not "
+        "run (a larger --drain-timeout waits longer; --seed sql times the job and the report "
+        "without this phase)"
+    )
+    return {"complete": False, "step": step, "done": done, "seconds": round(seconds, 1)}
 
 
 # ---------------------------------------------------------------- 1'. or seeded with SQL
@@ -609,14 +636,10 @@ async def job_checks(
             {"t": tenant_id},
         )
         row = q.one()
-        stock = dict(
-            (
-                await conn.execute(
-                    text("SELECT sku, stock FROM points_items WHERE tenant_id = :t"),
-                    {"t": tenant_id},
-                )
-            ).all()
+        found = await conn.execute(
+            text("SELECT sku, stock FROM points_items WHERE tenant_id = :t"), {"t": tenant_id}
         )
+        stock: dict[str, int | None] = {r.sku: r.stock for r in found}
     checks: list[tuple[str, Any, Any]] = [
         ("referrals rewarded", row.rewarded, n),
         ("invite ledger entries (rule 'invite')", row.invite_entries, n),
@@ -794,6 +817,7 @@ async def main(args: argparse.Namespace) -> int:
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"scrm-bench-referrals-{RUN}.log"  # noqa: S108
     log = open(log_path, "wb")  # noqa: SIM115
     runtime: Runtime | None = None
+    ok = False
     main_task = asyncio.current_task()
     assert main_task is not None
     # SIGTERM as Ctrl-C: cancel, so the cleanup below runs either way.
@@ -820,6 +844,9 @@ async def main(args: argparse.Namespace) -> int:
             path = await seeded(runtime, tenant_id, inviters, invite_codes, args)
         else:
             path = await webhook_path(runtime, env, log, tenant_id, secret, invite_codes, args)
+        if not path.get("complete", True):
+            print(json.dumps({"bench": "referrals", "phase1": path, "ok": False}))
+            return 1
         phase_ok = path["statuses"] == {"qualified": args.referrals}
         if not phase_ok:
             print(f"   BAD: referrals by status {path['statuses']} (all should be qualified)")
@@ -935,13 +962,13 @@ async def main(args: argparse.Namespace) -> int:
                 default=str,
             )
         )
+        return 0 if ok else 1
+    finally:
+        log.close()
         if ok:
             log_path.unlink(missing_ok=True)
         else:
             print(f"(the scrm processes' log: {log_path})")
-        return 0 if ok else 1
-    finally:
-        log.close()
         if runtime is not None:
             keys = [k async for k in runtime.redis.scan_iter(match=f"{prefix}:*")]
             if keys:
