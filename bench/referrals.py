@@ -558,18 +558,29 @@ async def seeded(
 
 
 # ---------------------------------------------------------------- 2. the hold expiry job
-async def hold_job(runtime: Runtime, at: datetime) -> dict[str, Any]:
+async def hold_job(runtime: Runtime, at: datetime, profile: bool = False) -> dict[str, Any]:
     """The job's body run by run, each a transaction, at the moved clock: until nothing
-    is due and nothing owed could be paid."""
+    is due and nothing owed could be paid. With `profile`, prints the statements that
+    took the most time (by their first words)."""
     runs: list[tuple[int, int, float]] = []
     statements = 0
+    spent: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    began_at: list[float] = []
 
     def count(*_: Any) -> None:
         nonlocal statements
         statements += 1
+        began_at.append(time.perf_counter())
+
+    def done(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        shape = " ".join(statement.split())[:110]
+        spent[shape] += time.perf_counter() - began_at.pop()
+        calls[shape] += 1
 
     # What the job sends the database, against the raw insert's one statement.
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
+    event.listen(runtime.engine.sync_engine, "after_cursor_execute", done)
     started = time.perf_counter()
     with clock.use(lambda: at):
         while True:
@@ -583,6 +594,11 @@ async def hold_job(runtime: Runtime, at: datetime) -> dict[str, Any]:
                 break
     seconds = time.perf_counter() - started
     event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
+    event.remove(runtime.engine.sync_engine, "after_cursor_execute", done)
+    if profile:
+        print("   the statements that took the most time:")
+        for shape, total in spent.most_common(15):
+            print(f"     {total:8.2f} s  {calls[shape]:6,}x  {shape}")
     return {
         "seconds": seconds,
         "statements": statements,
@@ -854,7 +870,7 @@ async def main(args: argparse.Namespace) -> int:
         # 2. the hold expiry job at the moved clock
         at = await hold_until_max(runtime, tenant_id) + timedelta(minutes=1)
         vacuumed = await vacuum(database_url)
-        job = await hold_job(runtime, at)
+        job = await hold_job(runtime, at, args.profile)
         print(
             f"2. the hold expiry job (lifecycle.reward_due, batches of {lifecycle.BATCH:,}, then "
             f"rewards.pay_owed; a transaction a run) at the points clock moved to "
@@ -1023,6 +1039,9 @@ def run() -> None:
         "(to time the job and the report at a size the webhook path takes too long for)",
     )
     parser.add_argument("--report-runs", type=int, default=5)
+    parser.add_argument(
+        "--profile", action="store_true", help="print the job's slowest statements"
+    )
     parser.add_argument(
         "--drain-timeout", type=float, default=900, help="seconds to wait for each step"
     )

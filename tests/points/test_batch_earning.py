@@ -246,9 +246,10 @@ def counting_statements(runtime: Runtime) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", count)
 
 
-# Contacts, rules, earnings, account locks, growth, tiers, tier changes, their events
+# Contacts, rules, the earnings (new accounts, the locks, keys booked before, the entries
+# with their lots and balances), account locks, growth, tiers, tier changes, their events
 # (and the outbox's notice), refunds recorded before payment: whatever the batch's size.
-STATEMENTS_PER_BATCH = 10
+STATEMENTS_PER_BATCH = 13
 
 
 @pytest.mark.parametrize("size", [5, 50])

@@ -9,9 +9,11 @@ balance another is about to spend.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -163,26 +165,102 @@ _POINTS_EARN = (
     "SELECT * FROM points_earn($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
 
-# Many members' earnings in one statement: `points_earn` once per row, in the rows'
-# order (each call is a statement of its own inside the function, so it sees what
-# the calls before it wrote, as separate statements would).
-_POINTS_EARN_MANY = text(
+# Many members' earnings, set-based: what `points_earn` does row by row, in a few
+# statements whatever the batch's size (earn_many_by_rule).
+_CREATE_ACCOUNTS = text(
     """
-    SELECT r.*
-      FROM unnest(CAST(:contacts AS uuid[]), CAST(:rules AS text[]), CAST(:bases AS bigint[]),
-                  CAST(:multipliers AS text[]), CAST(:days AS text[]),
-                  CAST(:caps AS integer[]), CAST(:keys AS text[]), CAST(:reasons AS text[]),
-                  CAST(:orders AS text[]), CAST(:details AS text[]),
-                  CAST(:earned AS timestamptz[]), CAST(:expires AS timestamptz[]),
-                  CAST(:since AS timestamptz[]))
-           WITH ORDINALITY AS u(contact, rule, base, multipliers, day, cap, source_key,
-                                reason, order_id, details, earned_at, expires_at,
-                                growth_since, n)
-     CROSS JOIN LATERAL points_earn(
-           CAST(:tenant AS uuid), u.contact, u.rule, u.base, CAST(u.multipliers AS jsonb),
-           u.day, u.cap, u.source_key, u.reason, u.order_id, CAST(u.details AS jsonb),
-           u.earned_at, u.expires_at, u.growth_since) AS r
-     ORDER BY u.n
+    INSERT INTO points_accounts (tenant_id, contact_id)
+    SELECT CAST(:tenant AS uuid), c FROM unnest(CAST(:contacts AS uuid[])) AS u(c)
+     WHERE NOT EXISTS (SELECT 1 FROM points_accounts a
+                        WHERE a.tenant_id = CAST(:tenant AS uuid) AND a.contact_id = u.c)
+     ORDER BY c
+    ON CONFLICT ON CONSTRAINT uq_points_accounts_contact DO NOTHING
+    """
+)
+
+# A plain row lock leaves no new row version behind (the balance update writes one).
+_SELECT_FOR_EARNING = text(
+    """
+    SELECT a.id, a.contact_id, a.balance, a.debt, a.tier FROM points_accounts a
+     WHERE a.tenant_id = :tenant AND a.contact_id = ANY(CAST(:contacts AS uuid[]))
+     ORDER BY a.contact_id
+       FOR UPDATE
+    """
+)
+
+# After the locks (a fresh snapshot): the source keys booked before, with their entries
+# and their accounts' growth since each earning's growth window began.
+_BOOKED_BEFORE = text(
+    """
+    SELECT DISTINCT ON (l.source_key)
+           l.source_key, l.id, l.account_id, a.contact_id, a.tier, l.points, l.balance_after,
+           l.created_at,
+           CASE WHEN u.s IS NOT NULL THEN
+               (SELECT COALESCE(sum(lt.points), 0) FROM points_lots lt
+                 WHERE lt.account_id = l.account_id AND lt.kind = 'earn' AND lt.earned_at > u.s)
+           END AS growth
+      FROM unnest(CAST(:keys AS text[]), CAST(:since AS timestamptz[])) AS u(k, s)
+      JOIN points_ledger l ON l.tenant_id = :tenant AND l.source_key = u.k
+      JOIN points_accounts a ON a.id = l.account_id
+     ORDER BY l.source_key
+    """
+)
+
+# The rule's entries of each (account, rule, day), for the earnings with a daily cap.
+_COUNT_ON_DAYS = text(
+    """
+    SELECT u.n, (SELECT count(*) FROM points_ledger l
+                  WHERE l.account_id = u.a AND l.rule = u.r AND l.kind = 'earn'
+                    AND l.details ->> 'day' = u.d) AS booked
+      FROM unnest(CAST(:ns AS int[]), CAST(:accounts AS bigint[]), CAST(:rules AS text[]),
+                  CAST(:days AS text[])) AS u(n, a, r, d)
+    """
+)
+
+# The entries, their lots and the balances in one statement (one earning an account).
+_BOOK_MANY = text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(CAST(:accounts AS bigint[]), CAST(:points AS bigint[]),
+                             CAST(:balances AS bigint[]), CAST(:reasons AS text[]),
+                             CAST(:rules AS text[]), CAST(:keys AS text[]),
+                             CAST(:orders AS text[]), CAST(:expires AS timestamptz[]),
+                             CAST(:earned AS timestamptz[]), CAST(:details AS text[]),
+                             CAST(:since AS timestamptz[]))
+               WITH ORDINALITY AS u(account, points, balance_after, reason, rule, source_key,
+                                    order_id, expires_at, earned_at, details, growth_since, n)
+    ), entries AS (
+        INSERT INTO points_ledger AS l (tenant_id, account_id, kind, points, debt_delta,
+                                        balance_after, reason, rule, source_key, order_id,
+                                        expires_at, details)
+        SELECT CAST(:tenant AS uuid), u.account, 'earn', u.points, 0, u.balance_after,
+               u.reason, u.rule, u.source_key, u.order_id, u.expires_at,
+               CAST(u.details AS jsonb)
+          FROM u ORDER BY u.n
+        ON CONFLICT ON CONSTRAINT uq_points_ledger_source DO NOTHING
+        RETURNING l.id, l.account_id, l.points, l.source_key, l.created_at
+    ), lots AS (
+        INSERT INTO points_lots (tenant_id, account_id, entry_id, order_id, kind, rule,
+                                 points, remaining, earned_at, expires_at)
+        SELECT CAST(:tenant AS uuid), e.account_id, e.id, u.order_id, 'earn', u.rule,
+               e.points, e.points, COALESCE(u.earned_at, e.created_at), u.expires_at
+          FROM entries e JOIN u ON u.source_key = e.source_key AND u.account = e.account_id
+    ), balances AS (
+        UPDATE points_accounts a
+           SET balance = a.balance + e.points, lifetime_earned = a.lifetime_earned + e.points,
+               updated_at = now()
+          FROM entries e WHERE a.id = e.account_id
+    )
+    -- The growth the tier check needs: the lots before this statement, and this one.
+    SELECT e.id, e.account_id, e.source_key, e.created_at,
+           CASE WHEN u.growth_since IS NOT NULL THEN
+               (SELECT COALESCE(sum(lt.points), 0) FROM points_lots lt
+                 WHERE lt.account_id = e.account_id AND lt.kind = 'earn'
+                   AND lt.earned_at > u.growth_since)
+               + CASE WHEN COALESCE(u.earned_at, e.created_at) > u.growth_since
+                      THEN e.points ELSE 0 END
+           END AS growth
+      FROM entries e JOIN u ON u.source_key = e.source_key AND u.account = e.account_id
     """
 )
 
@@ -272,31 +350,142 @@ async def earn_by_rule(
 async def earn_many_by_rule(
     session: AsyncSession, tenant_id: uuid.UUID, earnings: list[RuleEarningArgs]
 ) -> list[RuleEarning]:
-    """`earn_by_rule` for many earnings of the tenant in one statement, in the
-    session's transaction; the results in the same order. Accounts lock in that order:
-    callers pass them in contact order, so concurrent batches cannot deadlock."""
+    """`earn_by_rule` for many earnings of the tenant, one per member, set-based in the
+    session's transaction (a few statements whatever their number); the results in the
+    same order, the same as `points_earn` gives one by one. The accounts lock in contact
+    order, so concurrent batches cannot deadlock."""
     if not earnings:
         return []
-    rows = await session.execute(
-        _POINTS_EARN_MANY,
-        {
-            "tenant": tenant_id,
-            "contacts": [e.contact_id for e in earnings],
-            "rules": [e.rule for e in earnings],
-            "bases": [e.base_points for e in earnings],
-            "multipliers": [json.dumps(e.multipliers) for e in earnings],
-            "days": [e.day for e in earnings],
-            "caps": [e.daily_cap for e in earnings],
-            "keys": [e.source_key for e in earnings],
-            "reasons": [e.reason for e in earnings],
-            "orders": [e.order_id for e in earnings],
-            "details": [json.dumps(e.details, ensure_ascii=False) for e in earnings],
-            "earned": [e.earned_at for e in earnings],
-            "expires": [e.expires_at for e in earnings],
-            "since": [e.growth_since for e in earnings],
-        },
+    contacts = [e.contact_id for e in earnings]
+    if len(set(contacts)) != len(contacts):
+        raise ValueError("earn_many_by_rule takes one earning a member")
+    await session.execute(_CREATE_ACCOUNTS, {"tenant": tenant_id, "contacts": contacts})
+    accounts = {
+        row.contact_id: row
+        for row in await session.execute(
+            _SELECT_FOR_EARNING, {"tenant": tenant_id, "contacts": contacts}
+        )
+    }
+    before = {
+        row.source_key: row
+        for row in await session.execute(
+            _BOOKED_BEFORE,
+            {
+                "tenant": tenant_id,
+                "keys": [e.source_key for e in earnings],
+                "since": [e.growth_since for e in earnings],
+            },
+        )
+    }
+    capped = [
+        i
+        for i, e in enumerate(earnings)
+        if e.daily_cap is not None and accounts[e.contact_id].debt <= 0
+    ]
+    counted: dict[int, int] = {}
+    if capped:
+        found = await session.execute(
+            _COUNT_ON_DAYS,
+            {
+                "ns": capped,
+                "accounts": [accounts[earnings[i].contact_id].id for i in capped],
+                "rules": [earnings[i].rule for i in capped],
+                "days": [earnings[i].day for i in capped],
+            },
+        )
+        counted = {row.n: row.booked for row in found}
+    results: list[RuleEarning | None] = [None] * len(earnings)
+    to_book: list[tuple[int, int, str]] = []  # (index, points, multiplier)
+    for i, e in enumerate(earnings):
+        account = accounts[e.contact_id]
+
+        def outcome(name: str, account: Any = account, e: RuleEarningArgs = e) -> RuleEarning:
+            return RuleEarning(
+                name, account.id, e.contact_id, account.tier, None, None, None, None, None
+            )
+
+        if account.debt > 0:
+            results[i] = outcome("debt")
+            continue
+        multiplier = e.multipliers.get(account.tier or "")
+        if multiplier is None:
+            multiplier = e.multipliers.get("")
+        points = None if multiplier is None else math.floor(e.base_points * Decimal(multiplier))
+        if points is None or points <= 0:
+            results[i] = outcome("nothing")
+        elif e.daily_cap is not None and counted.get(i, 0) >= e.daily_cap:
+            results[i] = outcome("capped")
+        elif e.source_key in before:
+            results[i] = _replayed(before[e.source_key])
+        else:
+            assert multiplier is not None
+            to_book.append((i, points, multiplier))
+    booked: dict[str, Any] = {}
+    if to_book:
+        rows = await session.execute(
+            _BOOK_MANY,
+            {
+                "tenant": tenant_id,
+                "accounts": [accounts[earnings[i].contact_id].id for i, _, _ in to_book],
+                "points": [p for _, p, _ in to_book],
+                "balances": [accounts[earnings[i].contact_id].balance + p for i, p, _ in to_book],
+                "reasons": [earnings[i].reason for i, _, _ in to_book],
+                "rules": [earnings[i].rule for i, _, _ in to_book],
+                "keys": [earnings[i].source_key for i, _, _ in to_book],
+                "orders": [earnings[i].order_id for i, _, _ in to_book],
+                "expires": [earnings[i].expires_at for i, _, _ in to_book],
+                "earned": [earnings[i].earned_at for i, _, _ in to_book],
+                "details": [
+                    json.dumps({**earnings[i].details, "multiplier": m}, ensure_ascii=False)
+                    for i, _, m in to_book
+                ],
+                "since": [earnings[i].growth_since for i, _, _ in to_book],
+            },
+        )
+        booked = {row.source_key: row for row in rows}
+    for i, points, _ in to_book:
+        e = earnings[i]
+        account = accounts[e.contact_id]
+        entry = booked.get(e.source_key)
+        if entry is None or entry.account_id != account.id:
+            # Booked for another member (concurrently, or earlier in this batch).
+            again = (
+                await session.execute(
+                    _BOOKED_BEFORE,
+                    {"tenant": tenant_id, "keys": [e.source_key], "since": [e.growth_since]},
+                )
+            ).one()
+            results[i] = _replayed(again)
+            continue
+        results[i] = RuleEarning(
+            "booked",
+            account.id,
+            e.contact_id,
+            account.tier,
+            entry.id,
+            points,
+            account.balance + points,
+            entry.created_at,
+            entry.growth,
+        )
+    done = [r for r in results if r is not None]
+    assert len(done) == len(earnings)
+    return done
+
+
+def _replayed(entry: Any) -> RuleEarning:
+    """An earning whose source key was booked before: that entry (whichever account's)."""
+    return RuleEarning(
+        "replayed",
+        entry.account_id,
+        entry.contact_id,
+        entry.tier,
+        entry.id,
+        entry.points,
+        entry.balance_after,
+        entry.created_at,
+        entry.growth,
     )
-    return [_rule_earning(row) for row in rows.mappings()]
 
 
 # Take `n` points from the account's open lots: the lots of `first_order` (a
