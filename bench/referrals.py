@@ -55,10 +55,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import cProfile
 import hashlib
 import hmac
 import json
 import os
+import pstats
 import signal
 import socket
 import statistics
@@ -581,6 +583,10 @@ async def hold_job(runtime: Runtime, at: datetime, profile: bool = False) -> dic
     # What the job sends the database, against the raw insert's one statement.
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
     event.listen(runtime.engine.sync_engine, "after_cursor_execute", done)
+    cpu = os.times()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     started = time.perf_counter()
     with clock.use(lambda: at):
         while True:
@@ -593,6 +599,15 @@ async def hold_job(runtime: Runtime, at: datetime, profile: bool = False) -> dic
             if not rewarded and not paid:
                 break
     seconds = time.perf_counter() - started
+    if profiler is not None:
+        profiler.disable()
+        used = os.times()
+        print(
+            f"   this process: {used.user - cpu.user + used.system - cpu.system:.2f} s of CPU "
+            f"(with the profiler) in {seconds:.2f} s"
+        )
+        print("   where this process spent its time (by own time):")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
     event.remove(runtime.engine.sync_engine, "after_cursor_execute", done)
     if profile:

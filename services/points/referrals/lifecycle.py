@@ -341,22 +341,26 @@ async def pay_tiers(
     config: ReferralConfig,
     now: datetime,
 ) -> None:
-    """Each tier an inviter's succeeded count reaches, paid once (the caller holds the
-    inviters' locks)."""
+    """Each tier an inviter's succeeded count reaches, paid once, set-based (the caller
+    holds the inviters' locks)."""
     counts = await succeeded_counts(session, tenant_id, sorted(inviter_ids))
-    for inviter in sorted(counts):
-        for tier in config.tiers:
-            if counts[inviter] >= tier.count:
-                await rewards.grant(
-                    session,
-                    tenant_id,
-                    key=f"tier:{inviter}:{tier.count}",
-                    purpose="tier",
-                    contact_id=inviter,
-                    reward=tier.reward,
-                    tier_count=tier.count,
-                    at=now,
-                )
+    await rewards.grant_many(
+        session,
+        tenant_id,
+        [
+            rewards.Grant(
+                key=f"tier:{inviter}:{tier.count}",
+                purpose="tier",
+                contact_id=inviter,
+                reward=tier.reward,
+                tier_count=tier.count,
+            )
+            for inviter in sorted(counts)
+            for tier in config.tiers
+            if counts[inviter] >= tier.count
+        ],
+        now,
+    )
 
 
 # -- revocation ---------------------------------------------------------------------------

@@ -17,11 +17,11 @@ later earnings (the ledger's debt rules).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.catalog.service import coupon_points_cost
@@ -29,7 +29,71 @@ from services.points.ledger import booking, repository
 from services.points.referrals.config import Reward
 from services.points.referrals.models import ReferralReward
 from services.points.rules.service import TenantRules, load_rules
-from shared.events import publish
+from shared.events import publish_many
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A reward to pay a contact once per `key`."""
+
+    key: str
+    purpose: str
+    contact_id: uuid.UUID
+    reward: Reward
+    referral_id: int | None = None
+    tier_count: int | None = None
+
+
+_GRANT_MANY = text(
+    """
+    INSERT INTO referral_rewards
+           (tenant_id, reward_key, purpose, referral_id, contact_id, tier_count, kind, name,
+            points, value_fen, sku, status, created_at)
+    SELECT CAST(:tenant AS uuid), k, p, r, c, n, kind, name, pts, fen, sku, 'owed', :at
+      FROM unnest(CAST(:keys AS text[]), CAST(:purposes AS text[]), CAST(:referrals AS bigint[]),
+                  CAST(:contacts AS uuid[]), CAST(:tiers AS int[]), CAST(:kinds AS text[]),
+                  CAST(:names AS text[]), CAST(:points AS bigint[]), CAST(:fens AS bigint[]),
+                  CAST(:skus AS text[]))
+           AS u(k, p, r, c, n, kind, name, pts, fen, sku)
+     ORDER BY k
+    ON CONFLICT DO NOTHING
+    RETURNING id
+    """
+)
+
+
+async def grant_many(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    grants: list[Grant],
+    at: datetime,
+    *,
+    rules: TenantRules | None = None,
+) -> list[int]:
+    """Pay each reward once per key, set-based: the ids of the rewards new here (paid,
+    or owed when they must wait); those asked for before are left as they are."""
+    if not grants:
+        return []
+    found = await session.execute(
+        _GRANT_MANY,
+        {
+            "tenant": tenant_id,
+            "at": at,
+            "keys": [g.key for g in grants],
+            "purposes": [g.purpose for g in grants],
+            "referrals": [g.referral_id for g in grants],
+            "contacts": [g.contact_id for g in grants],
+            "tiers": [g.tier_count for g in grants],
+            "kinds": [g.reward.kind for g in grants],
+            "names": [g.reward.name for g in grants],
+            "points": [g.reward.points or 0 for g in grants],
+            "fens": [g.reward.value_fen or 0 for g in grants],
+            "skus": [g.reward.sku for g in grants],
+        },
+    )
+    ids = sorted(row.id for row in found)
+    await pay_many(session, tenant_id, ids, at, rules=rules)
+    return ids
 
 
 async def grant(
@@ -47,30 +111,119 @@ async def grant(
 ) -> int | None:
     """Pay `reward` to the contact once per `key`: the reward's id, None when it was
     asked for before."""
-    reward_id: int | None = await session.scalar(
-        insert(ReferralReward)
-        .values(
-            tenant_id=tenant_id,
-            reward_key=key,
-            purpose=purpose,
-            referral_id=referral_id,
-            contact_id=contact_id,
-            tier_count=tier_count,
-            kind=reward.kind,
-            name=reward.name,
-            points=reward.points or 0,
-            value_fen=reward.value_fen or 0,
-            sku=reward.sku,
-            status="owed",
-            created_at=at,
-        )
-        .on_conflict_do_nothing()
-        .returning(ReferralReward.id)
+    ids = await grant_many(
+        session,
+        tenant_id,
+        [Grant(key, purpose, contact_id, reward, referral_id, tier_count)],
+        at,
+        rules=rules,
     )
-    if reward_id is None:
-        return None
-    await pay(session, tenant_id, reward_id, at, rules=rules)
-    return reward_id
+    return ids[0] if ids else None
+
+
+_GRANTED = text(
+    """
+    UPDATE referral_rewards w SET status = 'granted', entry_id = u.e, granted_at = :at
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:entries AS bigint[])) AS u(id, e)
+     WHERE w.id = u.id
+    RETURNING w.*
+    """
+)
+
+
+async def pay_many(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    reward_ids: list[int],
+    at: datetime,
+    *,
+    rules: TenantRules | None = None,
+) -> list[int]:
+    """Pay the tenant's owed rewards among these, set-based: the ids paid. A coupon is
+    granted; an item takes a unit of its stock, each sku's row locked and moved once
+    (those beyond its stock, or of an item not in the catalog or inactive, stay owed);
+    points are booked through the ledger."""
+    if not reward_ids:
+        return []
+    rows = (
+        await session.scalars(
+            select(ReferralReward)
+            .where(
+                ReferralReward.tenant_id == tenant_id,
+                ReferralReward.id.in_(reward_ids),
+                ReferralReward.status == "owed",
+            )
+            .order_by(ReferralReward.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    entries: dict[int, int | None] = {r.id: None for r in rows if r.kind == "coupon"}
+    items: dict[str, list[ReferralReward]] = {}
+    for row in rows:
+        if row.kind == "item" and row.sku is not None:
+            items.setdefault(row.sku, []).append(row)
+    for sku in sorted(items):
+        wanting = items[sku]
+        item = (
+            await session.execute(
+                text(
+                    "SELECT id, active, stock FROM points_items "
+                    "WHERE tenant_id = :t AND sku = :sku FOR UPDATE"
+                ),
+                {"t": tenant_id, "sku": sku},
+            )
+        ).first()
+        if item is None or not item.active:
+            continue
+        taken = wanting if item.stock is None else wanting[: max(0, item.stock)]
+        if item.stock is not None and taken:
+            await session.execute(
+                text("UPDATE points_items SET stock = stock - :n WHERE id = :id"),
+                {"id": item.id, "n": len(taken)},
+            )
+        entries.update({r.id: None for r in taken})
+    points_rows = [r for r in rows if r.kind == "points"]
+    if points_rows:
+        rules = rules or await load_rules(session, tenant_id)
+        for row in sorted(points_rows, key=lambda r: (r.contact_id, r.id)):
+            entries[row.id] = await _book_points(session, tenant_id, row, rules, at)
+    if not entries:
+        return []
+    ids = sorted(entries)
+    granted = (
+        await session.execute(
+            _GRANTED, {"ids": ids, "entries": [entries[i] for i in ids], "at": at}
+        )
+    ).all()
+    await publish_many(
+        session,
+        [("referral.reward_granted", granted_payload(row), tenant_id) for row in granted],
+    )
+    return ids
+
+
+async def _book_points(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    row: ReferralReward,
+    rules: TenantRules,
+    at: datetime,
+) -> int:
+    """A points reward's earning in the ledger: its entry."""
+    account = await repository.lock_account(session, tenant_id, row.contact_id)
+    booked = await booking.earn(
+        session,
+        account,
+        row.points,
+        expires_at=rules.expires_at(at),
+        earned_at=at,
+        source_key=f"referral_reward:{row.reward_key}",
+        rule="referral",
+        reason=f"referral reward: {row.name}"[:200],
+        details={"reward_id": row.id, "purpose": row.purpose, "referral_id": row.referral_id},
+    )
+    return booked.entry_id
 
 
 async def pay(
@@ -82,55 +235,11 @@ async def pay(
     rules: TenantRules | None = None,
 ) -> bool:
     """Pay an owed reward; False when it must wait (an item out of stock)."""
-    row = await session.scalar(
-        select(ReferralReward).where(ReferralReward.id == reward_id).with_for_update()
-    )
-    if row is None or row.status != "owed":
-        return False
-    entry_id = None
-    if row.kind == "points":
-        rules = rules or await load_rules(session, tenant_id)
-        account = await repository.lock_account(session, tenant_id, row.contact_id)
-        booked = await booking.earn(
-            session,
-            account,
-            row.points,
-            expires_at=rules.expires_at(at),
-            earned_at=at,
-            source_key=f"referral_reward:{row.reward_key}",
-            rule="referral",
-            reason=f"referral reward: {row.name}"[:200],
-            details={"reward_id": row.id, "purpose": row.purpose, "referral_id": row.referral_id},
-        )
-        entry_id = booked.entry_id
-    elif row.kind == "item":
-        item = (
-            await session.execute(
-                text(
-                    "SELECT id, active, stock FROM points_items "
-                    "WHERE tenant_id = :t AND sku = :sku FOR UPDATE"
-                ),
-                {"t": tenant_id, "sku": row.sku},
-            )
-        ).first()
-        if item is None or not item.active:
-            return False
-        if item.stock is not None:
-            if item.stock <= 0:
-                return False
-            await session.execute(
-                text("UPDATE points_items SET stock = stock - 1 WHERE id = :id"), {"id": item.id}
-            )
-    await session.execute(
-        update(ReferralReward)
-        .where(ReferralReward.id == row.id)
-        .values(status="granted", entry_id=entry_id, granted_at=at)
-    )
-    await publish(session, "referral.reward_granted", granted_payload(row), tenant_id=tenant_id)
-    return True
+    return bool(await pay_many(session, tenant_id, [reward_id], at, rules=rules))
 
 
-def granted_payload(row: ReferralReward) -> dict[str, Any]:
+def granted_payload(row: Any) -> dict[str, Any]:
+    """`referral.reward_granted`'s payload of a reward row."""
     return {
         "reward_id": row.id,
         "referral_id": row.referral_id,
@@ -156,10 +265,12 @@ async def pay_owed(session: AsyncSession, at: datetime, limit: int = 500) -> int
             .with_for_update(skip_locked=True)
         )
     ).all()
-    paid = 0
+    by_tenant: dict[uuid.UUID, list[int]] = {}
     for row in owed:
-        async with session.begin_nested():
-            paid += await pay(session, row.tenant_id, row.id, at)
+        by_tenant.setdefault(row.tenant_id, []).append(row.id)
+    paid = 0
+    for tenant_id in sorted(by_tenant):
+        paid += len(await pay_many(session, tenant_id, by_tenant[tenant_id], at))
     return paid
 
 
@@ -196,6 +307,7 @@ async def claw_back(
             .where(ReferralReward.id.in_(reward_ids), ReferralReward.status != "clawed_back")
             .order_by(ReferralReward.contact_id, ReferralReward.id)
             .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).all()
     rules = await load_rules(session, tenant_id)
