@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,65 +42,81 @@ class ReviewDecided(Conflict):
     code = "review_decided"
 
 
-async def check_velocity(
+async def check_velocity_many(
     session: AsyncSession,
     tenant_id: uuid.UUID,
-    inviter_id: uuid.UUID,
+    invites: dict[uuid.UUID, list[datetime]],
     config: ReferralConfig,
-    at: datetime,
-) -> int | None:
-    """Open a review when the inviter's invites of the last minute reach the threshold
-    (the caller holds the inviter's lock): the review's id, None when none opened."""
-    since = at - WINDOW
-    decided = await session.scalar(
-        select(func.max(ReferralReview.decided_at)).where(
-            ReferralReview.tenant_id == tenant_id,
-            ReferralReview.inviter_id == inviter_id,
-            ReferralReview.status == "approved",
-        )
-    )
-    if decided is not None and decided > since:
-        since = decided
-    # The busiest minute around this invite, whatever order the invites arrive in
-    # (events are attributed at their own time, and may come late or out of order).
-    invites = await session.scalar(
+) -> list[int]:
+    """Open a review for each of these inviters whose invites reach the threshold within
+    a minute around the times of its new invites (the caller holds their locks): the
+    ids of the reviews opened. The busiest minute counts, whatever order the invites
+    arrive in (events are attributed at their own time, and may come late or out of
+    order); after an approval only the invites since count."""
+    if not invites:
+        return []
+    inviters = sorted(invites)
+    found = await session.execute(
         text(
             """
-            SELECT COALESCE(max(n), 0) FROM (
-                SELECT count(*) OVER (
-                           ORDER BY attributed_at
+            WITH asked AS (
+                SELECT i, lo, hi
+                  FROM unnest(CAST(:inviters AS uuid[]), CAST(:los AS timestamptz[]),
+                              CAST(:his AS timestamptz[])) AS u(i, lo, hi)
+            ), since AS (
+                SELECT a.i, a.hi,
+                       greatest(a.lo, COALESCE((
+                           SELECT max(v.decided_at) FROM referral_reviews v
+                            WHERE v.tenant_id = :t AND v.inviter_id = a.i
+                              AND v.status = 'approved'), a.lo)) AS lo
+                  FROM asked a
+            ), windows AS (
+                SELECT s.i, count(*) OVER (
+                           PARTITION BY s.i ORDER BY r.attributed_at
                            RANGE BETWEEN INTERVAL '59.999999 seconds' PRECEDING AND CURRENT ROW
                        ) AS n
-                  FROM referrals
-                 WHERE tenant_id = :t AND inviter_id = :i
-                   AND attributed_at > :since AND attributed_at < :until
-                   AND (status <> 'refused' OR reason = ANY(CAST(:counted AS text[])))
-            ) AS windows
+                  FROM since s
+                  JOIN referrals r ON r.tenant_id = :t AND r.inviter_id = s.i
+                   AND r.attributed_at > s.lo AND r.attributed_at < s.hi
+                   AND (r.status <> 'refused' OR r.reason = ANY(CAST(:counted AS text[])))
+            )
+            SELECT i, max(n) AS n FROM windows GROUP BY i HAVING max(n) >= :threshold ORDER BY i
             """
         ),
         {
             "t": tenant_id,
-            "i": inviter_id,
-            "since": max(since, at - WINDOW),
-            "until": at + WINDOW,
+            "inviters": inviters,
+            "los": [min(invites[i]) - WINDOW for i in inviters],
+            "his": [max(invites[i]) + WINDOW for i in inviters],
             "counted": list(COUNTED_REFUSALS),
+            "threshold": config.velocity_per_minute,
         },
     )
-    if (invites or 0) < config.velocity_per_minute:
-        return None
-    return await session.scalar(
+    over = found.all()
+    if not over:
+        return []
+    opened = await session.execute(
         insert(ReferralReview)
         .values(
-            tenant_id=tenant_id,
-            inviter_id=inviter_id,
-            status="open",
-            trigger="velocity",
-            details={"invites_in_minute": invites, "threshold": config.velocity_per_minute},
-            opened_at=at,
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "inviter_id": row.i,
+                    "status": "open",
+                    "trigger": "velocity",
+                    "details": {
+                        "invites_in_minute": row.n,
+                        "threshold": config.velocity_per_minute,
+                    },
+                    "opened_at": max(invites[row.i]),
+                }
+                for row in over
+            ]
         )
         .on_conflict_do_nothing()
         .returning(ReferralReview.id)
     )
+    return list(opened.scalars())
 
 
 def review_view(row: ReferralReview) -> dict[str, Any]:

@@ -55,43 +55,45 @@ def _contact(event: Event, key: str = "contact_id") -> uuid.UUID | None:
 )
 async def attribute_channel_code(session: AsyncSession, events: list[Event]) -> None:
     """A customer added staff through an inviter's WeCom channel code."""
+    requests: dict[uuid.UUID, list[attribution.Request]] = {}
     for event in events:
         code = attribution.code_of_state(event.payload.get("state"))
         invitee = _contact(event)
         if code is None or event.tenant_id is None or invitee is None:
             continue
-        await attribution.attribute(
-            session,
-            event.tenant_id,
-            invitee,
-            code,
-            source="wecom",
-            event_key=f"event:{event.id}",
-            at=_occurred(event),
+        requests.setdefault(event.tenant_id, []).append(
+            attribution.Request(
+                invitee, code, source="wecom", event_key=f"event:{event.id}", at=_occurred(event)
+            )
         )
+    for tenant_id, asked in requests.items():
+        await attribution.attribute_many(session, tenant_id, asked)
 
 
 @subscribe_many("points", "referral.registered", name="points.attribute_registration")
 async def attribute_registration(session: AsyncSession, events: list[Event]) -> None:
     """An integration's `referral.registered`: the invitee came with an inviter's code
     (its device id and IP hashed at ingest)."""
+    requests: dict[uuid.UUID, list[attribution.Request]] = {}
     for event in events:
         props = _properties(event)
         code, invitee = props.get("code"), _contact(event)
         if not isinstance(code, str) or event.tenant_id is None or invitee is None:
             continue
         device, ip = props.get("device_hash"), props.get("ip_hash")
-        await attribution.attribute(
-            session,
-            event.tenant_id,
-            invitee,
-            code.strip().upper(),
-            source="event",
-            event_key=f"event:{event.id}",
-            at=_occurred(event),
-            device_hash=device if isinstance(device, str) else None,
-            ip_hash=ip if isinstance(ip, str) else None,
+        requests.setdefault(event.tenant_id, []).append(
+            attribution.Request(
+                invitee,
+                code.strip().upper(),
+                source="event",
+                event_key=f"event:{event.id}",
+                at=_occurred(event),
+                device_hash=device if isinstance(device, str) else None,
+                ip_hash=ip if isinstance(ip, str) else None,
+            )
         )
+    for tenant_id, asked in requests.items():
+        await attribution.attribute_many(session, tenant_id, asked)
 
 
 async def _live(
