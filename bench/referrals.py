@@ -607,7 +607,7 @@ async def hold_job(runtime: Runtime, at: datetime, profile: bool = False) -> dic
             f"(with the profiler) in {seconds:.2f} s"
         )
         print("   where this process spent its time (by own time):")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_LINES", "25")))
     event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
     event.remove(runtime.engine.sync_engine, "after_cursor_execute", done)
     if profile:
@@ -743,6 +743,74 @@ async def raw_insert(runtime: Runtime, tenant_id: uuid.UUID, at: datetime) -> tu
         seconds = time.perf_counter() - started
         await transaction.rollback()
     return seconds, int(done.rowcount)
+
+
+# Every row the job writes, raw: the same ledger entries, their lots, the balances, the
+# referrals' status, their rewards and transitions, and one event each, set-based.
+RAW_EVERYTHING = (
+    RAW_INSERT.text.replace("INSERT INTO points_ledger", "WITH e AS (INSERT INTO points_ledger")
+    + """
+    RETURNING id, account_id, points, expires_at, created_at, details
+    ), lots AS (
+        INSERT INTO points_lots (tenant_id, account_id, entry_id, kind, rule, points, remaining,
+                                 earned_at, expires_at)
+        SELECT CAST(:t AS uuid), e.account_id, e.id, 'earn', 'invite', e.points, e.points,
+               e.created_at, e.expires_at FROM e
+    )
+    UPDATE points_accounts a
+       SET balance = a.balance + s.points, lifetime_earned = a.lifetime_earned + s.points
+      FROM (SELECT account_id, sum(points) AS points FROM e GROUP BY account_id) AS s
+     WHERE a.id = s.account_id
+    """,
+    """
+    UPDATE referrals SET status = 'qualified', rewarded_at = now()
+     WHERE tenant_id = :t AND status = 'rewarded'
+    """,
+    """
+    INSERT INTO referral_rewards (tenant_id, reward_key, purpose, referral_id, contact_id, kind,
+                                  name, points, status, created_at, granted_at)
+    SELECT tenant_id, 'raw:' || id, 'invite', id, inviter_id, 'points', 'successful invite',
+           200, 'granted', now(), now()
+      FROM referrals WHERE tenant_id = :t AND status = 'qualified'
+    """,
+    """
+    INSERT INTO referral_transitions (tenant_id, referral_id, from_status, to_status, cause,
+                                      details, actor, at)
+    SELECT tenant_id, id, 'qualified', 'rewarded', 'hold_ended', '{}', 'job', now()
+      FROM referrals WHERE tenant_id = :t AND status = 'qualified'
+    """,
+    """
+    INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+    SELECT gen_random_uuid(), tenant_id, 'referral.succeeded',
+           jsonb_build_object('referral_id', id, 'inviter_contact_id', inviter_id::text,
+                              'invitee_contact_id', invitee_id::text,
+                              'occurred_at', now()::text)
+      FROM referrals WHERE tenant_id = :t AND status = 'qualified' ORDER BY id
+    """,
+)
+
+
+async def raw_everything(runtime: Runtime, tenant_id: uuid.UUID, at: datetime) -> float:
+    """Every row the job wrote (not the tier rewards), written again raw in a few
+    statements, in a transaction rolled back: its seconds."""
+    async with unit_of_work(runtime.sessionmaker) as session:
+        rules = await load_rules(session, tenant_id)
+    params = {
+        "t": tenant_id,
+        "points": rules.rules.earning.invite.points,
+        "expires": rules.expires_at(at),
+        "day": rules.local_day(at).isoformat(),
+        "at": at,
+    }
+    async with runtime.engine.connect() as conn:
+        started = time.perf_counter()
+        transaction = await conn.begin()
+        for statement in RAW_EVERYTHING:
+            wanted = {k: v for k, v in params.items() if f":{k}" in statement}
+            await conn.execute(text(statement), wanted)
+        seconds = time.perf_counter() - started
+        await transaction.rollback()
+    return seconds
 
 
 # ---------------------------------------------------------------- 4. the report
@@ -916,6 +984,19 @@ async def main(args: argparse.Namespace) -> int:
             f"(target <= {JOB_TARGET:g}x): {'OK' if job_met else 'MISSED'}"
         )
         checks_ok &= print_checks([("raw rows", raw_rows, args.referrals)])
+        vacuumed = await vacuum(database_url)
+        everything_s = await raw_everything(runtime, tenant_id, at)
+        print(
+            f"   and every row the job writes (the entries, their lots, the balances, the "
+            f"referrals' status, rewards, transitions and events; not the tiers), raw in "
+            f"{len(RAW_EVERYTHING)} statements, rolled back, after VACUUM ANALYZE "
+            f"({vacuumed:.1f} s):"
+        )
+        print(
+            f"     {everything_s:8.2f} s   -> the job = "
+            f"{job['seconds'] / everything_s:.1f}x these writes; they = "
+            f"{everything_s / raw_s:.1f}x the raw ledger insert"
+        )
 
         # 4. the report
         zone = ZoneInfo(await tenant_zone(runtime, tenant_id))
@@ -976,6 +1057,7 @@ async def main(args: argparse.Namespace) -> int:
                         "run_s": [round(r, 2) for r in job["run_s"]],
                     },
                     "raw_insert_s": round(raw_s, 3),
+                    "raw_everything_s": round(everything_s, 3),
                     "job_over_raw": round(ratio, 2),
                     "job_target": JOB_TARGET,
                     "report_http_ms": {

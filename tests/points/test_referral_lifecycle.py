@@ -659,6 +659,73 @@ async def test_tiers_are_paid_once_each_under_twenty_concurrent_orders(
     assert await verify(committed, brand) == []
 
 
+async def test_a_backlog_drains_a_batch_a_run_and_tiers_are_paid_as_crossed(
+    committed: Runtime,
+    committed_client: httpx.AsyncClient,
+    sim: SimulatedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More due referrals than a batch: each run rewards a batch and the next run
+    follows at once; tiers crossed in any batch are paid once each."""
+    monkeypatch.setattr(lifecycle, "BATCH", 2)
+    brand = await make_brand(committed)
+    await committed_client.put(
+        "/v1/points/referrals/config",
+        json={
+            "invitee_reward": None,
+            "tiers": [
+                {"count": c, "reward": {"kind": "points", "name": f"t{c}", "points": c}}
+                for c in (1, 2, 3, 5)
+            ],
+        },
+        headers=brand.headers("admin"),
+    )
+    alice = await make_member(committed, brand)
+    code = await _code(committed_client, brand, alice)
+    await _send(
+        committed,
+        committed_client,
+        brand,
+        *[_event("referral.registered", f"d{i}", T0, code=code) for i in range(5)],
+    )
+    await _send(
+        committed,
+        committed_client,
+        brand,
+        *[_event("order.paid", f"d{i}", T0, order_id=f"D-{i}", amount_fen=100) for i in range(5)],
+    )
+    sim.at = T0 + timedelta(days=8)
+    async with unit_of_work(committed.sessionmaker) as session:
+        await schedule(session, service="points", job="reward_referrals", due_at=datetime.now(UTC))
+    await schedule_and_work(committed, "points")  # one run: 2 rewarded, a follow-up scheduled
+    by_status = (
+        "SELECT status, count(*) FROM referrals WHERE tenant_id = :t GROUP BY status "
+        "ORDER BY status"
+    )
+    assert await rows(committed, by_status, t=brand.tenant_id) == [
+        ("qualified", 3),
+        ("rewarded", 2),
+    ]
+    follow_ups = await rows(
+        committed,
+        "SELECT count(*) FROM scheduled_jobs WHERE dedupe_key LIKE 'reward_referrals:after:%'",
+    )
+    assert follow_ups == [(1,)]
+    for _ in range(3):
+        await schedule_and_work(committed, "points")
+    await _settle(committed)
+    assert await rows(committed, by_status, t=brand.tenant_id) == [("rewarded", 5)]
+    # Batches of 2, 2 and 1 crossed tiers 1-2, 3 and 5: each paid once.
+    assert await rows(
+        committed,
+        "SELECT tier_count, status FROM referral_rewards WHERE tenant_id = :t "
+        "AND purpose = 'tier' ORDER BY tier_count",
+        t=brand.tenant_id,
+    ) == [(1, "granted"), (2, "granted"), (3, "granted"), (5, "granted")]
+    assert await balance(committed_client, brand, alice) == 5 * 200 + 1 + 2 + 3 + 5
+    assert await verify(committed, brand) == []
+
+
 async def test_refusals_through_the_api(
     committed: Runtime, committed_client: httpx.AsyncClient, sim: SimulatedClock
 ) -> None:

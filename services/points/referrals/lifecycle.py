@@ -239,12 +239,14 @@ async def reward_due(
     now: datetime,
     tenant_id: uuid.UUID | None = None,
     ids: list[int] | None = None,
-    limit: int = BATCH,
+    limit: int | None = None,
 ) -> int:
-    """Reward up to `limit` referrals whose hold has ended (of one tenant, or these
+    """Reward up to `limit` (BATCH) referrals whose hold has ended (of one tenant, or these
     ids), set-based: how many."""
     candidates = (
-        await session.execute(_DUE, {"now": now, "tenant": tenant_id, "ids": ids, "limit": limit})
+        await session.execute(
+            _DUE, {"now": now, "tenant": tenant_id, "ids": ids, "limit": limit or BATCH}
+        )
     ).all()
     by_tenant: dict[uuid.UUID, list[Any]] = {}
     for row in candidates:
@@ -317,7 +319,10 @@ async def _rewarded(
     )
     config = await load_config(session, tenant_id)
     if config.tiers:
-        await pay_tiers(session, tenant_id, {r.inviter_id for r in rows}, config, now)
+        new: dict[uuid.UUID, int] = {}
+        for r in rows:
+            new[r.inviter_id] = new.get(r.inviter_id, 0) + 1
+        await pay_tiers(session, tenant_id, new, config, now)
 
 
 async def succeeded_counts(
@@ -337,13 +342,17 @@ async def succeeded_counts(
 async def pay_tiers(
     session: AsyncSession,
     tenant_id: uuid.UUID,
-    inviter_ids: set[uuid.UUID],
+    new: dict[uuid.UUID, int],
     config: ReferralConfig,
     now: datetime,
+    *,
+    all_reached: bool = False,
 ) -> None:
-    """Each tier an inviter's succeeded count reaches, paid once, set-based (the caller
-    holds the inviters' locks)."""
-    counts = await succeeded_counts(session, tenant_id, sorted(inviter_ids))
+    """The tiers these inviters' succeeded counts reach with their `new` successes
+    (with `all_reached`, every tier their counts reach), each paid once, set-based (the
+    caller holds the inviters' locks). A tier reached before was paid then (or clawed
+    back since, and is not paid again)."""
+    counts = await succeeded_counts(session, tenant_id, sorted(new))
     await rewards.grant_many(
         session,
         tenant_id,
@@ -357,7 +366,8 @@ async def pay_tiers(
             )
             for inviter in sorted(counts)
             for tier in config.tiers
-            if counts[inviter] >= tier.count
+            if tier.count <= counts[inviter]
+            and (all_reached or counts[inviter] - new[inviter] < tier.count)
         ],
         now,
     )

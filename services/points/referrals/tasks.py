@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.points.ledger.booking import now as clock_now
 from services.points.referrals import attribution, channel_codes, lifecycle, rewards
+from services.points.referrals.config import load_config
 from services.points.referrals.models import Referral
 from shared.events import Event, subscribe, subscribe_many
-from shared.scheduler import ScheduledWork, recurring_job
+from shared.scheduler import ScheduledWork, recurring_job, schedule
 
 log = logging.getLogger("scrm.points.referrals")
 
@@ -296,16 +297,30 @@ async def follow_merge(
             await rewards.claw_back(
                 session, tenant_id, [tier.id], reason="merged", at=at, actor="event"
             )
+    # Tiers the survivor reaches with both contacts' successes together.
+    config = await load_config(session, tenant_id)
+    if config.tiers:
+        await lifecycle.pay_tiers(session, tenant_id, {survivor: 0}, config, at, all_reached=True)
 
 
 @recurring_job("points", "reward_referrals", every_seconds=60)
 async def reward_referrals(session: AsyncSession, work: ScheduledWork) -> None:
-    """The hold expiry job: referrals whose hold ended are rewarded, set-based."""
+    """The hold expiry job: referrals whose hold ended are rewarded, set-based, a batch
+    a run; after a full batch the next run follows at once (a transaction of its own,
+    so a backlog never holds the inviters' locks for long)."""
     now = clock_now()
     rewarded = await lifecycle.reward_due(session, now=now)
     paid = await rewards.pay_owed(session, now)
     if rewarded or paid:
         log.info("referrals rewarded", extra={"rewarded": rewarded, "owed_paid": paid})
+    if rewarded >= lifecycle.BATCH:
+        await schedule(
+            session,
+            service="points",
+            job="reward_referrals",
+            due_at=datetime.now(UTC),
+            dedupe_key=f"reward_referrals:after:{work.id}",
+        )
 
 
 __all__ = ["channel_codes"]  # its job registers when this module is imported
