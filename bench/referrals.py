@@ -607,7 +607,8 @@ async def hold_job(runtime: Runtime, at: datetime, profile: bool = False) -> dic
             f"(with the profiler) in {seconds:.2f} s"
         )
         print("   where this process spent its time (by own time):")
-        pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_LINES", "25")))
+        stats = pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime"))
+        stats.print_stats(int(os.environ.get("BENCH_PROFILE_LINES", "25")))
     event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
     event.remove(runtime.engine.sync_engine, "after_cursor_execute", done)
     if profile:
@@ -1137,7 +1138,10 @@ def run() -> None:
     )
     parser.add_argument("--report-runs", type=int, default=5)
     parser.add_argument(
-        "--profile", action="store_true", help="print the job's slowest statements"
+        "--profile",
+        action="store_true",
+        help="print the job's slowest statements and a Python profile (its order and length "
+        "from BENCH_PROFILE_SORT, BENCH_PROFILE_LINES)",
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=900, help="seconds to wait for each step"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event, func
+from sqlalchemy import ColumnElement, DateTime, MetaData, any_, bindparam, event, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -48,6 +49,13 @@ class TenantScoped:
     """Mixin for every tenant-owned table: the `tenant_id` every query filters on."""
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(index=True)
+
+
+def one_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+    """`column = ANY(:array)`: one bound array, rather than `IN` with a parameter a
+    value, so a statement over many values stays one prepared statement whatever
+    their number (and binds fast)."""
+    return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))  # type: ignore[no-any-return]
 
 
 def utcnow_column() -> Mapped[datetime]:

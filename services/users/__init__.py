@@ -51,13 +51,14 @@ async def contact_statuses(
     from sqlalchemy import select
 
     from services.users.models import Contact
+    from shared.db import one_of
 
     if not contact_ids:
         return {}
     rows = (
         await session.execute(
             select(Contact.id, Contact.merged_into_id, Contact.erased_at).where(
-                Contact.tenant_id == tenant_id, Contact.id.in_(list(contact_ids))
+                Contact.tenant_id == tenant_id, one_of(Contact.id, contact_ids)
             )
         )
     ).all()
@@ -343,12 +344,13 @@ async def contacts_created_at(
     from sqlalchemy import select
 
     from services.users.models import Contact
+    from shared.db import one_of
 
     if not contact_ids:
         return {}
     rows = await session.execute(
         select(Contact.id, Contact.created_at).where(
-            Contact.tenant_id == tenant_id, Contact.id.in_(list(contact_ids))
+            Contact.tenant_id == tenant_id, one_of(Contact.id, contact_ids)
         )
     )
     return {row.id: row.created_at for row in rows}

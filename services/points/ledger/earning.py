@@ -45,25 +45,56 @@ class Earning:
     daily_cap: int | None = None
 
 
-def _planned(earning: Earning, rules: TenantRules) -> tuple[Earning, RuleEarningArgs]:
-    """The earning with its base within what one entry holds, and its `points_earn` call."""
-    at = earning.occurred_at
-    day = rules.local_day(at).isoformat()
-    multipliers = {
-        t.name: str(rules.rules.multiplier(earning.rule, at, t.name)) for t in rules.rules.tiers
-    }
-    multipliers[""] = str(rules.rules.multiplier(earning.rule, at, None))
+@dataclass(frozen=True)
+class _Moment:
+    """What an earning's rule and moment decide, the same for every earning of a batch
+    by that rule at that moment (computed once for them)."""
+
+    day: str
+    multipliers: dict[str, str]
+    ceiling: int
+    expires_at: datetime
+    growth_since: datetime | None
+
+
+def _moment(rule: str, at: datetime, rules: TenantRules) -> _Moment:
+    multipliers = {t.name: str(rules.rules.multiplier(rule, at, t.name)) for t in rules.rules.tiers}
+    multipliers[""] = str(rules.rules.multiplier(rule, at, None))
     # One entry holds at most MAX_POINTS: an earning beyond (the largest order at the
     # highest rate and multipliers) earns that much, rather than overflowing the ledger
     # and failing its event for good.
     ceiling = MAX_POINTS // max(1, math.ceil(max(Decimal(m) for m in multipliers.values())))
+    by_growth = rules.rules.growth_measure == "points_earned"
+    return _Moment(
+        day=rules.local_day(at).isoformat(),
+        multipliers=multipliers,
+        ceiling=ceiling,
+        expires_at=rules.expires_at(at),
+        growth_since=(at - timedelta(days=rules.rules.growth_window_days) if by_growth else None),
+    )
+
+
+def _planned(
+    earning: Earning,
+    rules: TenantRules,
+    moments: dict[tuple[str, datetime], _Moment] | None = None,
+) -> tuple[Earning, RuleEarningArgs]:
+    """The earning with its base within what one entry holds, and its `points_earn` call
+    (`moments` keeps what a batch's earnings share)."""
+    at = earning.occurred_at
+    key = (earning.rule, at)
+    moment = moments.get(key) if moments is not None else None
+    if moment is None:
+        moment = _moment(earning.rule, at, rules)
+        if moments is not None:
+            moments[key] = moment
+    day, multipliers, ceiling = moment.day, moment.multipliers, moment.ceiling
     if earning.base_points > ceiling:
         earning = replace(
             earning,
             base_points=ceiling,
             details={**(earning.details or {}), "base_points_uncapped": earning.base_points},
         )
-    by_growth = rules.rules.growth_measure == "points_earned"
     return earning, RuleEarningArgs(
         contact_id=earning.contact_id,
         rule=earning.rule,
@@ -76,8 +107,8 @@ def _planned(earning: Earning, rules: TenantRules) -> tuple[Earning, RuleEarning
         order_id=earning.order_id,
         details={**(earning.details or {}), "day": day, "base_points": earning.base_points},
         earned_at=at,
-        expires_at=rules.expires_at(at),
-        growth_since=(at - timedelta(days=rules.rules.growth_window_days) if by_growth else None),
+        expires_at=moment.expires_at,
+        growth_since=moment.growth_since,
     )
 
 
@@ -174,7 +205,8 @@ async def earn_many(
     so concurrent batches cannot deadlock. A member who owes points settles the debt
     from the earning on its own (rare).
     """
-    planned = [_planned(earning, rules) for earning in earnings]
+    moments: dict[tuple[str, datetime], _Moment] = {}
+    planned = [_planned(earning, rules, moments) for earning in earnings]
     booked: list[Booked | None] = [None] * len(earnings)
     passes = in_passes(list(range(len(earnings))), member=lambda i: earnings[i].contact_id)
     for indices in passes:

@@ -43,6 +43,7 @@ from services import users
 from services.points.referrals import fraud, lifecycle, rewards
 from services.points.referrals.config import ReferralConfig, load_config
 from services.points.referrals.models import Referral, ReferralCode
+from shared.db import one_of
 from shared.events import publish_many
 from shared.tenancy import tenant_timezone
 
@@ -160,7 +161,7 @@ async def attribute_many(
         for row in await session.execute(
             select(ReferralCode.code, ReferralCode.contact_id, ReferralCode.created_at).where(
                 ReferralCode.tenant_id == tenant_id,
-                ReferralCode.code.in_({r.code for r in requests}),
+                one_of(ReferralCode.code, {r.code for r in requests}),
             )
         )
     }
@@ -174,7 +175,7 @@ async def attribute_many(
         for row in await session.execute(
             select(Referral.event_key, Referral.reason, Referral.inviter_id).where(
                 Referral.tenant_id == tenant_id,
-                Referral.event_key.in_({r.event_key for r in requests}),
+                one_of(Referral.event_key, {r.event_key for r in requests}),
             )
         )
     }
@@ -362,7 +363,7 @@ async def _load_state(
         found = await session.execute(
             select(Referral.invitee_id, Referral.inviter_id).where(
                 Referral.tenant_id == tenant_id,
-                Referral.invitee_id.in_(asking),
+                one_of(Referral.invitee_id, asking),
                 Referral.status != "refused",
             )
         )
@@ -373,7 +374,7 @@ async def _load_state(
         await session.scalars(
             select(Referral.invitee_id).where(
                 Referral.tenant_id == tenant_id,
-                Referral.invitee_id.in_(invitees),
+                one_of(Referral.invitee_id, invitees),
                 Referral.status != "refused",
             )
         )
@@ -388,10 +389,10 @@ async def _load_state(
                 Referral.inviter_id, Referral.device_hash, Referral.ip_hash, Referral.attributed_at
             ).where(
                 Referral.tenant_id == tenant_id,
-                Referral.inviter_id.in_(inviters),
+                one_of(Referral.inviter_id, inviters),
                 Referral.status != "refused",
                 Referral.attributed_at > since,
-                or_(Referral.device_hash.in_(devices), Referral.ip_hash.in_(ips)),
+                or_(one_of(Referral.device_hash, devices), one_of(Referral.ip_hash, ips)),
             )
         )
         for row in found:
@@ -416,7 +417,7 @@ async def _load_state(
             )
             .where(
                 Referral.tenant_id == tenant_id,
-                Referral.inviter_id.in_(inviters),
+                one_of(Referral.inviter_id, inviters),
                 Referral.status != "refused",
                 Referral.attributed_at >= min(days),
                 Referral.attributed_at < max(days) + timedelta(days=1),

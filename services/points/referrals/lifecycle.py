@@ -36,7 +36,7 @@ from services.points.referrals import rewards
 from services.points.referrals.config import ReferralConfig, load_config
 from services.points.referrals.models import Referral, ReferralReward
 from services.points.rules.service import load_rules
-from shared.events import publish_many
+from shared.events import NOTIFY_CHANNEL, publish_many
 
 BATCH = 5000
 
@@ -206,16 +206,33 @@ _DUE = text(
     """
 )
 
+# The due referrals rewarded, their transitions recorded and `referral.succeeded`
+# published, in one statement.
 _REWARD = text(
     """
-    UPDATE referrals r SET status = 'rewarded', rewarded_at = :now
-     WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.status = 'qualified'
-       AND r.hold_until <= :now
-       AND NOT EXISTS (
-            SELECT 1 FROM referral_reviews v
-             WHERE v.tenant_id = r.tenant_id AND v.inviter_id = r.inviter_id
-               AND v.status = 'open')
-    RETURNING r.id, r.inviter_id, r.invitee_id
+    WITH done AS (
+        UPDATE referrals r SET status = 'rewarded', rewarded_at = :now
+         WHERE r.id = ANY(CAST(:ids AS bigint[])) AND r.status = 'qualified'
+           AND r.hold_until <= :now
+           AND NOT EXISTS (
+                SELECT 1 FROM referral_reviews v
+                 WHERE v.tenant_id = r.tenant_id AND v.inviter_id = r.inviter_id
+                   AND v.status = 'open')
+        RETURNING r.id, r.tenant_id, r.inviter_id, r.invitee_id
+    ), moved AS (
+        INSERT INTO referral_transitions
+               (tenant_id, referral_id, from_status, to_status, cause, details, actor, at)
+        SELECT tenant_id, id, 'qualified', 'rewarded', 'hold_ended', '{}'::jsonb, 'job', :now
+          FROM done
+    ), published AS (
+        INSERT INTO outbox_events (event_id, tenant_id, type, payload)
+        SELECT gen_random_uuid(), tenant_id, 'referral.succeeded',
+               jsonb_build_object('referral_id', id, 'inviter_contact_id', inviter_id,
+                                  'invitee_contact_id', invitee_id,
+                                  'occurred_at', CAST(:occurred AS text))
+          FROM done ORDER BY id
+    )
+    SELECT id, inviter_id, invitee_id FROM done ORDER BY id
     """
 )
 
@@ -254,8 +271,13 @@ async def reward_due(
     rewarded = 0
     for tenant, own in by_tenant.items():
         await lock_inviters(session, tenant, [r.inviter_id for r in own])
-        rows = (await session.execute(_REWARD, {"now": now, "ids": [r.id for r in own]})).all()
+        rows = (
+            await session.execute(
+                _REWARD, {"now": now, "occurred": now.isoformat(), "ids": [r.id for r in own]}
+            )
+        ).all()
         if rows:
+            await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
             await _rewarded(session, tenant, rows, now)
         rewarded += len(rows)
     return rewarded
@@ -292,31 +314,6 @@ async def _rewarded(
                 "at": now,
             },
         )
-    await record_transitions(
-        session,
-        tenant_id,
-        [(r.id, "qualified") for r in rows],
-        to="rewarded",
-        cause="hold_ended",
-        actor="job",
-        at=now,
-    )
-    await publish_many(
-        session,
-        [
-            (
-                "referral.succeeded",
-                {
-                    "referral_id": r.id,
-                    "inviter_contact_id": str(r.inviter_id),
-                    "invitee_contact_id": str(r.invitee_id),
-                    "occurred_at": now.isoformat(),
-                },
-                tenant_id,
-            )
-            for r in rows
-        ],
-    )
     config = await load_config(session, tenant_id)
     if config.tiers:
         new: dict[uuid.UUID, int] = {}

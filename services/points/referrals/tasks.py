@@ -26,6 +26,7 @@ from services.points.referrals.config import load_config
 from services.points.referrals.models import Referral
 from shared.events import Event, subscribe, subscribe_many
 from shared.scheduler import ScheduledWork, recurring_job, schedule
+from shared.statistics import keep_statistics_fresh
 
 log = logging.getLogger("scrm.points.referrals")
 
@@ -322,5 +323,16 @@ async def reward_referrals(session: AsyncSession, work: ScheduledWork) -> None:
             dedupe_key=f"reward_referrals:after:{work.id}",
         )
 
+
+# A campaign brings invitees by the thousand in minutes: attribution and the hold job
+# are planned from fresh statistics.
+keep_statistics_fresh(
+    "points",
+    "referrals",
+    "referral_transitions",
+    "referral_rewards",
+    "referral_contacts",
+    "referral_activity",
+)
 
 __all__ = ["channel_codes"]  # its job registers when this module is imported
