@@ -5,6 +5,7 @@ with their reason."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,12 +14,14 @@ import httpx
 import pytest
 from sqlalchemy import text, update
 
+from services.points.referrals import attribution
 from services.users.models import Contact
 from services.users.settings import users_settings
 from shared.db import unit_of_work
 from shared.events import publish_many
 from shared.relay import DELIVER_JOB
 from shared.runtime import Runtime
+from tests.clock import wait_until
 from tests.helpers import bearer, make_key, make_tenant
 from tests.shared.bus_support import relay_all, schedule_and_work, work_until_idle
 from tests.users.fake_wecom import FakeWeCom
@@ -125,6 +128,85 @@ async def test_channel_codes_attribute_once_with_their_chain_and_refusals(
     assert await _referrals(committed, other.id) == [
         (stranger, None, None, "refused", "unknown_code", "wecom")
     ], "a code of another tenant is unknown"
+
+
+async def test_concurrent_batches_neither_deadlock_nor_attribute_an_invitee_twice(
+    committed: Runtime, committed_client: httpx.AsyncClient
+) -> None:
+    """Two batches at once: over the same inviters in opposite orders they take turns
+    (the inviters are locked sorted); with different inviters for one invitee, the
+    one that commits first wins and the other is recorded as refused."""
+    async with unit_of_work(committed.sessionmaker) as session:
+        tenant = await make_tenant(session)
+        h = bearer(await make_key(session, tenant, "operator"))
+    alice, bob, carol = [await _contact(committed, tenant.id) for _ in range(3)]
+    codes = {c: await _code(committed_client, h, c) for c in (alice, bob, carol)}
+    x1, x2, y1, y2, z = [await _contact(committed, tenant.id) for _ in range(5)]
+    at = datetime.now(UTC)
+
+    def asked(invitee: uuid.UUID, inviter: uuid.UUID) -> attribution.Request:
+        return attribution.Request(
+            invitee, codes[inviter], source="event", event_key=f"t:{uuid.uuid4()}", at=at
+        )
+
+    first = [asked(x1, alice), asked(x2, bob), asked(z, alice)]
+    second = [asked(y1, bob), asked(y2, alice)]
+    third = [asked(z, carol)]  # another inviter: no lock in common with the first
+    started, release = asyncio.Event(), asyncio.Event()
+    results: dict[str, list[attribution.Attribution]] = {}
+
+    async def hold_first() -> None:
+        async with unit_of_work(committed.sessionmaker) as session:
+            results["first"] = await attribution.attribute_many(session, tenant.id, first)
+            started.set()
+            await release.wait()
+
+    async def run(name: str, requests: list[attribution.Request]) -> None:
+        await started.wait()
+        async with unit_of_work(committed.sessionmaker) as session:
+            results[name] = await attribution.attribute_many(session, tenant.id, requests)
+
+    async def both_waiting() -> bool:
+        async with committed.engine.connect() as conn:
+            waiting = await conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        return bool(waiting and waiting >= 2)
+
+    tasks = [
+        asyncio.create_task(hold_first()),
+        asyncio.create_task(run("second", second)),
+        asyncio.create_task(run("third", third)),
+    ]
+    await started.wait()
+    await wait_until(both_waiting, "the second and third batches waiting on the first")
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    assert [r.status for r in results["first"]] == ["pending"] * 3
+    assert [r.status for r in results["second"]] == ["pending"] * 2
+    assert [(r.status, r.reason) for r in results["third"]] == [("refused", "already_attributed")]
+    found = await _referrals(committed, tenant.id)
+    assert sorted((r[0], r[3]) for r in found if r[0] == z) == sorted(
+        [(z, "pending"), (z, "refused")]
+    )
+    async with committed.engine.connect() as conn:
+        welcome = await conn.scalar(
+            text(
+                "SELECT count(*) FROM referral_rewards WHERE tenant_id = :t "
+                "AND purpose = 'welcome' AND contact_id = :z"
+            ),
+            {"t": tenant.id, "z": z},
+        )
+        transitions = await conn.execute(
+            text(
+                "SELECT r.status, t.to_status, t.cause FROM referral_transitions t "
+                "JOIN referrals r ON r.id = t.referral_id WHERE r.invitee_id = :z ORDER BY t.id"
+            ),
+            {"z": z},
+        )
+        assert [tuple(t) for t in transitions] == [
+            ("pending", "pending", "attributed"),
+            ("refused", "refused", "already_attributed"),
+        ]
+    assert welcome == 1
 
 
 async def test_an_inviter_gets_a_wecom_channel_code_naming_them(
