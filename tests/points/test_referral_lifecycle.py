@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from services.points import clock
-from services.points.referrals import lifecycle
+from services.points.referrals import lifecycle, tasks
 from shared.db import unit_of_work
 from shared.events import publish_many
 from shared.relay import DELIVER_JOB
@@ -151,6 +151,30 @@ async def _register(
         t=brand.tenant_id,
     )
     return uuid.UUID(str(ids[0][0]))
+
+
+async def _invited_and_paid(
+    runtime: Runtime, client: httpx.AsyncClient, brand: Brand, code: str, prefix: str, n: int
+) -> None:
+    """`n` invitees (`<prefix><i>`) registered through the code at T0, each then paying
+    an order (`<PREFIX>-<i>`, 1 yuan)."""
+    await _send(
+        runtime,
+        client,
+        brand,
+        *[_event("referral.registered", f"{prefix}{i}", T0, code=code) for i in range(n)],
+    )
+    await _send(
+        runtime,
+        client,
+        brand,
+        *[
+            _event(
+                "order.paid", f"{prefix}{i}", T0, order_id=f"{prefix.upper()}-{i}", amount_fen=100
+            )
+            for i in range(n)
+        ],
+    )
 
 
 async def test_pending_qualified_rewarded_across_the_hold(
@@ -665,8 +689,9 @@ async def test_a_backlog_drains_a_batch_a_run_and_tiers_are_paid_as_crossed(
     sim: SimulatedClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """More due referrals than a batch: each run rewards a batch and the next run
-    follows at once; tiers crossed in any batch are paid once each."""
+    """More due referrals than a batch: a run rewards a batch, then runs a partition of
+    the inviters follow at once, each followed by the next while its batches come
+    full; tiers crossed in any batch are paid once each."""
     monkeypatch.setattr(lifecycle, "BATCH", 2)
     brand = await make_brand(committed)
     await committed_client.put(
@@ -682,18 +707,7 @@ async def test_a_backlog_drains_a_batch_a_run_and_tiers_are_paid_as_crossed(
     )
     alice = await make_member(committed, brand)
     code = await _code(committed_client, brand, alice)
-    await _send(
-        committed,
-        committed_client,
-        brand,
-        *[_event("referral.registered", f"d{i}", T0, code=code) for i in range(5)],
-    )
-    await _send(
-        committed,
-        committed_client,
-        brand,
-        *[_event("order.paid", f"d{i}", T0, order_id=f"D-{i}", amount_fen=100) for i in range(5)],
-    )
+    await _invited_and_paid(committed, committed_client, brand, code, "d", 5)
     sim.at = T0 + timedelta(days=8)
     async with unit_of_work(committed.sessionmaker) as session:
         await schedule(session, service="points", job="reward_referrals", due_at=datetime.now(UTC))
@@ -706,11 +720,15 @@ async def test_a_backlog_drains_a_batch_a_run_and_tiers_are_paid_as_crossed(
         ("qualified", 3),
         ("rewarded", 2),
     ]
+    # The backlog is worked by a run a partition of the inviters, at once.
     follow_ups = await rows(
         committed,
-        "SELECT count(*) FROM scheduled_jobs WHERE dedupe_key LIKE 'reward_referrals:after:%'",
+        "SELECT args FROM scheduled_jobs WHERE dedupe_key LIKE 'reward_referrals:after:%' "
+        "ORDER BY id",
     )
-    assert follow_ups == [(1,)]
+    assert [r[0] for r in follow_ups] == [
+        {"part": p, "parts": tasks.REWARD_PARTS} for p in range(tasks.REWARD_PARTS)
+    ]
     for _ in range(3):
         await schedule_and_work(committed, "points")
     await _settle(committed)
@@ -862,21 +880,7 @@ async def test_a_worker_killed_during_the_hold_job_rewards_once(
         inviter = await make_member(committed, brand)
         inviters.append(inviter)
         code = await _code(committed_client, brand, inviter)
-        await _send(
-            committed,
-            committed_client,
-            brand,
-            *[_event("referral.registered", f"k{i}", T0, code=code) for i in range(5)],
-        )
-        await _send(
-            committed,
-            committed_client,
-            brand,
-            *[
-                _event("order.paid", f"k{i}", T0, order_id=f"K-{i}", amount_fen=100)
-                for i in range(5)
-            ],
-        )
+        await _invited_and_paid(committed, committed_client, brand, code, "k", 5)
     async with committed.engine.begin() as conn:
         await conn.execute(text("UPDATE referrals SET hold_until = now() - interval '1 minute'"))
         # The job's runs come only from this test's schedule.

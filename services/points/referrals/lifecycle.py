@@ -193,15 +193,20 @@ async def qualify(
 
 # -- the hold's end -----------------------------------------------------------------------
 
-# Candidates, unlocked: their inviters are locked first (the one lock order), then
-# the referrals still due are rewarded.
+# Candidates, unlocked, the earliest due first: their inviters are locked first (the one
+# lock order), then the referrals still due are rewarded. A run may take one of `parts`
+# partitions of the inviters, so that runs of different partitions never wait on each
+# other.
 _DUE = text(
     """
     SELECT r.id, r.tenant_id, r.inviter_id FROM referrals r
      WHERE r.status = 'qualified' AND r.hold_until <= :now
        AND (CAST(:tenant AS uuid) IS NULL OR r.tenant_id = CAST(:tenant AS uuid))
        AND (CAST(:ids AS bigint[]) IS NULL OR r.id = ANY(CAST(:ids AS bigint[])))
-     ORDER BY r.id
+       AND (CAST(:parts AS int) = 1
+            OR mod(abs(hashtext(CAST(r.inviter_id AS text))), CAST(:parts AS int))
+               = CAST(:part AS int))
+     ORDER BY r.hold_until, r.id
      LIMIT :limit
     """
 )
@@ -257,12 +262,23 @@ async def reward_due(
     tenant_id: uuid.UUID | None = None,
     ids: list[int] | None = None,
     limit: int | None = None,
+    part: int = 0,
+    parts: int = 1,
 ) -> int:
-    """Reward up to `limit` (BATCH) referrals whose hold has ended (of one tenant, or these
-    ids), set-based: how many."""
+    """Reward up to `limit` (BATCH) referrals whose hold has ended, the earliest due
+    first (of one tenant, or these ids; of partition `part` of `parts` of the
+    inviters), set-based: how many."""
     candidates = (
         await session.execute(
-            _DUE, {"now": now, "tenant": tenant_id, "ids": ids, "limit": limit or BATCH}
+            _DUE,
+            {
+                "now": now,
+                "tenant": tenant_id,
+                "ids": ids,
+                "limit": limit or BATCH,
+                "part": part,
+                "parts": parts,
+            },
         )
     ).all()
     by_tenant: dict[uuid.UUID, list[Any]] = {}

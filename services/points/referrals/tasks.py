@@ -304,23 +304,35 @@ async def follow_merge(
         await lifecycle.pay_tiers(session, tenant_id, {survivor: 0}, config, at, all_reached=True)
 
 
+# A backlog is worked by this many runs at once, each on its own partition of the
+# inviters (so they never wait on each other's locks).
+REWARD_PARTS = 2
+
+
 @recurring_job("points", "reward_referrals", every_seconds=60)
 async def reward_referrals(session: AsyncSession, work: ScheduledWork) -> None:
     """The hold expiry job: referrals whose hold ended are rewarded, set-based, a batch
-    a run; after a full batch the next run follows at once (a transaction of its own,
-    so a backlog never holds the inviters' locks for long)."""
+    a run. After a full batch the backlog is worked at once by REWARD_PARTS runs, each
+    a transaction of its own on a partition of the inviters, each followed by the next
+    of its partition while its batches come full (so a backlog never holds the
+    inviters' locks for long, and the workers' concurrency works it in parallel)."""
     now = clock_now()
-    rewarded = await lifecycle.reward_due(session, now=now)
+    part, parts = int(work.args.get("part", 0)), int(work.args.get("parts", 1))
+    rewarded = await lifecycle.reward_due(session, now=now, part=part, parts=parts)
     paid = await rewards.pay_owed(session, now)
     if rewarded or paid:
         log.info("referrals rewarded", extra={"rewarded": rewarded, "owed_paid": paid})
-    if rewarded >= lifecycle.BATCH:
+    if rewarded < lifecycle.BATCH:
+        return
+    follow = [(part, parts)] if parts > 1 else [(p, REWARD_PARTS) for p in range(REWARD_PARTS)]
+    for next_part, of in follow:
         await schedule(
             session,
             service="points",
             job="reward_referrals",
             due_at=datetime.now(UTC),
-            dedupe_key=f"reward_referrals:after:{work.id}",
+            args={"part": next_part, "parts": of},
+            dedupe_key=f"reward_referrals:after:{work.id}:{next_part}",
         )
 
 
