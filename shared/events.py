@@ -233,7 +233,7 @@ async def publish(
             event_id=event_id, tenant_id=tenant_id, type=event_type, payload=dict(payload)
         )
     )
-    await _notify_relay(session)
+    await notify_relay(session)
     return event_id
 
 
@@ -257,7 +257,7 @@ async def publish_many(
         _PUBLISH_MANY,
         {"ids": [str(i) for i in ids], "tenants": tenants, "types": kinds, "payloads": payloads},
     )
-    await _notify_relay(session)
+    await notify_relay(session)
     return ids
 
 
@@ -273,7 +273,9 @@ _PUBLISH_MANY = text(
 )
 
 
-async def _notify_relay(session: AsyncSession) -> None:
+async def notify_relay(session: AsyncSession) -> None:
+    """Wake the outbox relay when this transaction commits (for code that inserts
+    into outbox_events with SQL of its own)."""
     # NOTIFY is transactional: the relay wakes only when the events are committed.
     # Postgres folds repeats within a transaction, but each costs a round trip,
     # so send it once per transaction.

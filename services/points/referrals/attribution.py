@@ -287,23 +287,22 @@ async def attribute_many(
     )
     if config.invitee_reward is not None and pending:
         welcome = config.invitee_reward
-        for at in sorted({row["attributed_at"] for row in pending}):
-            await rewards.grant_many(
-                session,
-                tenant_id,
-                [
-                    rewards.Grant(
-                        key=f"welcome:{row['id']}",
-                        purpose="welcome",
-                        contact_id=row["invitee_id"],
-                        reward=welcome,
-                        referral_id=row["id"],
-                    )
-                    for row in pending
-                    if row["attributed_at"] == at
-                ],
-                at,
-            )
+        await rewards.grant_many(
+            session,
+            tenant_id,
+            [
+                rewards.Grant(
+                    key=f"welcome:{row['id']}",
+                    purpose="welcome",
+                    contact_id=row["invitee_id"],
+                    reward=welcome,
+                    referral_id=row["id"],
+                    at=row["attributed_at"],
+                )
+                for row in pending
+            ],
+            max(row["attributed_at"] for row in pending),
+        )
     counted: dict[uuid.UUID, list[datetime]] = {}
     for row in recorded:
         if row["inviter_id"] is not None and (
@@ -481,25 +480,18 @@ async def _record(
     requests: list[Request],
 ) -> None:
     """Each new referral's first transition: pending (attributed) or refused (its reason)."""
-    if not rows:
-        return
-    await session.execute(
-        text(
-            """
-            INSERT INTO referral_transitions
-                   (tenant_id, referral_id, from_status, to_status, cause, details, actor, at)
-            SELECT CAST(:tenant AS uuid), r, NULL, s, c, '{}'::jsonb, a, at
-              FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]),
-                          CAST(:causes AS text[]), CAST(:actors AS text[]),
-                          CAST(:ats AS timestamptz[])) AS u(r, s, c, a, at)
-            """
-        ),
-        {
-            "tenant": tenant_id,
-            "ids": [r["id"] for r in rows],
-            "statuses": [r["status"] for r in rows],
-            "causes": [r["reason"] or "attributed" for r in rows],
-            "actors": [requests[r["n"]].actor for r in rows],
-            "ats": [r["attributed_at"] for r in rows],
-        },
+    await lifecycle.write_transitions(
+        session,
+        tenant_id,
+        [
+            lifecycle.Transition(
+                r["id"],
+                None,
+                r["status"],
+                r["reason"] or "attributed",
+                requests[r["n"]].actor,
+                r["attributed_at"],
+            )
+            for r in rows
+        ],
     )

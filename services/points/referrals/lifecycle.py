@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +37,8 @@ from services.points.referrals import rewards
 from services.points.referrals.config import ReferralConfig, load_config
 from services.points.referrals.models import Referral, ReferralReward
 from services.points.rules.service import load_rules
-from shared.events import NOTIFY_CHANNEL, publish_many
+from shared.db import one_of
+from shared.events import notify_relay, publish_many
 
 BATCH = 5000
 
@@ -60,12 +62,47 @@ _TRANSITIONS = text(
     """
     INSERT INTO referral_transitions
            (tenant_id, referral_id, from_status, to_status, cause, details, actor, at)
-    SELECT CAST(:tenant AS uuid), r, f, CAST(:to AS text), CAST(:cause AS text),
-           CAST(d AS jsonb), CAST(:actor AS text), CAST(:at AS timestamptz)
-      FROM unnest(CAST(:ids AS bigint[]), CAST(:froms AS text[]), CAST(:details AS text[]))
-           AS u(r, f, d)
+    SELECT CAST(:tenant AS uuid), r, f, t, c, CAST(d AS jsonb), a, at
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:froms AS text[]), CAST(:tos AS text[]),
+                  CAST(:causes AS text[]), CAST(:details AS text[]), CAST(:actors AS text[]),
+                  CAST(:ats AS timestamptz[]))
+           AS u(r, f, t, c, d, a, at)
     """
 )
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One referral's move from a status (None: it was just made) to another."""
+
+    referral_id: int
+    from_status: str | None
+    to_status: str
+    cause: str
+    actor: str
+    at: datetime
+    details: dict[str, Any] | None = None
+
+
+async def write_transitions(
+    session: AsyncSession, tenant_id: uuid.UUID, transitions: Sequence[Transition]
+) -> None:
+    """Record these transitions, in one statement."""
+    if not transitions:
+        return
+    await session.execute(
+        _TRANSITIONS,
+        {
+            "tenant": tenant_id,
+            "ids": [t.referral_id for t in transitions],
+            "froms": [t.from_status for t in transitions],
+            "tos": [t.to_status for t in transitions],
+            "causes": [t.cause for t in transitions],
+            "details": [json.dumps(t.details or {}) for t in transitions],
+            "actors": [t.actor for t in transitions],
+            "ats": [t.at for t in transitions],
+        },
+    )
 
 
 async def record_transitions(
@@ -79,21 +116,15 @@ async def record_transitions(
     at: datetime,
     details: Sequence[dict[str, Any]] | None = None,
 ) -> None:
-    """(referral id, from status) changes to `to`, in one statement."""
-    if not changes:
-        return
-    await session.execute(
-        _TRANSITIONS,
-        {
-            "tenant": tenant_id,
-            "ids": [c[0] for c in changes],
-            "froms": [c[1] for c in changes],
-            "details": [json.dumps(d) for d in (details or [{}] * len(changes))],
-            "to": to,
-            "cause": cause,
-            "actor": actor,
-            "at": at,
-        },
+    """(referral id, from status) changes to `to`, for one cause, in one statement."""
+    each: list[dict[str, Any] | None] = list(details) if details else [None] * len(changes)
+    await write_transitions(
+        session,
+        tenant_id,
+        [
+            Transition(referral_id, from_status, to, cause, actor, at, d)
+            for (referral_id, from_status), d in zip(changes, each, strict=True)
+        ],
     )
 
 
@@ -137,7 +168,7 @@ async def qualify(
         await session.scalars(
             select(Referral.inviter_id).where(
                 Referral.tenant_id == tenant_id,
-                Referral.invitee_id.in_(list(first)),
+                one_of(Referral.invitee_id, first),
                 Referral.status == "pending",
             )
         )
@@ -293,7 +324,7 @@ async def reward_due(
             )
         ).all()
         if rows:
-            await session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+            await notify_relay(session)
             await _rewarded(session, tenant, rows, now)
         rewarded += len(rows)
     return rewarded
@@ -332,10 +363,7 @@ async def _rewarded(
         )
     config = await load_config(session, tenant_id)
     if config.tiers:
-        new: dict[uuid.UUID, int] = {}
-        for r in rows:
-            new[r.inviter_id] = new.get(r.inviter_id, 0) + 1
-        await pay_tiers(session, tenant_id, new, config, now)
+        await pay_tiers(session, tenant_id, Counter(r.inviter_id for r in rows), config, now)
 
 
 async def succeeded_counts(
@@ -355,7 +383,7 @@ async def succeeded_counts(
 async def pay_tiers(
     session: AsyncSession,
     tenant_id: uuid.UUID,
-    new: dict[uuid.UUID, int],
+    new: Mapping[uuid.UUID, int],
     config: ReferralConfig,
     now: datetime,
     *,
@@ -408,7 +436,7 @@ async def revoke(
         return []
     to_lock = await session.scalars(
         select(Referral.inviter_id).where(
-            Referral.tenant_id == tenant_id, Referral.id.in_(list(referral_ids))
+            Referral.tenant_id == tenant_id, one_of(Referral.id, referral_ids)
         )
     )
     await lock_inviters(session, tenant_id, [i for i in to_lock if i is not None])
@@ -423,7 +451,7 @@ async def revoke(
             )
             .where(
                 Referral.tenant_id == tenant_id,
-                Referral.id.in_(list(referral_ids)),
+                one_of(Referral.id, referral_ids),
                 Referral.status.in_(("pending", "qualified", "rewarded")),
             )
             .order_by(Referral.id)
@@ -461,7 +489,7 @@ async def revoke(
         await session.execute(
             select(ReferralReward.id, ReferralReward.referral_id).where(
                 ReferralReward.tenant_id == tenant_id,
-                ReferralReward.referral_id.in_(ids),
+                one_of(ReferralReward.referral_id, ids),
                 ReferralReward.status != "clawed_back",
             )
         )
@@ -520,7 +548,7 @@ async def open_referrals_of_invitees(
     found = await session.scalars(
         select(Referral.id).where(
             Referral.tenant_id == tenant_id,
-            Referral.invitee_id.in_(list(invitee_ids)),
+            one_of(Referral.invitee_id, invitee_ids),
             Referral.status.in_(("pending", "qualified")),
         )
     )

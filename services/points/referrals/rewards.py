@@ -6,7 +6,7 @@ concurrent requests) is paid once. A points reward is a ledger earning whose sou
 key is the reward key; a coupon or an item is recorded here (an item takes a unit of
 its catalog stock) and published as `referral.reward_granted` for the shop to issue.
 An item not in the catalog, inactive or out of stock stays `owed` and is granted by
-the hold job when it can be.
+the hold job when it can be (`pay_owed`).
 
 A clawback takes the reward back through the ledger: its points, or a coupon's or an
 item's value in points (a coupon's value at the tenant's points_per_yuan_off, an
@@ -29,12 +29,14 @@ from services.points.ledger import booking, repository
 from services.points.referrals.config import Reward
 from services.points.referrals.models import ReferralReward
 from services.points.rules.service import TenantRules, load_rules
+from shared.db import one_of
 from shared.events import publish_many
 
 
 @dataclass(frozen=True)
 class Grant:
-    """A reward to pay a contact once per `key`."""
+    """A reward to pay a contact once per `key`, asked for at `at` (by default the
+    batch's moment)."""
 
     key: str
     purpose: str
@@ -42,6 +44,7 @@ class Grant:
     reward: Reward
     referral_id: int | None = None
     tier_count: int | None = None
+    at: datetime | None = None
 
 
 _GRANT_MANY = text(
@@ -49,12 +52,12 @@ _GRANT_MANY = text(
     INSERT INTO referral_rewards
            (tenant_id, reward_key, purpose, referral_id, contact_id, tier_count, kind, name,
             points, value_fen, sku, status, created_at)
-    SELECT CAST(:tenant AS uuid), k, p, r, c, n, kind, name, pts, fen, sku, 'owed', :at
+    SELECT CAST(:tenant AS uuid), k, p, r, c, n, kind, name, pts, fen, sku, 'owed', at
       FROM unnest(CAST(:keys AS text[]), CAST(:purposes AS text[]), CAST(:referrals AS bigint[]),
                   CAST(:contacts AS uuid[]), CAST(:tiers AS int[]), CAST(:kinds AS text[]),
                   CAST(:names AS text[]), CAST(:points AS bigint[]), CAST(:fens AS bigint[]),
-                  CAST(:skus AS text[]))
-           AS u(k, p, r, c, n, kind, name, pts, fen, sku)
+                  CAST(:skus AS text[]), CAST(:ats AS timestamptz[]))
+           AS u(k, p, r, c, n, kind, name, pts, fen, sku, at)
      ORDER BY k
     ON CONFLICT DO NOTHING
     RETURNING id
@@ -70,15 +73,16 @@ async def grant_many(
     *,
     rules: TenantRules | None = None,
 ) -> list[int]:
-    """Pay each reward once per key, set-based: the ids of the rewards new here (paid,
-    or owed when they must wait); those asked for before are left as they are."""
+    """Pay each reward once per key, set-based, each granted at the time it was asked
+    for: the ids of the rewards new here (paid, or owed when they must wait); those
+    asked for before are left as they are."""
     if not grants:
         return []
     found = await session.execute(
         _GRANT_MANY,
         {
             "tenant": tenant_id,
-            "at": at,
+            "ats": [g.at or at for g in grants],
             "keys": [g.key for g in grants],
             "purposes": [g.purpose for g in grants],
             "referrals": [g.referral_id for g in grants],
@@ -92,7 +96,7 @@ async def grant_many(
         },
     )
     ids = sorted(row.id for row in found)
-    await pay_many(session, tenant_id, ids, at, rules=rules)
+    await pay_many(session, tenant_id, ids, at, rules=rules, when_asked=True)
     return ids
 
 
@@ -114,7 +118,7 @@ async def grant(
     ids = await grant_many(
         session,
         tenant_id,
-        [Grant(key, purpose, contact_id, reward, referral_id, tier_count)],
+        [Grant(key, purpose, contact_id, reward, referral_id, tier_count, at)],
         at,
         rules=rules,
     )
@@ -123,7 +127,9 @@ async def grant(
 
 _GRANTED = text(
     """
-    UPDATE referral_rewards w SET status = 'granted', entry_id = u.e, granted_at = :at
+    UPDATE referral_rewards w
+       SET status = 'granted', entry_id = u.e,
+           granted_at = CASE WHEN CAST(:when_asked AS boolean) THEN w.created_at ELSE :at END
       FROM unnest(CAST(:ids AS bigint[]), CAST(:entries AS bigint[])) AS u(id, e)
      WHERE w.id = u.id
     RETURNING w.*
@@ -138,8 +144,10 @@ async def pay_many(
     at: datetime,
     *,
     rules: TenantRules | None = None,
+    when_asked: bool = False,
 ) -> list[int]:
-    """Pay the tenant's owed rewards among these, set-based: the ids paid. A coupon is
+    """Pay the tenant's owed rewards among these, set-based, at `at` (with
+    `when_asked`, each at the time it was asked for): the ids paid. A coupon is
     granted; an item takes a unit of its stock, each sku's row locked and moved once
     (those beyond its stock, or of an item not in the catalog or inactive, stay owed);
     points are booked through the ledger."""
@@ -150,7 +158,7 @@ async def pay_many(
             select(ReferralReward)
             .where(
                 ReferralReward.tenant_id == tenant_id,
-                ReferralReward.id.in_(reward_ids),
+                one_of(ReferralReward.id, reward_ids),
                 ReferralReward.status == "owed",
             )
             .order_by(ReferralReward.id)
@@ -187,13 +195,15 @@ async def pay_many(
     if points_rows:
         rules = rules or await load_rules(session, tenant_id)
         for row in sorted(points_rows, key=lambda r: (r.contact_id, r.id)):
-            entries[row.id] = await _book_points(session, tenant_id, row, rules, at)
+            booked_at = row.created_at if when_asked else at
+            entries[row.id] = await _book_points(session, tenant_id, row, rules, booked_at)
     if not entries:
         return []
     ids = sorted(entries)
     granted = (
         await session.execute(
-            _GRANTED, {"ids": ids, "entries": [entries[i] for i in ids], "at": at}
+            _GRANTED,
+            {"ids": ids, "entries": [entries[i] for i in ids], "at": at, "when_asked": when_asked},
         )
     ).all()
     await publish_many(
@@ -224,18 +234,6 @@ async def _book_points(
         details={"reward_id": row.id, "purpose": row.purpose, "referral_id": row.referral_id},
     )
     return booked.entry_id
-
-
-async def pay(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    reward_id: int,
-    at: datetime,
-    *,
-    rules: TenantRules | None = None,
-) -> bool:
-    """Pay an owed reward; False when it must wait (an item out of stock)."""
-    return bool(await pay_many(session, tenant_id, [reward_id], at, rules=rules))
 
 
 def granted_payload(row: Any) -> dict[str, Any]:
@@ -304,7 +302,7 @@ async def claw_back(
     rows = (
         await session.scalars(
             select(ReferralReward)
-            .where(ReferralReward.id.in_(reward_ids), ReferralReward.status != "clawed_back")
+            .where(one_of(ReferralReward.id, reward_ids), ReferralReward.status != "clawed_back")
             .order_by(ReferralReward.contact_id, ReferralReward.id)
             .with_for_update()
             .execution_options(populate_existing=True)
